@@ -1,0 +1,75 @@
+"""The engine seam: a token generator that takes a rendered prompt, an optional grammar and
+an optional adapter. Engines know nothing of tools, OpenAI shapes or HTTP; the gateway owns
+tool-calling semantics and hands engines a Lark grammar (llguidance syntax).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol, Sequence
+
+from server.types import Sampling
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    sampling: Sampling
+    grammar: str | None = None  # llguidance Lark; None means unconstrained
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Newly generated text (always whole UTF-8 characters) and how many tokens made it."""
+
+    text: str
+    tokens: int = 1
+
+
+@dataclass(frozen=True)
+class Finish:
+    reason: str  # "stop" (end of turn, stop string or grammar complete) | "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Piece | Finish
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    model: str
+    context_length: int
+    chat_template: str | None  # the template embedded in the model, if any
+    bos_token: str
+    eos_token: str
+    special_tokens: frozenset[str] = field(default_factory=frozenset)
+
+
+class Cancel:
+    """Set by the gateway when the client goes away; engines check it between tokens."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class Engine(Protocol):
+    def info(self) -> EngineInfo: ...
+
+    def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]: ...
+
+    async def token_probabilities(
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+    ) -> list[float]:
+        """P(first token of each candidate) as the next token after `prompt`."""
+        ...
+
+    async def close(self) -> None: ...

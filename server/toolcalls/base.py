@@ -1,0 +1,88 @@
+"""The tool-call format seam: how one model family writes calls as text.
+
+A format renders an assistant turn to text, parses text back to content plus calls (whole or
+streamed), and describes the envelope the constraint compiler wraps around each tool's
+argument schema. Formats know nothing of HTTP, engines or OpenAI's wire shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from server.types import Tool, ToolCall
+
+
+@dataclass(frozen=True)
+class ParsedCall:
+    """One call as found in model output.
+
+    `arguments` is the raw JSON text of the arguments object ("{}" when the model wrote none);
+    `error` says why the call could not be read (then `name` may be empty).
+    """
+
+    name: str
+    arguments: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    content: str
+    calls: tuple[ParsedCall, ...]
+    unclosed: bool = False  # the text ended inside an opened call (cut by max_tokens / stop)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class CallDone:
+    """Emitted once a call's closing marker arrives: calls are sent whole, never retracted."""
+
+    call: ParsedCall
+
+
+StreamEvent = TextDelta | CallDone
+
+
+class StreamParser(Protocol):
+    def feed(self, text: str) -> list[StreamEvent]: ...
+
+    def close(self) -> list[StreamEvent]:
+        """Flush held-back text at end of generation; `unclosed` is final after this."""
+        ...
+
+    @property
+    def unclosed(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The fixed shape around calls, for the constraint compiler.
+
+    `grammar_file` (under grammars/) defines rules `calls` (one or more calls) and `call`
+    (exactly one), referencing `call_body`, `OPEN` and `CLOSE`, which the compiler supplies.
+    `open` is the trigger: its first token is the decision point of the no-tool threshold.
+    """
+
+    grammar_file: str
+    open: str
+    close: str
+
+
+class ToolFormat(Protocol):
+    name: str
+    envelope: Envelope
+
+    def render(self, content: str | None, calls: Sequence[ToolCall]) -> str: ...
+
+    def parse(self, text: str) -> Parsed: ...
+
+    def stream_parser(self) -> StreamParser: ...
+
+    def call_body(self, tool: Tool, args_rule: str) -> str:
+        """A Lark expression for one call of `tool`, whose arguments match rule `args_rule`."""
+        ...
