@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make serve` and `make test` do all the set-up they need on a
+# fresh machine (a virtualenv in .venv; llama-cpp-python builds from source, ~6 min on 2 cores).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL ?= models/tiny/model.gguf
+PORT ?= 8000
+# The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup serve test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_CPU)"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[llamacpp,training,dev]"
+	touch $(STAMP)
+
+models/tiny/model.gguf: $(STAMP)
+	$(BIN)/python -m training init-tiny --out models/tiny
+
+serve: $(STAMP) $(if $(filter models/tiny/model.gguf,$(MODEL)),models/tiny/model.gguf)
+	$(BIN)/python -m server --model $(MODEL) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py --write
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,144 @@
+"""Wire request -> ChatRequest: the one place OpenAI's shapes become the gateway's types,
+and where request-level rules (limits, history coherence, neutral-only fields) are checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice, ResponseFormat, ToolDef
+from server.chat import ChatRequest, check_tool_limits
+from server.config import LimitsSection
+from server.errors import InvalidRequest, UnsupportedFeature
+from server.toolcalls.validation import check_schema
+from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCall, ToolChoice
+
+_EMPTY_OBJECT = {"type": "object", "properties": {}}
+
+
+def to_chat_request(wire: ChatCompletionRequest, limits: LimitsSection) -> ChatRequest:
+    _refuse_unsupported(wire)
+    tools = to_tools(wire.tools or [], limits)
+    return ChatRequest(
+        messages=to_messages(wire.messages, limits),
+        tools=tools,
+        choice=_choice(wire, tools),
+        parallel=wire.parallel_tool_calls is not False,
+        text=_text_format(wire.response_format),
+        sampling=_sampling(wire, limits),
+        no_tool_threshold=wire.no_tool_threshold,
+    )
+
+
+def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message, ...]:
+    if len(wire) > limits.max_messages:
+        raise InvalidRequest(f"{len(wire)} messages; the limit is {limits.max_messages}", param="messages")
+    open_calls: set[str] = set()
+    out = []
+    for i, m in enumerate(wire):
+        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments) for j, c in enumerate(m.tool_calls or []))
+        open_calls.update(c.id for c in calls)
+        if m.role == "tool" and m.tool_call_id not in open_calls:
+            raise InvalidRequest(
+                f"messages[{i}] is a tool result for call id {m.tool_call_id!r}, but no earlier "
+                "assistant message made a call with that id", param=f"messages[{i}].tool_call_id")
+        role = "system" if m.role == "developer" else m.role
+        out.append(Message(role, _text(m), calls, m.tool_call_id, m.name))
+    return tuple(out)
+
+
+def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
+    if len(wire) > limits.max_tools:
+        raise InvalidRequest(f"{len(wire)} tools; the limit is {limits.max_tools}", param="tools")
+    seen: set[str] = set()
+    tools = []
+    for i, t in enumerate(wire):
+        fn = t.function
+        if fn.name in seen:
+            raise InvalidRequest(f"tool name {fn.name!r} is declared twice", param=f"tools[{i}].function.name")
+        seen.add(fn.name)
+        params = fn.parameters if fn.parameters is not None else dict(_EMPTY_OBJECT)
+        problem = check_schema(params)
+        if problem:
+            raise InvalidRequest(f"tool {fn.name!r} has an invalid JSON Schema: {problem}",
+                                 param=f"tools[{i}].function.parameters")
+        tools.append(Tool(fn.name, fn.description or "", params, bool(fn.strict)))
+    result = tuple(tools)
+    check_tool_limits(result, limits.max_schema_bytes, limits.max_schema_depth)
+    return result
+
+
+def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:
+    try:
+        json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        raise InvalidRequest(
+            f"messages[{i}].tool_calls[{j}] has arguments that are not JSON",
+            param=f"messages[{i}].tool_calls[{j}].function.arguments") from None
+    return ToolCall(name=name, arguments=arguments or "{}", id=call_id)
+
+
+def _text(m: MessageWire) -> str | None:
+    if isinstance(m.content, list):
+        return "".join(part.text for part in m.content)
+    return m.content
+
+
+def _choice(wire: ChatCompletionRequest, tools: tuple[Tool, ...]) -> ToolChoice:
+    choice = wire.tool_choice
+    if choice is None:
+        return ToolChoice(ChoiceMode.AUTO if tools else ChoiceMode.NONE)
+    if isinstance(choice, NamedToolChoice):
+        names = {t.name for t in tools}
+        if choice.function.name not in names:
+            raise InvalidRequest(
+                f"tool_choice names {choice.function.name!r}, which is not among the tools "
+                f"({', '.join(sorted(names)) or 'none declared'})", param="tool_choice")
+        return ToolChoice(ChoiceMode.NAMED, choice.function.name)
+    if choice == "required" and not tools:
+        raise InvalidRequest("tool_choice 'required' needs at least one tool", param="tool_choice")
+    return ToolChoice(ChoiceMode(choice))
+
+
+def _text_format(fmt: ResponseFormat | None) -> TextFormat:
+    if fmt is None or fmt.type == "text":
+        return TextFormat()
+    if fmt.type == "json_object":
+        return TextFormat("json_object")
+    if fmt.json_schema is None:
+        raise InvalidRequest("response_format json_schema needs a json_schema object", param="response_format")
+    problem = check_schema(fmt.json_schema.schema_)
+    if problem:
+        raise InvalidRequest(f"response_format schema is invalid: {problem}", param="response_format")
+    return TextFormat("json_schema", fmt.json_schema.schema_)
+
+
+def _sampling(wire: ChatCompletionRequest, limits: LimitsSection) -> Sampling:
+    max_tokens = wire.max_completion_tokens or wire.max_tokens or limits.default_max_tokens
+    if max_tokens > limits.max_tokens:
+        raise InvalidRequest(f"max_tokens {max_tokens} is above the limit of {limits.max_tokens}",
+                             param="max_tokens")
+    stop = (wire.stop,) if isinstance(wire.stop, str) else tuple(wire.stop or ())
+    if len(stop) > 16:
+        raise InvalidRequest("at most 16 stop sequences", param="stop")
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=1.0 if wire.temperature is None else wire.temperature,
+        top_p=1.0 if wire.top_p is None else wire.top_p,
+        seed=wire.seed,
+        stop=stop,
+    )
+
+
+def _refuse_unsupported(wire: ChatCompletionRequest) -> None:
+    neutral = {
+        "n": wire.n in (None, 1),
+        "logprobs": not wire.logprobs,
+        "top_logprobs": not wire.top_logprobs,
+        "frequency_penalty": not wire.frequency_penalty,
+        "presence_penalty": not wire.presence_penalty,
+        "logit_bias": not wire.logit_bias,
+    }
+    for field, ok in neutral.items():
+        if not ok:
+            raise UnsupportedFeature(f"{field} is not supported by callgate; omit it", param=field)

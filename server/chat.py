@@ -1,0 +1,287 @@
+"""Chat orchestration: one request, one direction.
+
+prompt (chat template) -> constraint (tools x tool_choice x format) -> engine -> stream
+parser -> validation -> events. Streaming and non-streaming answers are both built from the
+events of `run_chat`, so they cannot disagree. Knows nothing of HTTP or OpenAI's wire shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, replace
+from typing import AsyncIterator, Mapping
+
+from server.admission import Admission
+from server.constraints import Constraint, ConstraintSpec, compile_constraint
+from server.engines.base import Cancel, Engine, EngineInfo, Finish, GenerateRequest, Piece
+from server.errors import GatewayError, InvalidRequest
+from server.metrics import Metrics
+from server.templates import render
+from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
+from server.toolcalls.validation import validate_call
+from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    tools: tuple[Tool, ...] = ()
+    choice: ToolChoice = ToolChoice()
+    parallel: bool = True
+    text: TextFormat = TextFormat()
+    sampling: Sampling = Sampling(max_tokens=256)
+    no_tool_threshold: float | None = None  # overrides the model's, when set
+
+
+@dataclass(frozen=True)
+class Served:
+    """A model (or adapter) as the gateway serves it: engine plus how to talk to it."""
+
+    name: str
+    engine: Engine
+    info: EngineInfo
+    format: ToolFormat
+    template: str
+    admission: Admission
+    no_tool_threshold: float | None = None
+    validation_retries: int = 1
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class InvalidCall:
+    name: str
+    arguments: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ContentEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    index: int
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    invalid_calls: tuple[InvalidCall, ...] = ()
+
+
+ChatEvent = ContentEvent | CallEvent | DoneEvent
+
+
+def prompt_for(served: Served, request: ChatRequest) -> str:
+    return render(
+        served.template,
+        request.messages,
+        request.tools,
+        add_generation_prompt=True,
+        bos_token=served.info.bos_token,
+        eos_token=served.info.eos_token,
+    )
+
+
+def constraint_for(served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics) -> Constraint:
+    spec = ConstraintSpec(
+        tools=request.tools,
+        choice=choice,
+        parallel=request.parallel,
+        text=request.text,
+        special_tokens=served.info.special_tokens,
+    )
+    constraint = compile_constraint(spec, served.format)
+    metrics.constraint_cache.labels("hit" if constraint.cached else "miss").inc()
+    if not constraint.cached:
+        metrics.compile_seconds.observe(constraint.compile_ms / 1000)
+    return constraint
+
+
+async def run_chat(
+    served: Served, request: ChatRequest, metrics: Metrics, cancel: Cancel
+) -> AsyncIterator[ChatEvent]:
+    """Generate one answer. Raises GatewayError before the first event for bad requests."""
+    prompt = prompt_for(served, request)
+    constraint_for(served, request, request.choice, metrics)  # reject bad tools before queueing
+    async with served.admission.slot() as waited:
+        metrics.queue_wait_seconds.labels(served.name).observe(waited)
+        choice = await _decide(served, request, prompt, metrics)
+        constraint = constraint_for(served, request, choice, metrics)
+        run = _Run(served, request, choice, metrics)
+        async for event in run.attempts(prompt, constraint, cancel):
+            yield event
+
+
+async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Metrics) -> ToolChoice:
+    """The calibrated no-tool decision: in `auto`, call a tool only if P(open) >= threshold."""
+    threshold = request.no_tool_threshold
+    if threshold is None:
+        threshold = served.no_tool_threshold
+    if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
+        return request.choice
+    [p_open] = await served.engine.token_probabilities(prompt, [served.format.envelope.open], served.adapter)
+    metrics.tool_open_probability.labels(served.name).observe(p_open)
+    return ToolChoice(ChoiceMode.REQUIRED if p_open >= threshold else ChoiceMode.NONE)
+
+
+class _Run:
+    """The attempts of one request: generate, parse, validate; retry while nothing was sent."""
+
+    def __init__(self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics):
+        self.served = served
+        self.request = request
+        self.choice = choice
+        self.metrics = metrics
+        self.tools: Mapping[str, Tool] = {t.name: t for t in request.tools}
+        self.labels = (served.name, served.adapter or "none")
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    async def attempts(self, prompt: str, constraint: Constraint, cancel: Cancel) -> AsyncIterator[ChatEvent]:
+        retries = self.served.validation_retries
+        for attempt in range(retries + 1):
+            state = _AttemptState(repaired=attempt > 0)
+            sampling = self._sampling(attempt)
+            engine_request = GenerateRequest(prompt, sampling, constraint.lark, self.served.adapter)
+            async for event in self._generate(engine_request, cancel, state):
+                yield event
+            if not state.retry_wanted:
+                break
+            self._count(Outcome.INVALID, state.invalid[-1].name)
+        yield self._done(state)
+
+    async def _generate(self, request: GenerateRequest, cancel: Cancel, state: "_AttemptState") -> AsyncIterator[ChatEvent]:
+        parser = self.served.format.stream_parser()
+        start = time.perf_counter()
+        first: float | None = None
+        attempt_cancel = Cancel()
+        async for item in self.served.engine.generate(request, attempt_cancel):
+            if cancel.is_set():
+                attempt_cancel.set()
+                return
+            if isinstance(item, Piece):
+                first = first or time.perf_counter()
+                for event in self._handle(parser.feed(item.text), state):
+                    yield event
+                if state.retry_wanted:
+                    attempt_cancel.set()  # a bad first call: stop this attempt and regenerate
+                    return
+            elif isinstance(item, Finish):
+                state.finish = item
+        for event in self._handle(parser.close(), state):
+            yield event
+        state.unclosed = parser.unclosed
+        self._record_timing(start, first, state)
+
+    def _handle(self, events: list[StreamEvent], state: "_AttemptState") -> list[ChatEvent]:
+        out: list[ChatEvent] = []
+        for event in events:
+            if isinstance(event, TextDelta):
+                state.sent = True
+                out.append(ContentEvent(event.text))
+            elif isinstance(event, CallDone):
+                out.extend(self._call(event.call, state))
+        return out
+
+    def _call(self, parsed: ParsedCall, state: "_AttemptState") -> list[ChatEvent]:
+        error = validate_call(parsed, self.tools)
+        if error is not None:
+            state.invalid.append(InvalidCall(parsed.name, parsed.arguments, error))
+            state.retry_wanted = not state.sent
+            if not state.retry_wanted:
+                self._count(Outcome.INVALID, parsed.name)
+            return []
+        call = ToolCall(name=parsed.name, arguments=parsed.arguments, id=_call_id())
+        self._count(Outcome.REPAIRED if state.repaired else Outcome.VALID, call.name)
+        state.sent = True
+        state.calls += 1
+        return [CallEvent(index=state.calls - 1, call=call)]
+
+    def _done(self, state: "_AttemptState") -> DoneEvent:
+        finish = state.finish
+        reason = finish.reason if finish else "stop"
+        if state.unclosed:
+            self._count(Outcome.TRUNCATED, "_truncated")
+        elif state.calls:
+            reason = "tool_calls"
+        elif self.request.tools and not state.invalid:
+            self._count(Outcome.NO_TOOL, "_none")
+        return DoneEvent(reason, self.prompt_tokens, self.completion_tokens, tuple(state.invalid))
+
+    def _sampling(self, attempt: int) -> Sampling:
+        seed = self.request.sampling.seed
+        if attempt and seed is not None:
+            return replace(self.request.sampling, seed=seed + attempt)
+        return self.request.sampling
+
+    def _record_timing(self, start: float, first: float | None, state: "_AttemptState") -> None:
+        finish = state.finish
+        if finish is None:
+            return
+        self.prompt_tokens += finish.prompt_tokens
+        self.completion_tokens += finish.completion_tokens
+        m = self.metrics
+        m.prompt_tokens.labels(*self.labels).inc(finish.prompt_tokens)
+        m.completion_tokens.labels(*self.labels).inc(finish.completion_tokens)
+        if first is not None:
+            m.ttft_seconds.labels(*self.labels).observe(first - start)
+            if finish.completion_tokens > 1:
+                per_token = (time.perf_counter() - first) / (finish.completion_tokens - 1)
+                m.inter_token_seconds.labels(*self.labels).observe(per_token)
+
+    def _count(self, outcome: Outcome, tool: str) -> None:
+        label = tool if tool.startswith("_") else self.metrics.tool_label(tool if tool in self.tools else "_unknown")
+        self.metrics.tool_calls.labels(*self.labels, label, self.choice.label, outcome.value).inc()
+
+
+@dataclass
+class _AttemptState:
+    repaired: bool
+    sent: bool = False
+    calls: int = 0
+    retry_wanted: bool = False
+    unclosed: bool = False
+    finish: Finish | None = None
+
+    def __post_init__(self) -> None:
+        self.invalid: list[InvalidCall] = []
+
+
+def _call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def check_tool_limits(tools: tuple[Tool, ...], max_bytes: int, max_depth: int) -> None:
+    """Schema size and nesting limits, so no request makes compilation or validation blow up."""
+    for i, tool in enumerate(tools):
+        size = len(json.dumps(tool.parameters, separators=(",", ":")))
+        if size > max_bytes:
+            raise InvalidRequest(
+                f"tool {tool.name!r} has a {size}-byte schema; the limit is {max_bytes}",
+                param=f"tools[{i}].function.parameters", code="schema_too_large")
+        if _depth(tool.parameters) > max_depth:
+            raise InvalidRequest(
+                f"tool {tool.name!r} nests deeper than {max_depth} levels",
+                param=f"tools[{i}].function.parameters", code="schema_too_deep")
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+__all__ = [
+    "CallEvent", "ChatEvent", "ChatRequest", "ContentEvent", "DoneEvent", "GatewayError",
+    "InvalidCall", "Served", "check_tool_limits", "run_chat",
+]

@@ -1,0 +1,124 @@
+"""The gateway's one settings object, read once at start-up.
+
+Sources, later wins: defaults, a YAML file (`--config`), environment variables
+(`CALLGATE_<SECTION>__<KEY>`, e.g. CALLGATE_LIMITS__MAX_QUEUE=32), command-line flags.
+Unsafe or contradictory combinations are refused here, before anything is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from server.errors import ConfigError
+
+
+class ServerSection(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="larger request bodies get 413")
+
+
+class ModelSection(BaseModel):
+    path: Path | None = Field(None, description="GGUF file; default: the demo model")
+    served_name: str | None = Field(None, description="the id clients send; default: file stem")
+    chat_template: Path | None = Field(None, description="a Jinja file overriding the model's")
+    tool_format: str = Field("hermes", description="how the model writes tool calls")
+    context_length: int = Field(4096, ge=128)
+    threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: all cores")
+    no_tool_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="in tool_choice auto, call a tool only if P(opening a call) reaches this",
+    )
+
+
+class LimitsSection(BaseModel):
+    max_queue: int = Field(64, ge=1, description="requests waiting per model; past it, 429")
+    queue_timeout_s: float = Field(60.0, gt=0, description="longest wait in the queue; then 504")
+    default_max_tokens: int = Field(512, ge=1)
+    max_tokens: int = Field(2048, ge=1, description="largest max_tokens a request may ask")
+    max_messages: int = Field(512, ge=1)
+    max_tools: int = Field(128, ge=1)
+    max_schema_bytes: int = Field(65_536, ge=256, description="per tool, as compact JSON")
+    max_schema_depth: int = Field(24, ge=2)
+
+
+class GenerationSection(BaseModel):
+    validation_retries: int = Field(
+        1, ge=0, le=5, description="regenerations when a call still fails validation"
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerSection = ServerSection()
+    model: ModelSection = ModelSection()
+    limits: LimitsSection = LimitsSection()
+    generation: GenerationSection = GenerationSection()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Settings":
+        if self.limits.default_max_tokens > self.limits.max_tokens:
+            raise ValueError("limits.default_max_tokens cannot exceed limits.max_tokens")
+        if self.limits.max_tokens >= self.model.context_length:
+            raise ValueError("limits.max_tokens must be below model.context_length")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) beat the environment, which beats the YAML file passed as init too.
+        return (init_settings, env_settings)
+
+
+def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:
+    """Defaults < YAML file < environment < flags. Flags are dotted: {"model.path": ...}."""
+    base = _read_yaml(config_file) if config_file else {}
+    try:
+        merged = _deep_merge(base, _env_overrides())
+        merged = _deep_merge(merged, _nest({k: v for k, v in flags.items() if v is not None}))
+        return Settings.model_validate(merged)
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
+
+
+def _env_overrides() -> dict[str, Any]:
+    return Settings().model_dump(exclude_defaults=True)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        section, _, key = dotted.partition(".")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

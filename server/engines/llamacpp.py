@@ -1,0 +1,244 @@
+"""The embedded engine: llama.cpp in-process through llama-cpp-python.
+
+It owns one loaded model and a decode loop (prefill with prefix reuse, grammar mask from
+llguidance, numpy sampling, UTF-8-safe detokenization, stop strings). It runs on one worker
+thread, so the event loop never blocks; the gateway's admission queue decides who runs next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from server.engines.base import Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.sampling import sample, softmax
+from server.engines.stops import StopMatcher
+from server.errors import EngineError, GatewayError, InvalidRequest
+
+Emit = Callable[[Event | BaseException], None]
+_MATCHER_CACHE_SIZE = 256
+
+
+class LlamaCppEngine:
+    parallelism = 1
+
+    def __init__(self, path: Path, *, context_length: int = 4096, threads: int | None = None):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=context_length,
+            n_threads=threads or os.cpu_count() or 1,
+            n_batch=min(512, context_length),
+            logits_all=False,
+            verbose=False,
+        )
+        self._vocab = self._llama._model.vocab
+        self._n_vocab = self._llama.n_vocab()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="llamacpp")
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._lltokenizer: Any = None
+        self._info = self._read_info(path)
+
+    def info(self) -> EngineInfo:
+        return self._info
+
+    async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
+        if request.adapter is not None:
+            raise InvalidRequest("this engine has no adapters loaded", param="model")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+
+        def emit(item: Event | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        work = loop.run_in_executor(self._executor, self._run, request, cancel, emit)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finish):
+                    return
+        finally:
+            cancel.set()  # a consumer that left early stops the decode loop at the next token
+            with contextlib.suppress(BaseException):
+                await work
+
+    async def token_probabilities(
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+    ) -> list[float]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._probabilities, prompt, candidates)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._llama.close()
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _run(self, request: GenerateRequest, cancel: Cancel, emit: Emit) -> None:
+        try:
+            with self._lock:
+                self._decode(request, cancel, emit)
+        except GatewayError as exc:
+            emit(exc)
+        except Exception as exc:  # noqa: BLE001 - any engine failure becomes a 502, not a crash
+            emit(EngineError(f"llama.cpp failed: {exc}"))
+
+    def _decode(self, request: GenerateRequest, cancel: Cancel, emit: Emit) -> None:
+        sampling = request.sampling
+        prompt = self._tokenize(request.prompt)
+        self._check_context(len(prompt), sampling.max_tokens)
+        matcher = self._matcher(request.grammar) if request.grammar else None
+        rng = np.random.default_rng(sampling.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopMatcher(sampling.stop)
+        logits = self._prefill(prompt)
+        produced, reason = 0, "length"
+        while produced < sampling.max_tokens and not cancel.is_set():
+            if matcher is not None:
+                self._mask(matcher, logits)
+            token = sample(logits, sampling.temperature, sampling.top_p, rng)
+            produced += 1
+            if self._lib.llama_vocab_is_eog(self._vocab, token):
+                reason = "stop"
+                break
+            if matcher is not None and not matcher.consume_token(token):
+                raise EngineError(f"grammar rejected a masked token: {matcher.get_error()}")
+            text, hit = stops.push(decoder.decode(self._piece(token)))
+            if text:
+                emit(Piece(text))
+            if hit or (matcher is not None and matcher.is_stopped()):
+                reason = "stop"
+                break
+            logits = self._eval([token])
+        if cancel.is_set():
+            return
+        tail = stops.push(decoder.decode(b"", final=True))[0] + stops.flush()
+        if tail:
+            emit(Piece(tail, tokens=0))
+        emit(Finish(reason=reason, prompt_tokens=len(prompt), completion_tokens=produced))
+
+    def _probabilities(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        with self._lock:
+            tokens = self._tokenize(prompt)
+            self._check_context(len(tokens), 1)
+            probs = softmax(self._prefill(tokens))
+            firsts = [self._tokenize(c)[0] for c in candidates]
+            return [float(probs[t]) for t in firsts]
+
+    def _tokenize(self, text: str) -> list[int]:
+        # Templates write BOS themselves (transformers semantics): never add another.
+        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return tokens
+
+    def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
+        limit = self._info.context_length
+        if prompt_tokens + max_tokens > limit:
+            raise InvalidRequest(
+                f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"model's context of {limit} tokens; shorten the conversation or lower max_tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
+    def _prefill(self, tokens: list[int]) -> NDArray[np.float32]:
+        """Evaluate `tokens`, reusing the longest cached prefix (agent loops resend history)."""
+        llama = self._llama
+        cached = llama.input_ids[: llama.n_tokens]
+        keep = 0
+        limit = min(len(cached), len(tokens) - 1)  # always re-evaluate the last prompt token
+        while keep < limit and cached[keep] == tokens[keep]:
+            keep += 1
+        llama._ctx.kv_cache_seq_rm(-1, keep, -1)
+        llama.n_tokens = keep
+        return self._eval(tokens[keep:])
+
+    def _eval(self, tokens: list[int]) -> NDArray[np.float32]:
+        self._llama.eval(tokens)
+        ptr = self._lib.llama_get_logits_ith(self._llama._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    def _piece(self, token: int) -> bytes:
+        piece: bytes = self._llama.detokenize([token], special=True)
+        return piece
+
+    # -- grammar ---------------------------------------------------------------------------
+
+    def _matcher(self, grammar: str) -> Any:
+        import llguidance
+
+        pristine = self._grammars.get(grammar)
+        if pristine is None:
+            pristine = llguidance.LLMatcher(self._tokenizer(), grammar)
+            if pristine.is_error():
+                raise InvalidRequest(f"constraint does not compile: {pristine.get_error()}")
+            self._grammars[grammar] = pristine
+            if len(self._grammars) > _MATCHER_CACHE_SIZE:
+                self._grammars.popitem(last=False)
+        self._grammars.move_to_end(grammar)
+        return pristine.deep_copy()
+
+    def _tokenizer(self) -> Any:
+        if self._lltokenizer is None:
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            eog = [t for t in (self._llama.token_eos(), self._eot()) if t >= 0]
+            self._lltokenizer = lltokenizer_from_vocab(
+                self._vocab, n_vocab=self._n_vocab, eos_token=sorted(set(eog))
+            )
+        return self._lltokenizer
+
+    def _mask(self, matcher: Any, logits: NDArray[np.float32]) -> None:
+        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
+        bitmask = allocate_token_bitmask(1, self._n_vocab)
+        fill_next_token_bitmask(matcher, bitmask, 0)
+        if matcher.is_error():
+            raise EngineError(f"grammar failed: {matcher.get_error()}")
+        allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: self._n_vocab]
+        logits[allowed == 0] = -np.inf
+
+    def _eot(self) -> int:
+        return int(self._lib.llama_vocab_eot(self._vocab))
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def _read_info(self, path: Path) -> EngineInfo:
+        meta = self._llama.metadata
+        model = self._llama._model
+        return EngineInfo(
+            model=meta.get("general.name", path.stem),
+            context_length=self._llama.n_ctx(),
+            chat_template=meta.get("tokenizer.chat_template"),
+            bos_token=_token_text(model, self._llama.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
+            eos_token=_token_text(model, self._llama.token_eos()),
+            special_tokens=frozenset(self._special_tokens()),
+        )
+
+    def _special_tokens(self) -> list[str]:
+        control = self._lib.LLAMA_TOKEN_ATTR_CONTROL | self._lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        model = self._llama._model
+        return [
+            model.token_get_text(t)
+            for t in range(self._n_vocab)
+            if self._lib.llama_vocab_get_attr(self._vocab, t) & control
+        ]
+
+
+def _token_text(model: Any, token: int) -> str:
+    return str(model.token_get_text(token)) if token >= 0 else ""

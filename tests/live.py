@@ -1,0 +1,92 @@
+"""A real gateway for tests: uvicorn on a loopback port in a background thread, serving a
+real llama.cpp engine; and helpers shared by the API tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from server.api.app import create_app
+from server.config import Settings, load_settings
+from server.metrics import Metrics
+from server.serving import build_registry
+
+
+@dataclass
+class Live:
+    base_url: str
+    app: FastAPI
+    settings: Settings
+    metrics: Metrics
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+
+def serve(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+def live_gateway(model: Path, **flags: Any) -> Iterator[Live]:
+    settings = load_settings(None, **{"model.path": model, **flags})
+    metrics = Metrics()
+    registry = build_registry(settings, metrics)
+    app = create_app(settings, registry, metrics)
+    url, server, thread = serve(app)
+    try:
+        yield Live(url, app, settings, metrics)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TRACK = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "Where an order is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer", "minimum": 1}},
+            "required": ["order_id"],
+        },
+    },
+}
+PING = {"type": "function", "function": {"name": "ping", "description": "No arguments."}}
+TOOLS = [WEATHER, TRACK, PING]
