@@ -12,6 +12,7 @@ import codecs
 import contextlib
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,10 +110,10 @@ class LlamaCppEngine:
         stops = StopMatcher(sampling.stop)
         logits = self._prefill(prompt)
         produced, reason = 0, "length"
+        bitmask = self._bitmask() if matcher is not None else None
+        allowed = self._allowed(matcher, bitmask) if matcher is not None else None
         while produced < sampling.max_tokens and not cancel.is_set():
-            if matcher is not None:
-                self._mask(matcher, logits)
-            token = sample(logits, sampling.temperature, sampling.top_p, rng)
+            token = sample(logits, sampling.temperature, sampling.top_p, rng, allowed)
             produced += 1
             if self._lib.llama_vocab_is_eog(self._vocab, token):
                 reason = "stop"
@@ -125,13 +126,20 @@ class LlamaCppEngine:
             if hit or (matcher is not None and matcher.is_stopped()):
                 reason = "stop"
                 break
-            logits = self._eval([token])
+            if produced < sampling.max_tokens:
+                logits, allowed = self._step(token, matcher, bitmask)
         if cancel.is_set():
             return
         tail = stops.push(decoder.decode(b"", final=True))[0] + stops.flush()
         if tail:
             emit(Piece(tail, tokens=0))
         emit(Finish(reason=reason, prompt_tokens=len(prompt), completion_tokens=produced))
+
+    def _step(self, token: int, matcher: Any, bitmask: Any) -> tuple[NDArray[np.float32], Any]:
+        # Computing the next mask on a side thread while llama.cpp evaluates was measured
+        # slower on small CPUs (it competes with llama.cpp's own threads): sequential it is.
+        logits = self._eval([token])
+        return logits, (self._allowed(matcher, bitmask) if matcher is not None else None)
 
     def _probabilities(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         with self._lock:
@@ -142,8 +150,10 @@ class LlamaCppEngine:
             return [float(probs[t]) for t in firsts]
 
     def _tokenize(self, text: str) -> list[int]:
-        # Templates write BOS themselves (transformers semantics): never add another.
-        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        # Templates write BOS themselves (transformers semantics): never add another. NFC as
+        # Hugging Face tokenizers normalise, so served and trained token ids agree.
+        data = unicodedata.normalize("NFC", text).encode("utf-8")
+        tokens: list[int] = self._llama.tokenize(data, add_bos=False, special=True)
         return tokens
 
     def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -203,15 +213,23 @@ class LlamaCppEngine:
             )
         return self._lltokenizer
 
-    def _mask(self, matcher: Any, logits: NDArray[np.float32]) -> None:
-        from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+    def _bitmask(self) -> NDArray[np.int32]:
+        from llguidance.numpy import allocate_token_bitmask
 
-        bitmask = allocate_token_bitmask(1, self._n_vocab)
+        return allocate_token_bitmask(1, self._n_vocab)
+
+    def _allowed(self, matcher: Any, bitmask: Any) -> NDArray[np.intp]:
+        """The token ids the grammar allows next."""
+        from llguidance.numpy import fill_next_token_bitmask
+
         fill_next_token_bitmask(matcher, bitmask, 0)
         if matcher.is_error():
             raise EngineError(f"grammar failed: {matcher.get_error()}")
-        allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: self._n_vocab]
-        logits[allowed == 0] = -np.inf
+        bits = np.unpackbits(bitmask.view(np.uint8), count=self._n_vocab, bitorder="little")
+        allowed: NDArray[np.intp] = np.flatnonzero(bits)
+        if len(allowed) == 0:
+            raise EngineError("grammar allows no token; this is a constraint compiler bug")
+        return allowed
 
     def _eot(self) -> int:
         return int(self._lib.llama_vocab_eot(self._vocab))

@@ -1,7 +1,8 @@
 """Token sampling over a logits vector: temperature and nucleus (top_p), seeded.
 
-Kept in numpy, outside llama.cpp's sampler chain, so a grammar mask is applied to the real
-logits in one place and a seed reproduces a generation exactly on any engine that uses it.
+Kept in numpy, outside llama.cpp's sampler chain, so a grammar mask is applied in one place
+and a seed reproduces a generation exactly. With a grammar, sampling runs over the allowed
+token ids only: tight grammars allow a handful of tokens, so this is also the fast path.
 """
 
 from __future__ import annotations
@@ -11,26 +12,37 @@ from numpy.typing import NDArray
 
 
 def sample(
-    logits: NDArray[np.float32], temperature: float, top_p: float, rng: np.random.Generator
+    logits: NDArray[np.float32],
+    temperature: float,
+    top_p: float,
+    rng: np.random.Generator,
+    allowed: NDArray[np.intp] | None = None,
 ) -> int:
+    if allowed is None:
+        return _sample(logits, temperature, top_p, rng)
+    if len(allowed) == 1:
+        return int(allowed[0])
+    return int(allowed[_sample(logits[allowed], temperature, top_p, rng)])
+
+
+def _sample(logits: NDArray[np.float32], temperature: float, top_p: float, rng: np.random.Generator) -> int:
     if temperature <= 0.0:
         return int(np.argmax(logits))
-    probs = softmax(logits / temperature)
+    probs = np.exp((logits - logits.max()) * np.float32(1.0 / temperature))
     if top_p < 1.0:
-        probs = _nucleus(probs, top_p)
-    cumulative = np.cumsum(probs, dtype=np.float64)
+        probs = _nucleus(probs / probs.sum(), top_p)
+    cumulative = np.cumsum(probs)
     draw = rng.random() * cumulative[-1]
     return int(min(np.searchsorted(cumulative, draw, side="right"), len(probs) - 1))
 
 
 def softmax(logits: NDArray[np.float32]) -> NDArray[np.float64]:
-    finite = np.where(np.isfinite(logits), logits, -np.inf).astype(np.float64)
-    shifted = np.exp(finite - np.max(finite))
+    shifted = np.exp(logits.astype(np.float64) - np.max(logits))
     result: NDArray[np.float64] = shifted / shifted.sum()
     return result
 
 
-def _nucleus(probs: NDArray[np.float64], top_p: float) -> NDArray[np.float64]:
+def _nucleus(probs: NDArray[np.float32], top_p: float) -> NDArray[np.float32]:
     order = np.argsort(-probs, kind="stable")
     cumulative = np.cumsum(probs[order])
     keep = int(np.searchsorted(cumulative, top_p, side="left")) + 1
