@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
-from typing import AsyncIterator, Mapping
 
 from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, compile_constraint
@@ -158,7 +158,9 @@ class _Run:
             self._count(Outcome.INVALID, state.invalid[-1].name)
         yield self._done(state)
 
-    async def _generate(self, request: GenerateRequest, cancel: Cancel, state: "_AttemptState") -> AsyncIterator[ChatEvent]:
+    async def _generate(
+        self, request: GenerateRequest, cancel: Cancel, state: _AttemptState
+    ) -> AsyncIterator[ChatEvent]:
         parser = self.served.format.stream_parser()
         start = time.perf_counter()
         first: float | None = None
@@ -181,7 +183,7 @@ class _Run:
         state.unclosed = parser.unclosed
         self._record_timing(start, first, state)
 
-    def _handle(self, events: list[StreamEvent], state: "_AttemptState") -> list[ChatEvent]:
+    def _handle(self, events: list[StreamEvent], state: _AttemptState) -> list[ChatEvent]:
         out: list[ChatEvent] = []
         for event in events:
             if isinstance(event, TextDelta):
@@ -191,7 +193,7 @@ class _Run:
                 out.extend(self._call(event.call, state))
         return out
 
-    def _call(self, parsed: ParsedCall, state: "_AttemptState") -> list[ChatEvent]:
+    def _call(self, parsed: ParsedCall, state: _AttemptState) -> list[ChatEvent]:
         error = validate_call(parsed, self.tools)
         if error is not None:
             state.invalid.append(InvalidCall(parsed.name, parsed.arguments, error))
@@ -205,7 +207,7 @@ class _Run:
         state.calls += 1
         return [CallEvent(index=state.calls - 1, call=call)]
 
-    def _done(self, state: "_AttemptState") -> DoneEvent:
+    def _done(self, state: _AttemptState) -> DoneEvent:
         finish = state.finish
         reason = finish.reason if finish else "stop"
         if state.unclosed:
@@ -222,7 +224,7 @@ class _Run:
             return replace(self.request.sampling, seed=seed + attempt)
         return self.request.sampling
 
-    def _record_timing(self, start: float, first: float | None, state: "_AttemptState") -> None:
+    def _record_timing(self, start: float, first: float | None, state: _AttemptState) -> None:
         finish = state.finish
         if finish is None:
             return

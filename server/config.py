@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     generation: GenerationSection = GenerationSection()
 
     @model_validator(mode="after")
-    def _coherent(self) -> "Settings":
+    def _coherent(self) -> Settings:
         if self.limits.default_max_tokens > self.limits.max_tokens:
             raise ValueError("limits.default_max_tokens cannot exceed limits.max_tokens")
         if self.limits.max_tokens >= self.model.context_length:

@@ -9,9 +9,10 @@ with arguments as a mapping (so templates that `tojson` them do not double-encod
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -40,7 +41,7 @@ def render(
         )
     except jinja2.TemplateError as exc:
         # Templates reject conversations they cannot express (e.g. roles out of order).
-        raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages")
+        raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages") from None
 
 
 def message_dict(message: Message) -> dict[str, Any]:

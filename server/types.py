@@ -23,7 +23,7 @@ class Tool:
     strict: bool = False
 
 
-class ChoiceMode(str, enum.Enum):
+class ChoiceMode(enum.StrEnum):
     AUTO = "auto"
     NONE = "none"
     REQUIRED = "required"
@@ -78,7 +78,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What happened to one tool call (or to a request that made none); a metrics label."""
 
     VALID = "valid"

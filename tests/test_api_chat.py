@@ -115,8 +115,8 @@ def _collect_stream(client, **kw):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_stream_equals_non_stream(client, mode: str, seed: int) -> None:  # type: ignore[no-untyped-def]
     choice = {"type": "function", "function": {"name": "get_weather"}} if mode == "named" else mode
-    kw = dict(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=choice, seed=seed, max_tokens=120,
-              temperature=0.8)
+    kw = dict(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=choice, seed=seed,
+              max_tokens=120, temperature=0.8)
     whole = client.chat.completions.create(**kw)
     content, calls, finish, usage, roles = _collect_stream(client, **kw)
     msg = whole.choices[0].message
@@ -158,7 +158,8 @@ def test_history_with_tool_results_renders_and_answers(client) -> None:  # type:
     messages = [
         {"role": "user", "content": "Where is order 42?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "track_order", "arguments": '{"order_id": 42}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "track_order", "arguments": '{"order_id": 42}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
     ]
     r = client.chat.completions.create(model="tiny", messages=messages, tools=[TRACK], seed=0, max_tokens=30)

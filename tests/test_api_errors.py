@@ -75,7 +75,8 @@ def test_unknown_model_is_404(gateway) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_oversized_body_is_413(gateway) -> None:  # type: ignore[no-untyped-def]
-    big = {"model": "tiny", "messages": [{"role": "user", "content": "x" * (gateway.settings.server.max_body_bytes + 10)}]}
+    too_long = "x" * (gateway.settings.server.max_body_bytes + 10)
+    big = {"model": "tiny", "messages": [{"role": "user", "content": too_long}]}
     _error(_post(gateway, big), 413)
 
 

@@ -46,10 +46,12 @@ def _stream(text: str, chunks: list[str]) -> tuple[str, list[str], bool]:
 
 @settings(max_examples=200, deadline=None)
 @given(contents, calls, st.data())
-def test_stream_parse_equals_parse_in_any_chunking(content: str, tool_calls: list[ToolCall], data: st.DataObject) -> None:
+def test_stream_parse_equals_parse_in_any_chunking(
+    content: str, tool_calls: list[ToolCall], data: st.DataObject
+) -> None:
     text = fmt.render(content, tool_calls) + data.draw(st.sampled_from(["", "\ntrailing", "<tool_ca"]))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
-    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     whole = fmt.parse(text)
     assert _stream(text, chunks) == (whole.content, [c.arguments for c in whole.calls], whole.unclosed)
     assert _stream(text, list(text)) == _stream(text, [text])
@@ -75,7 +77,8 @@ def test_broken_json_is_reported_on_the_call() -> None:
 
 
 def test_missing_or_null_arguments_mean_empty_object() -> None:
-    parsed = fmt.parse('<tool_call>\n{"name": "ping"}\n</tool_call>\n<tool_call>\n{"name": "p2", "arguments": null}\n</tool_call>')
+    parsed = fmt.parse('<tool_call>\n{"name": "ping"}\n</tool_call>\n'
+                       '<tool_call>\n{"name": "p2", "arguments": null}\n</tool_call>')
     assert [(c.name, c.arguments) for c in parsed.calls] == [("ping", "{}"), ("p2", "{}")]
 
 
@@ -87,3 +90,20 @@ def test_stringified_arguments_are_normalised() -> None:
 def test_text_after_a_call_is_kept_as_content() -> None:
     parsed = fmt.parse('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\nDone.')
     assert parsed.content == "Done." and len(parsed.calls) == 1
+
+
+def test_close_marker_inside_an_argument_string_does_not_end_the_call() -> None:
+    text = '<tool_call>\n{"name": "note", "arguments": {"text": "a </tool_call> b \\" </tool_call>"}}\n</tool_call>'
+    [call] = fmt.parse(text).calls
+    assert call.error is None and json.loads(call.arguments) == {"text": 'a </tool_call> b " </tool_call>'}
+    assert _stream(text, list(text))[1] == [call.arguments]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=30), st.data())
+def test_any_string_argument_round_trips(value: str, data: st.DataObject) -> None:
+    call = ToolCall("f", json.dumps({"v": value}, ensure_ascii=False))
+    text = fmt.render(None, [call])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    assert json.loads(_stream(text, chunks)[1][0]) == {"v": value}

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server.api.app import GatewayDep
 from server.api.responses import ChunkWriter, Envelope, completion
-from server.api.translate import to_messages, to_tools
-from server.api.translate import to_chat_request
+from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest
-from server.chat import ChatEvent, prompt_for, run_chat, ChatRequest
+from server.chat import ChatEvent, ChatRequest, prompt_for, run_chat
 from server.engines.base import Cancel
 from server.errors import GatewayError
 

@@ -36,7 +36,8 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
     open_calls: set[str] = set()
     out = []
     for i, m in enumerate(wire):
-        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments) for j, c in enumerate(m.tool_calls or []))
+        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments)
+                      for j, c in enumerate(m.tool_calls or []))
         open_calls.update(c.id for c in calls)
         if m.role == "tool" and m.tool_call_id not in open_calls:
             raise InvalidRequest(

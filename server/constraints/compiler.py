@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jsonschema
@@ -24,7 +25,8 @@ from server.errors import InvalidRequest, UnsupportedFeature
 from server.toolcalls.base import ToolFormat
 from server.types import ChoiceMode, JSONSchema, TextFormat, Tool, ToolChoice
 
-GRAMMARS_DIR = Path(__file__).resolve().parents[2] / "grammars"
+# The repository's grammars/ folder; an installed package (a container) points here instead.
+GRAMMARS_DIR = Path(os.environ.get("CALLGATE_GRAMMARS", Path(__file__).resolve().parents[2] / "grammars"))
 TEXT_KINDS = ("text", "json_object", "json_schema")
 TEXT_PARAM = "response_format.json_schema.schema"
 
@@ -36,16 +38,22 @@ JSON_LAYOUT: dict[str, object] = {
     "key_separator": ": ",
     "json_allow_general_unicode_escapes": True,
 }
-# Draft 2020-12 keywords, to name the culprit in llguidance's messages.
-_KEYWORDS = frozenset(
-    "$ref $dynamicRef $dynamicAnchor $anchor $defs $id $schema $vocabulary allOf anyOf oneOf not "
-    "if then else dependentSchemas dependentRequired prefixItems items contains minContains "
-    "maxContains properties patternProperties additionalProperties propertyNames unevaluatedItems "
-    "unevaluatedProperties type enum const multipleOf maximum exclusiveMaximum minimum "
-    "exclusiveMinimum maxLength minLength pattern maxItems minItems uniqueItems maxProperties "
-    "minProperties required format".split()
-)
-_ALIASES = {"patternProperty": "patternProperties", "Resource": "$ref", "min/maxProperties": "minProperties"}
+# Draft 2020-12 validation keywords, to name the culprit in llguidance's messages.
+SCHEMA_KEYWORDS = frozenset(jsonschema.Draft202012Validator.VALIDATORS) | {
+    "then", "else", "minContains", "maxContains", "$dynamicAnchor",
+}  # fmt: skip
+_ALIASES = {
+    "patternProperty": "patternProperties",
+    "Resource": "$ref",
+    "min/maxProperties": "minProperties",
+}
+# Describe values, yet llguidance ignores them (annotations in 2020-12): refuse, never drop.
+_IGNORED = frozenset({"contentEncoding", "contentMediaType", "contentSchema"})
+_ONE = ("items", "additionalProperties", "contains", "propertyNames", "not", "if", "then", "else",
+        "unevaluatedItems", "unevaluatedProperties", "contentSchema")  # fmt: skip
+_MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
+_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_RESERVED = "'x-guidance' is reserved: the gateway pins the JSON layout; remove it"
 _WORD_RE = re.compile(r"[$\w/]+")
 _META = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
 
@@ -128,7 +136,9 @@ def cache_stats() -> CacheStats:
 
 
 def clear_cache() -> None:
+    """Forget compiled grammars and memoized schema checks (for cold-start measurements)."""
     _CACHE.clear()
+    _meta_problem.cache_clear()
 
 
 def compile_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> Constraint:
@@ -139,8 +149,9 @@ def compile_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> Constraint:
         return replace(found, compile_ms=0.0, cached=True)
     start = time.perf_counter()
     shape = plan(spec)
-    lark = None if shape is None else emit_lark(shape, spec, fmt)
-    if shape is not None and lark is not None:
+    lark = None
+    if shape is not None:
+        lark = emit_lark(shape, spec, fmt)
         validate_lark(lark, shape, spec)
     ms = (time.perf_counter() - start) * 1e3
     built = Constraint(lark, lark_key(lark), ms, cached=False)
@@ -165,7 +176,7 @@ def lark_key(lark: str | None) -> str:
     return "unconstrained" if lark is None else hashlib.sha256(lark.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_grammar_file(name: str) -> str:
     """The one loader of grammars/ files (read once each)."""
     return (GRAMMARS_DIR / name).read_text(encoding="utf-8")
@@ -203,7 +214,7 @@ def _check_text_format(text: TextFormat) -> None:
     if text.kind == "json_schema":
         if not isinstance(text.schema, dict):
             raise InvalidRequest("response_format json_schema needs a `schema` object", param=TEXT_PARAM)
-        _check_meta(text.schema, "response_format.json_schema.schema", TEXT_PARAM)
+        _check_schema(text.schema, TEXT_PARAM, TEXT_PARAM)
 
 
 def _check_name(i: int, name: str, seen: dict[str, int]) -> None:
@@ -231,8 +242,7 @@ def _check_choice(choice: ToolChoice, names: list[str]) -> None:
         )
     if choice.mode is ChoiceMode.NAMED and choice.name not in names:
         raise InvalidRequest(
-            f"tool_choice names function {choice.name!r}, which is not a declared tool; "
-            f"declared: {', '.join(names)}",
+            f"tool_choice names function {choice.name!r}, which is not a declared tool; declared: {', '.join(names)}",
             param="tool_choice",
         )
 
@@ -241,40 +251,58 @@ def _check_tool_schema(i: int, tool: Tool) -> None:
     """A valid Draft 2020-12 schema of a JSON object, with no layout options of its own."""
     param = f"tools[{i}].function.parameters"
     schema = tool_schema(tool)
-    if "x-guidance" in schema:
-        raise UnsupportedFeature(
-            f"{param} ({tool.name}): 'x-guidance' is reserved, the gateway pins the JSON layout; remove it",
-            param=param,
-        )
-    _check_meta(schema, f"{param} ({tool.name})", param)
+    _check_schema(schema, f"{param} ({tool.name})", param)
     if schema["type"] != "object":
         raise InvalidRequest(
-            f"{param} ({tool.name}) must describe a JSON object (\"type\": \"object\"), "
-            f"got type {schema['type']!r}",
+            f'{param} ({tool.name}) must describe a JSON object ("type": "object"), got type {schema["type"]!r}',
             param=param,
         )
 
 
-def _check_meta(schema: JSONSchema, where: str, param: str) -> None:
-    error = jsonschema.exceptions.best_match(_META.iter_errors(schema))
-    if error is not None:
-        at = "/".join(str(p) for p in error.absolute_path) or "(root)"
-        raise InvalidRequest(
-            f"{where} is not a valid JSON Schema (Draft 2020-12) at {at}: {error.message}",
+def _check_schema(schema: JSONSchema, where: str, param: str) -> None:
+    """Draft 2020-12 valid, no layout options of its own, no keyword llguidance would ignore."""
+    if "x-guidance" in schema:
+        raise UnsupportedFeature(f"{where}: {_RESERVED}", param=param)
+    problem = _meta_problem(json.dumps(schema, sort_keys=True, default=repr))
+    if problem is not None:
+        raise InvalidRequest(f"{where} is not a valid JSON Schema (Draft 2020-12) {problem}", param=param)
+    ignored = sorted(_IGNORED & _keywords_in(schema))
+    if ignored:
+        raise UnsupportedFeature(
+            f"{where}: JSON Schema keyword {', '.join(map(repr, ignored))} cannot be enforced by "
+            "the grammar engine (it would be silently ignored); remove it",
             param=param,
         )
+
+
+def _keywords_in(schema: JSONSchema) -> set[str]:
+    """Keywords used anywhere in the schema (at schema positions, not property names)."""
+    found: set[str] = set()
+    stack: list[object] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found |= node.keys()
+            stack += [node[k] for k in _ONE if k in node]
+            stack += [s for k in _MANY for s in node.get(k, [])]
+            stack += [s for k in _MAP for s in node.get(k, {}).values()]
+    return found
+
+
+@lru_cache(maxsize=4096)
+def _meta_problem(schema_json: str) -> str | None:
+    """Memoized: the meta-schema check costs about 1.3 ms a schema, more than llguidance."""
+    error = jsonschema.exceptions.best_match(_META.iter_errors(json.loads(schema_json)))
+    if error is None:
+        return None
+    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
 
 
 # ---- Lark emission ----
 
 
-def build_lark(spec: ConstraintSpec, fmt: ToolFormat) -> str | None:
-    """The Lark grammar text for `spec`, checked but not validated by llguidance (uncached)."""
-    shape = plan(spec)
-    return None if shape is None else emit_lark(shape, spec, fmt)
-
-
 def emit_lark(shape: Plan, spec: ConstraintSpec, fmt: ToolFormat) -> str:
+    """The Lark text: start, text terminals, then the format's envelope file and call bodies."""
     parts = ["%llguidance {}", _start_rule(shape), _text_rules(spec, fmt, shape)]
     if shape.tools:
         parts += [load_grammar_file(fmt.envelope.grammar_file), _envelope_rules(spec, fmt, shape)]
@@ -319,7 +347,10 @@ def _lead_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]
     if opener in spec.special_tokens:
         return ["lead: open | LEAD_TEXT open", "LEAD_TEXT: TEXT_NE TEXT_SEP"]
     # One lexeme from text to opener: as two, the greedy text lexeme would eat the opener.
-    return ["lead: open | LEAD_TEXT_OPEN", f"LEAD_TEXT_OPEN: TEXT_NE TEXT_SEP {lark_literal(opener)}"]
+    return [
+        "lead: open | LEAD_TEXT_OPEN",
+        f"LEAD_TEXT_OPEN: TEXT_NE TEXT_SEP {lark_literal(opener)}",
+    ]
 
 
 def _call_body_rules(tools: tuple[Tool, ...], fmt: ToolFormat) -> list[str]:
@@ -369,11 +400,11 @@ def validate_lark(lark: str, shape: Plan, spec: ConstraintSpec) -> None:
             continue
         own = llguidance_problem(f"start: %json {layout_json(tool_schema(tool))}")
         if own is not None:
-            raise _unsupported(f"tools[{i}].function.parameters", tool.name, own)
+            raise _schema_error(f"tools[{i}].function.parameters", tool.name, own)
     if shape.text and spec.text.kind != "text":
         own = llguidance_problem(f"start: %json {layout_json(text_schema(spec.text))}")
         if own is not None:
-            raise _unsupported(TEXT_PARAM, "response format", own)
+            raise _schema_error(TEXT_PARAM, "response format", own)
     raise UnsupportedFeature(f"the tools cannot be compiled into one grammar: {reason}", param="tools")
 
 
@@ -390,9 +421,14 @@ def _first_line(message: str) -> str:
     return re.sub(r"^at \d+\(\d+\): ", "", line)
 
 
-def _unsupported(param: str, name: str, reason: str) -> UnsupportedFeature:
+def _schema_error(param: str, name: str, reason: str) -> InvalidRequest:
+    if reason.startswith("failed to compile JSON schema: Unsatisfiable"):
+        return InvalidRequest(
+            f"{param} ({name}): no value can satisfy this schema ({reason}); fix the schema",
+            param=param,
+        )
     words = [_ALIASES.get(w, w) for w in _WORD_RE.findall(reason)]
-    keywords = sorted({w for w in words if w in _KEYWORDS})
+    keywords = sorted({w for w in words if w in SCHEMA_KEYWORDS})
     what = "keyword " + ", ".join(repr(k) for k in keywords) if keywords else "schema"
     return UnsupportedFeature(
         f"{param} ({name}): JSON Schema {what} cannot be enforced by the grammar engine "

@@ -6,8 +6,9 @@ tool-calling semantics and hands engines a Lark grammar (llguidance syntax).
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, Sequence
+from typing import Protocol
 
 from server.types import Sampling
 

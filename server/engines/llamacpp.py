@@ -14,9 +14,10 @@ import os
 import threading
 import unicodedata
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray

@@ -7,8 +7,9 @@ argument schema. Formats know nothing of HTTP, engines or OpenAI's wire shapes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from server.types import Tool, ToolCall
 
@@ -63,8 +64,10 @@ class StreamParser(Protocol):
 class Envelope:
     """The fixed shape around calls, for the constraint compiler.
 
-    `grammar_file` (under grammars/) defines rules `calls` (one or more calls) and `call`
-    (exactly one), referencing `call_body`, `OPEN` and `CLOSE`, which the compiler supplies.
+    `grammar_file` (under grammars/, Lark; the GBNF twin has the same stem) defines rules
+    `call` (exactly one call) and `calls` (one or more), built from `lead` (the first opener
+    with any text before it), `open`, `close` and `call_body`, which the compiler appends:
+    `open` / `close` are special tokens when the vocabulary has them, else literal text.
     `open` is the trigger: its first token is the decision point of the no-tool threshold.
     """
 

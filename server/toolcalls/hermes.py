@@ -6,7 +6,7 @@ after optional content and a "\\n".
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 from server.toolcalls.base import Envelope, Parsed, ParsedCall
 from server.toolcalls.jsonargs import dump_arguments, lark_string, read_call_object

@@ -8,7 +8,7 @@ an opener; a call is released whole, once its closer arrives.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from server.toolcalls.base import CallDone, Parsed, ParsedCall, StreamEvent, TextDelta
 
@@ -35,6 +35,7 @@ class MarkerStreamParser:
         self._in_call = False
         self._after_call = False
         self._unclosed = False
+        self._scan = _JsonScan()
 
     @property
     def unclosed(self) -> bool:
@@ -81,13 +82,14 @@ class MarkerStreamParser:
         return False
 
     def _step_call(self, events: list[StreamEvent]) -> bool:
-        at = self._pending.find(self._close)
+        at = self._scan.find(self._pending, self._close)
         if at < 0:
             return False
         events.append(CallDone(self._parse_body(self._pending[:at])))
         self._pending = self._pending[at + len(self._close) :]
         self._in_call = False
         self._after_call = True
+        self._scan = _JsonScan()
         return True
 
     def _strip_separator(self, text: str) -> str:
@@ -100,6 +102,36 @@ class MarkerStreamParser:
     def _emit_text(text: str, events: list[StreamEvent]) -> None:
         if text:
             events.append(TextDelta(text))
+
+
+class _JsonScan:
+    """Finds a closing marker outside JSON strings: an argument may hold the marker's text
+    (`"note": "</tool_call>"`), which must not end the call. Scanning resumes where it
+    stopped, so streamed text is read once."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.in_string = False
+        self.escaped = False
+
+    def find(self, text: str, marker: str) -> int:
+        while self.pos < len(text):
+            if not self.in_string:
+                if text.startswith(marker, self.pos):
+                    return self.pos
+                if marker.startswith(text[self.pos :]):
+                    return -1  # a partial marker at the end: wait for more text
+            self._advance(text[self.pos])
+            self.pos += 1
+        return -1
+
+    def _advance(self, char: str) -> None:
+        if self.escaped:
+            self.escaped = False
+        elif char == "\\" and self.in_string:
+            self.escaped = True
+        elif char == '"':
+            self.in_string = not self.in_string
 
 
 def parse_with(parser: MarkerStreamParser, text: str) -> Parsed:

@@ -6,8 +6,8 @@ tool-call outcome metrics.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Mapping
 
 from jsonschema import Draft202012Validator
 

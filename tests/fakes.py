@@ -1,0 +1,43 @@
+"""A typed fake engine for unit tests of orchestration only: it replays scripted outputs
+(ignoring the grammar, as a misbehaving backend could) and records what it was asked."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from server.engines.base import Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+
+INFO = EngineInfo(model="fake", context_length=4096, chat_template=(
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n"),
+    bos_token="", eos_token="<|im_end|>", special_tokens=frozenset({"<tool_call>", "</tool_call>", "<|im_end|>"}))
+
+
+@dataclass
+class FakeEngine:
+    scripts: list[tuple[list[str], str]] = field(default_factory=list)  # (pieces, finish reason)
+    p_open: float = 0.5
+    requests: list[GenerateRequest] = field(default_factory=list)
+    cancelled: int = 0
+
+    def info(self) -> EngineInfo:
+        return INFO
+
+    async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
+        self.requests.append(request)
+        pieces, reason = self.scripts.pop(0)
+        for piece in pieces:
+            if cancel.is_set():
+                self.cancelled += 1
+                return
+            yield Piece(piece)
+        yield Finish(reason, prompt_tokens=10, completion_tokens=len(pieces))
+
+    async def token_probabilities(
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+    ) -> list[float]:
+        return [self.p_open for _ in candidates]
+
+    async def close(self) -> None:
+        pass
