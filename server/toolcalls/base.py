@@ -89,3 +89,8 @@ class ToolFormat(Protocol):
     def call_body(self, tool: Tool, args_rule: str) -> str:
         """A Lark expression for one call of `tool`, whose arguments match rule `args_rule`."""
         ...
+
+    def args_rules(self, tool: Tool, args_rule: str) -> list[str] | None:
+        """Lark rules defining `args_rule` when the arguments are not JSON (pythonic, XML
+        parameters); None means the compiler's `%json` of the tool's schema, layout pinned."""
+        ...

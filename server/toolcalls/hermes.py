@@ -36,6 +36,9 @@ class HermesFormat:
         head = '{"name": ' + json.dumps(tool.name, ensure_ascii=False) + ', "arguments": '
         return f'{lark_string(head)} {args_rule} "}}"'
 
+    def args_rules(self, tool: Tool, args_rule: str) -> list[str] | None:
+        return None
+
     @staticmethod
     def _render_call(call: ToolCall) -> str:
         name = json.dumps(call.name, ensure_ascii=False)
