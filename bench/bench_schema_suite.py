@@ -28,7 +28,8 @@ from server.errors import GatewayError, UnsupportedFeature
 from server.toolcalls import get_format
 from server.types import TextFormat, ToolChoice
 
-SUITE = Path("/work/shared/data/json-schema-test-suite/draft2020-12")
+# shared/ lies beside the repository (as in CI: a fresh clone with shared/ next to it).
+SUITE = Path(__file__).resolve().parents[2] / "shared" / "data" / "json-schema-test-suite" / "draft2020-12"
 TITLE = "JSON Schema test suite: coverage and soundness"
 HERMES = get_format("hermes")
 

@@ -7,12 +7,13 @@ Unsafe or contradictory combinations are refused here, before anything is loaded
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from server.errors import ConfigError
 
@@ -21,15 +22,20 @@ class ServerSection(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(4_000_000, ge=1024, description="larger request bodies get 413")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="after SIGTERM, how long in-flight requests may take to finish"
+    )
 
 
 class ModelSection(BaseModel):
     path: Path | None = Field(None, description="GGUF file; default: the demo model")
     served_name: str | None = Field(None, description="the id clients send; default: file stem")
     chat_template: Path | None = Field(None, description="a Jinja file overriding the model's")
-    tool_format: str = Field("hermes", description="how the model writes tool calls")
+    tool_format: str = Field(
+        "auto", description='how the model writes tool calls; "auto": detected from the chat template'
+    )
     context_length: int = Field(4096, ge=128)
-    threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: half the logical cores")
     no_tool_threshold: float | None = Field(
         None, ge=0.0, le=1.0,
         description="in tool_choice auto, call a tool only if P(opening a call) reaches this",
@@ -45,6 +51,38 @@ class LimitsSection(BaseModel):
     max_tools: int = Field(128, ge=1)
     max_schema_bytes: int = Field(65_536, ge=256, description="per tool, as compact JSON")
     max_schema_depth: int = Field(24, ge=2)
+    max_tools_bytes: int = Field(
+        262_144, ge=1024, description="all of a request's schemas together, as compact JSON"
+    )
+    compile_timeout_s: float = Field(
+        5.0, gt=0, description="longest constraint compilation; past it the request gets 400"
+    )
+
+
+# Keys are secrets: SecretStr keeps them out of reprs, logs and error messages.
+Keys = Annotated[list[SecretStr], NoDecode]
+
+
+class AuthSection(BaseModel):
+    api_keys: Keys = Field(default_factory=list, description="Bearer keys for inference routes")
+    admin_keys: Keys = Field(default_factory=list, description="Bearer keys for admin routes (and inference)")
+    open_metrics: bool = Field(True, description="serve /metrics without a key (for Prometheus)")
+    open_health: bool = Field(True, description="serve /health without a key (for probes)")
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        """The environment gives one string: a JSON list or comma-separated keys."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
 
 
 class GenerationSection(BaseModel):
@@ -61,6 +99,7 @@ class Settings(BaseSettings):
     server: ServerSection = ServerSection()
     model: ModelSection = ModelSection()
     limits: LimitsSection = LimitsSection()
+    auth: AuthSection = AuthSection()
     generation: GenerationSection = GenerationSection()
 
     @model_validator(mode="after")
@@ -69,6 +108,8 @@ class Settings(BaseSettings):
             raise ValueError("limits.default_max_tokens cannot exceed limits.max_tokens")
         if self.limits.max_tokens >= self.model.context_length:
             raise ValueError("limits.max_tokens must be below model.context_length")
+        if any(not key.get_secret_value() for key in self.auth.api_keys + self.auth.admin_keys):
+            raise ValueError("auth keys cannot be empty strings; remove the empty entry")
         return self
 
     @classmethod

@@ -41,7 +41,7 @@ class LlamaCppEngine:
         self._llama = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=context_length,
-            n_threads=threads or os.cpu_count() or 1,
+            n_threads=threads or default_threads(),
             n_batch=min(512, context_length),
             logits_all=False,
             verbose=False,
@@ -257,6 +257,13 @@ class LlamaCppEngine:
             for t in range(self._n_vocab)
             if self._lib.llama_vocab_get_attr(self._vocab, t) & control
         ]
+
+
+def default_threads() -> int:
+    """Half the logical cores (about the physical ones), as llama.cpp's own default: more
+    threads than cores left free makes llama.cpp's thread barriers spin, and the event loop
+    and tokenizer need a core too."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def _token_text(model: Any, token: int) -> str:
