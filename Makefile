@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup serve test test-fast bench clean
+.PHONY: setup serve test test-fast bench clean prometheus
 
 setup: $(STAMP)
 
@@ -26,7 +26,15 @@ models/tiny/model.gguf: $(STAMP)
 serve: $(STAMP) $(if $(filter models/tiny/model.gguf,$(MODEL)),models/tiny/model.gguf)
 	$(BIN)/python -m server --model $(MODEL) --port $(PORT)
 
-test: $(STAMP)
+# Debian's Prometheus, for the test that scrapes a live gateway with a real server. Installed
+# once and quietly; if it cannot be installed, that test skips and says why.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo -n"; \
+		{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus; } \
+			>/dev/null 2>&1 || echo "make: could not install prometheus; its test will skip" >&2; }
+
+test: $(STAMP) prometheus
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

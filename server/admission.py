@@ -56,6 +56,7 @@ class Admission:
             raise Timeout(f"waited {self._timeout_s:g}s in the queue without a free slot") from None
         finally:
             self.waiting -= 1
+            self._report()  # a waiter that left or timed out is no longer queued
         return time.perf_counter() - start
 
     def _report(self) -> None:

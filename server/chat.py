@@ -7,21 +7,27 @@ events of `run_chat`, so they cannot disagree. Knows nothing of HTTP or OpenAI's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cache
+from typing import Literal
 
 from server.admission import Admission
-from server.constraints import Constraint, ConstraintSpec, compile_constraint
+from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
 from server.engines.base import Cancel, Engine, EngineInfo, Finish, GenerateRequest, Piece
-from server.errors import GatewayError, InvalidRequest
+from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
 from server.templates import render
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
 from server.toolcalls.validation import validate_call
 from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
+
+FormatSource = Literal["configured", "detected"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Served:
     no_tool_threshold: float | None = None
     validation_retries: int = 1
     adapter: str | None = None
+    format_source: FormatSource = "configured"  # or "detected" from the chat template
+    template_source: str = "model"  # "model" (embedded) or the override file's path
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,11 @@ def prompt_for(served: Served, request: ChatRequest) -> str:
     )
 
 
-def constraint_for(served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics) -> Constraint:
+async def constraint_for(
+    served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics, timeout_s: float = 5.0
+) -> Constraint:
+    """Compiled off the event loop with a deadline: a schema crafted to make compilation slow
+    gets a 400 instead of stalling every other request."""
     spec = ConstraintSpec(
         tools=request.tools,
         choice=choice,
@@ -98,26 +110,56 @@ def constraint_for(served: Served, request: ChatRequest, choice: ToolChoice, met
         text=request.text,
         special_tokens=served.info.special_tokens,
     )
-    constraint = compile_constraint(spec, served.format)
+    constraint = cached_constraint(spec, served.format)  # hits skip the pool hop (~60 us)
+    if constraint is None:
+        constraint = await _compile(spec, served.format, timeout_s)
     metrics.constraint_cache.labels("hit" if constraint.cached else "miss").inc()
     if not constraint.cached:
         metrics.compile_seconds.observe(constraint.compile_ms / 1000)
     return constraint
 
 
+async def _compile(spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float) -> Constraint:
+    work = asyncio.get_running_loop().run_in_executor(_compile_pool(), compile_constraint, spec, fmt)
+    try:
+        return await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"compiling the constraint for these tools took over {timeout_s:g}s "
+            "(limits.compile_timeout_s); send fewer or simpler tool schemas",
+            param="tools", code="constraint_too_complex") from None
+
+
+@cache
+def _compile_pool() -> ThreadPoolExecutor:
+    # Two threads: a slow compilation that ran past its deadline cannot be stopped, so it may
+    # hold one while others go on; past two, compilations queue (and time out) instead of piling up.
+    return ThreadPoolExecutor(2, thread_name_prefix="compile")
+
+
 async def run_chat(
-    served: Served, request: ChatRequest, metrics: Metrics, cancel: Cancel
-) -> AsyncIterator[ChatEvent]:
+    served: Served, request: ChatRequest, metrics: Metrics, cancel: Cancel, compile_timeout_s: float = 5.0
+) -> AsyncGenerator[ChatEvent, None]:
     """Generate one answer. Raises GatewayError before the first event for bad requests."""
     prompt = prompt_for(served, request)
-    constraint_for(served, request, request.choice, metrics)  # reject bad tools before queueing
+    # Reject bad tools before queueing.
+    await constraint_for(served, request, request.choice, metrics, compile_timeout_s)
     async with served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
-        choice = await _decide(served, request, prompt, metrics)
-        constraint = constraint_for(served, request, choice, metrics)
-        run = _Run(served, request, choice, metrics)
-        async for event in run.attempts(prompt, constraint, cancel):
-            yield event
+        try:
+            choice = await _decide(served, request, prompt, metrics)
+            constraint = await constraint_for(served, request, choice, metrics, compile_timeout_s)
+            run = _Run(served, request, choice, metrics)
+            async for event in run.attempts(prompt, constraint, cancel):
+                yield event
+        except EngineError:
+            metrics.engine_errors.labels(served.name).inc()
+            raise
+        except GatewayError:
+            raise
+        except Exception as exc:  # an engine bug must end the answer with an error, not a cut stream
+            metrics.engine_errors.labels(served.name).inc()
+            raise EngineError(f"the engine failed: {type(exc).__name__}: {exc}") from exc
 
 
 async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Metrics) -> ToolChoice:
@@ -127,6 +169,11 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
         threshold = served.no_tool_threshold
     if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
         return request.choice
+    if not served.format.envelope.decision_point:
+        raise UnsupportedFeature(
+            f"no_tool_threshold needs a format whose calls and text answers start differently; "
+            f"{served.format.name!r} answers text with {served.format.envelope.reply[0]!r}",
+            param="no_tool_threshold")
     [p_open] = await served.engine.token_probabilities(prompt, [served.format.envelope.open], served.adapter)
     metrics.tool_open_probability.labels(served.name).observe(p_open)
     return ToolChoice(ChoiceMode.REQUIRED if p_open >= threshold else ChoiceMode.NONE)
@@ -284,6 +331,6 @@ def _depth(value: object) -> int:
 
 
 __all__ = [
-    "CallEvent", "ChatEvent", "ChatRequest", "ContentEvent", "DoneEvent", "GatewayError",
+    "CallEvent", "ChatEvent", "ChatRequest", "ContentEvent", "DoneEvent", "FormatSource", "GatewayError",
     "InvalidCall", "Served", "check_tool_limits", "run_chat",
 ]

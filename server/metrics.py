@@ -54,7 +54,11 @@ class Metrics:
             "a no-tool threshold applies; for calibrating it.", ["model"],
             buckets=tuple(i / 20 for i in range(1, 21)), registry=r)
         self.engine_errors = Counter(
-            "callgate_engine_errors", "Engine failures.", ["model"], registry=r)
+            "callgate_engine_errors", "Engine failures (answered 502 or ended with an error event).",
+            ["model"], registry=r)
+        self.draining = Gauge(
+            "callgate_draining", "1 while this replica drains after SIGTERM (refusing new requests).",
+            registry=r)
         self._tool_labels: set[str] = set()
 
     def tool_label(self, name: str) -> str:

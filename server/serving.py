@@ -1,26 +1,31 @@
 """Settings -> the served models: resolve the model file, load the engine, pick the chat
-template (override file, else the model's own) and the tool-call format."""
+template (override file, else the model's own) and the tool-call format (configured, or
+detected from that template when the setting is "auto")."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from server.admission import Admission
-from server.chat import Served
+from server.chat import FormatSource, Served
 from server.config import Settings
 from server.engines import make_engine
 from server.engines.base import Engine
 from server.errors import ConfigError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
-from server.toolcalls import get_format
+from server.toolcalls import ToolFormat, format_names, get_format
+from server.toolcalls.detect import detect_format
 
+AUTO = "auto"
 DEMO_MODEL = Path("models/demo/model.gguf")
 HOW_TO_GET_A_MODEL = (
     "no --model given and the demo model is not built at models/demo/model.gguf. Either pass "
     "--model PATH.gguf, or build a model first: `python -m training init-tiny --out models/tiny` "
     "(seconds; random weights, for trying the API) then `--model models/tiny/model.gguf`"
 )
+_log = logging.getLogger("callgate")
 
 
 def resolve_model_path(settings: Settings) -> Path:
@@ -37,30 +42,54 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     info = engine.info()
     # models/<name>/model.gguf is served as <name>; any other file by its stem.
     name = settings.model.served_name or (path.parent.name if path.stem == "model" else path.stem)
+    template, template_source = _template(settings, info.chat_template)
+    tool_format, format_source = resolve_format(settings.model.tool_format, template)
+    if settings.model.no_tool_threshold is not None and not tool_format.envelope.decision_point:
+        raise ConfigError(f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
+                          "text answers start like its calls, so there is no decision point")
     registry = ModelRegistry()
     registry.add(Served(
         name=name,
         engine=engine,
         info=info,
-        format=get_format(settings.model.tool_format),
-        template=_template(settings, info.chat_template),
+        format=tool_format,
+        template=template,
         admission=_admission(settings, metrics, name, getattr(engine, "parallelism", 1)),
         no_tool_threshold=settings.model.no_tool_threshold,
         validation_retries=settings.generation.validation_retries,
+        format_source=format_source,
+        template_source=template_source,
     ))
     return registry
 
 
-def _template(settings: Settings, embedded: str | None) -> str:
+def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSource]:
+    """The configured format, or with "auto" the one the chat template renders calls in."""
+    known = format_names()
+    if configured != AUTO:
+        if configured not in known:
+            raise ConfigError(f"unknown model.tool_format {configured!r}; use {AUTO!r} or one of: {', '.join(known)}")
+        return get_format(configured), "configured"
+    detection = detect_format(template)
+    _log.info("tool format %s detected from the chat template: %s", detection.format, detection.reason)
+    if detection.format not in known:
+        raise ConfigError(
+            f"the chat template uses the {detection.format!r} tool-call format ({detection.reason}), which "
+            f"this gateway does not implement; set model.tool_format (--tool-format) to one of: {', '.join(known)}")
+    return get_format(detection.format), "detected"
+
+
+def _template(settings: Settings, embedded: str | None) -> tuple[str, str]:
+    """The template text and where it came from: the override file's path, or "model"."""
     override = settings.model.chat_template
     if override is not None:
         try:
-            return override.read_text()
+            return override.read_text(), str(override)
         except OSError as exc:
             raise ConfigError(f"cannot read chat template {override}: {exc}") from None
     if not embedded:
         raise ConfigError("the model has no chat template; pass --chat-template FILE")
-    return embedded
+    return embedded, "model"
 
 
 def _admission(settings: Settings, metrics: Metrics, name: str, slots: int) -> Admission:

@@ -39,7 +39,7 @@ def render(
             bos_token=bos_token,
             eos_token=eos_token,
         )
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
         # Templates reject conversations they cannot express (e.g. roles out of order).
         raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages") from None
 

@@ -125,3 +125,15 @@ def test_queue_bound_and_deadline() -> None:
 async def _enter(admission: Admission) -> None:
     async with admission.slot():
         pass
+
+
+def test_threshold_is_refused_where_text_and_calls_start_alike() -> None:
+    from server.errors import UnsupportedFeature
+
+    engine = FakeEngine([(["x"], "stop")])
+    served = _served(engine, threshold=0.5)
+    served = Served(served.name, engine, INFO, get_format("functionary_v3"), served.template, Admission(1, 4, 5.0),
+                    no_tool_threshold=0.5)
+    assert not get_format("functionary_v3").envelope.decision_point and get_format("hermes").envelope.decision_point
+    with pytest.raises(UnsupportedFeature, match="no_tool_threshold"):
+        _run(served, _request())

@@ -19,7 +19,7 @@ from server.constraints import (
     to_gbnf,
 )
 from server.errors import GatewayError, InvalidRequest, UnsupportedFeature
-from server.toolcalls import get_format
+from server.toolcalls import ToolFormat, get_format
 from server.types import ChoiceMode, JSONSchema, TextFormat, Tool, ToolChoice
 from training import bfcl
 
@@ -447,3 +447,134 @@ def test_gbnf_refuses_what_it_cannot_express() -> None:
     with pytest.raises(UnsupportedFeature, match="'pattern' cannot be expressed in GBNF"):
         to_gbnf(spec(tools=(tool,)), HERMES)
     assert compile_constraint(spec(tools=(tool,)), HERMES).lark is not None  # Lark enforces it
+
+
+# ---- other tool-call formats (their envelopes per mode: tests/test_grammar_files.py) ----
+
+PYTHONIC, QWEN3, JSON_ENVELOPE = (get_format(n) for n in ("pythonic", "qwen3_coder", "json_envelope"))
+ORDER = Tool(
+    "order",
+    parameters={
+        "type": "object",
+        "properties": {
+            "item": {"type": "string", "maxLength": 5},
+            "qty": {"type": "integer", "minimum": 1},
+            "gift": {"type": "boolean"},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+            "meta": {"type": "object", "properties": {"k": {"type": "null"}}},
+        },
+        "required": ["item", "qty"],
+    },
+)
+
+
+def lark_of(fmt: ToolFormat, tools: tuple[Tool, ...], mode: str = "required") -> str | None:
+    return compile_constraint(spec(mode, tools=tools, special=False), fmt).lark
+
+
+def test_pythonic_arguments_are_python_literals_in_schema_order() -> None:
+    g = lark_of(PYTHONIC, (ORDER, PING))
+    for ok in [
+        '[order(item="tea", qty=2)]',
+        '[order(item="tea", qty=2, gift=True, note=None, tags=["a"]), ping()]',
+        '[order(item="t", qty=1, note="x", meta={"k": None})]',
+        '[order(item="\\u00e9", qty=1, tags=[])]',
+    ]:
+        assert matches(g, ok, False), ok
+    for bad in [
+        '[order(item="teapot", qty=2)]',
+        '[order(item="tea", qty=0)]',
+        '[order(qty=2, item="tea")]',
+        '[order(item="tea", qty=2, gift=true)]',
+        '[order(item="tea")]',
+        "[order(item='tea', qty=2)]",
+        '[order(item="tea", qty=2, tags=["a", "b", "a"])]',
+        '[order(item="a\\/b", qty=1)]',
+    ]:
+        assert not matches(g, bad, False), bad
+
+
+def test_qwen3_coder_writes_strings_raw_or_quoted_and_the_rest_as_json() -> None:
+    g = lark_of(QWEN3, (ORDER,))
+
+    def call(params: str) -> str:
+        return f"<tool_call>\n<function=order>\n{params}</function>\n</tool_call>"
+
+    def param(key: str, value: str) -> str:
+        return f"<parameter={key}>\n{value}\n</parameter>\n"
+
+    item, qty = param("item", "tea"), param("qty", "2")
+    for ok in [item + qty, param("item", '"12"') + qty, item + qty + param("note", "null"), item + qty
+               + param("note", "some </tool_call> text") + param("tags", '["a", "b"]')]:  # fmt: skip
+        assert matches(g, call(ok), False), ok
+    for bad in [param("item", "teapot") + qty, param("item", "12") + qty, item + param("qty", "0"),
+                item + param("qty", '"2"'), qty + item, item + qty + param("note", "true")]:  # fmt: skip
+        assert not matches(g, call(bad), False), bad
+
+
+@pytest.mark.parametrize(
+    ("fmt_name", "tool", "where", "param"),
+    [
+        ("functionary_v3", Tool("all"), "'all'", "tools[1].function.name"),
+        ("pythonic", Tool("get-weather"), "Python identifiers", "tools[1].function.name"),
+        ("pythonic", Tool("f", parameters={"type": "object", "properties": {"a-b": {}}}), "'a-b'",
+         "tools[1].function.parameters"),
+        ("pythonic", Tool("f", parameters={"type": "object", "properties": {"a": {"allOf": [{}]}}}), "'allOf'",
+         "tools[1].function.parameters"),
+        ("qwen3_coder", Tool("f", parameters={"type": "object", "properties": {"a": {"pattern": "x"}}}),
+         "'pattern'", "tools[1].function.parameters"),
+        ("qwen3_coder", Tool("f", parameters={"type": "object", "minProperties": 1}), "'minProperties'",
+         "tools[1].function.parameters"),
+    ],
+)  # fmt: skip
+def test_formats_refuse_what_they_cannot_express(fmt_name: str, tool: Tool, where: str, param: str) -> None:
+    with pytest.raises(UnsupportedFeature) as caught:
+        compile_constraint(spec(tools=(PING, tool)), get_format(fmt_name))
+    assert where in caught.value.message and tool.name in caught.value.message
+    assert caught.value.param == param
+
+
+def test_gbnf_of_argument_rules_translates_or_refuses() -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    for fmt, tools in ((PYTHONIC, (SEARCH, PING, CITY)), (QWEN3, (SEARCH, PING))):
+        gbnf = to_gbnf(spec(tools=tools, special=False), fmt)
+        sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode(), b"root")
+        assert sampler, gbnf
+        llama_cpp.llama_sampler_free(sampler)
+    with pytest.raises(UnsupportedFeature, match="cannot be expressed in GBNF"):
+        to_gbnf(spec(tools=(ORDER,), special=False), QWEN3)  # a raw string with maxLength needs Lark's `&`
+
+
+def test_text_answers_that_would_read_as_calls_are_refused() -> None:
+    llama3 = lark_of(get_format("llama3_json"), TOOLS, "none")
+    assert matches(llama3, "Sure [x] {y}", False)
+    assert not matches(llama3, ' {"x": 1}', False) and not matches(llama3, "<|python_tag|>", False)
+    pythonic = lark_of(PYTHONIC, TOOLS, "auto")
+    assert matches(pythonic, "Sure [x]", False) and not matches(pythonic, "\n[x]", False)
+    functionary = lark_of(get_format("functionary_v3"), TOOLS, "auto")
+    assert matches(functionary, ">>>all\nok\n>>>ping\n{}", False)
+    assert not matches(functionary, ">>>all\nok>>>>ping\n{}", False)  # "ok>" + ">>>" would misparse
+
+
+def test_json_answers_fit_the_formats_text_branch() -> None:
+    text = TextFormat("json_object")
+    g = compile_constraint(spec("auto", text=text, special=False), JSON_ENVELOPE).lark
+    assert matches(g, '{"response": {"answer": 42}}', False)
+    assert matches(g, '{"tool_calls": [{"name": "ping", "arguments": {}}]}', False)
+    assert not matches(g, '{"response": "plain"}', False)
+    functionary = compile_constraint(spec("none", text=text, special=False), get_format("functionary_v3")).lark
+    assert matches(functionary, '>>>all\n{"a": 1}', False) and not matches(functionary, '{"a": 1}', False)
+
+
+def test_bfcl_function_sets_compile_for_the_argument_syntaxes() -> None:
+    outcomes: Counter[str] = Counter()
+    for tools in bfcl_sets()[::8]:
+        for fmt in (PYTHONIC, QWEN3):
+            try:
+                assert compile_constraint(spec("auto", tools=tuple(tools)), fmt).lark
+                outcomes["ok"] += 1
+            except (UnsupportedFeature, InvalidRequest) as error:
+                assert error.param and error.param.startswith("tools["), error.message
+                outcomes[type(error).__name__] += 1
+    assert outcomes["ok"] >= 0.8 * sum(outcomes.values()), outcomes

@@ -1,7 +1,9 @@
-"""Every file in grammars/ compiled by the real engines and checked on strings it must accept and
-reject: .lark through llguidance, .gbnf through llama.cpp's own grammar sampler. The tokenizer is
-a byte-level BPE trained here (the envelope markers as special tokens, or as plain text), so tokens
-span lexeme boundaries as with a real model.
+"""Every file in grammars/ compiled by the real engines and checked, in every tool_choice mode, on
+its format's own renderings it must accept and on what it must reject (another function in named
+mode, a second call without parallel calls, text in required, the opener in none): .lark through
+llguidance, .gbnf through llama.cpp's own grammar sampler. The tokenizer is a byte-level BPE
+trained here (the envelope markers as special tokens, or as plain text), so tokens span lexeme
+boundaries as with a real model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from server.constraints import ConstraintSpec, compile_constraint, to_gbnf
 from server.constraints.compiler import GRAMMARS_DIR
 from server.toolcalls import ToolFormat, format_names, get_format
-from server.types import ChoiceMode, TextFormat, Tool, ToolChoice
+from server.types import ChoiceMode, TextFormat, Tool, ToolCall, ToolChoice
 
 
 def _formats_by_file() -> dict[str, ToolFormat]:
@@ -34,12 +36,9 @@ def _formats_by_file() -> dict[str, ToolFormat]:
 
 
 FORMATS = _formats_by_file()
-MARKERS = ("<tool_call>", "</tool_call>")
+# The formats' markers that are special tokens in their families' vocabularies (and can be named).
+MARKERS = ("<tool_call>", "</tool_call>", "<|tool_call|>")
 EOS = "<|im_end|>"
-CORPUS = [
-    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}\n</tool_call>',
-    "Hello! The weather in Paris is nice today, thanks for asking.",
-]
 WEATHER = Tool(
     "get_weather",
     parameters={
@@ -50,37 +49,44 @@ WEATHER = Tool(
     },
 )
 PING = Tool("ping")
-
-
-def call(name: str, args: str) -> str:
-    return f'<tool_call>\n{{"name": "{name}", "arguments": {args}}}\n</tool_call>'
-
-
-PARIS = call("get_weather", '{"city": "Paris", "days": 3}')
-# (mode, parallel, text, accepted as a whole output?)
-CASES: list[tuple[str, bool, str, bool]] = [
-    ("auto", True, "Hello there", True),
-    ("auto", True, "", True),
-    ("auto", True, PARIS, True),
-    ("auto", True, "Let me check.\n" + PARIS, True),
-    ("auto", True, PARIS + "\n" + call("ping", "{}"), True),
-    ("auto", False, PARIS + "\n" + call("ping", "{}"), False),
-    ("auto", True, "Let me check." + PARIS, False),
-    ("auto", True, "a <tool_call> b", False),
-    ("auto", True, PARIS + " done", False),
-    ("auto", True, PARIS[:-4], False),
-    ("auto", True, call("get_weather", '{"city":"Paris"}'), False),
-    ("auto", True, call("get_weather", '{"city": "Paris", "mood": 1}'), False),
-    ("auto", True, call("get_weather", '{"days": 3}'), False),
-    ("auto", True, call("get_time", "{}"), False),
-    ("none", True, "Hello there", True),
-    ("none", True, PARIS, False),
-    ("required", True, PARIS, True),
-    ("required", True, "Hello there", False),
-    ("required", False, PARIS + "\n" + PARIS, False),
-    ("named", True, call("ping", "{}"), True),
-    ("named", True, PARIS, False),
+PARIS = ToolCall("get_weather", '{"city": "Paris", "days": 3}')
+PING_CALL = ToolCall("ping", "{}")
+CORPUS = [
+    *(get_format(name).render("Let me check.", [PARIS, PING_CALL]) for name in format_names()),
+    "Hello! The weather in Paris is nice today, thanks for asking.",
 ]
+
+
+def cases(fmt: ToolFormat) -> list[tuple[str, bool, str, bool]]:
+    """(mode, parallel, whole output, accepted?) for `fmt`, from its own renderings."""
+    render = fmt.render
+    one, two = render(None, [PARIS]), render(None, [PARIS, PING_CALL])
+    text = render("Hello there", [])
+    return [
+        ("auto", True, text, True),
+        ("auto", True, render("", []), bool(render("", [])) or not fmt.envelope.reply[0]),  # an empty answer
+        ("auto", True, one, True),
+        ("auto", True, render("Let me check.", [PARIS]), True),
+        ("auto", True, two, True),
+        ("auto", False, two, False),
+        ("auto", True, fmt.envelope.open + "x", False),
+        ("auto", True, one + " done", False),
+        ("auto", True, one[:-4], False),
+        ("auto", True, render(None, [ToolCall("get_weather", '{"city": "Paris", "mood": 1}')]), False),
+        ("auto", True, render(None, [ToolCall("get_weather", '{"days": 3}')]), False),
+        ("auto", True, render(None, [ToolCall("get_weather", '{"city": 3}')]), False),
+        ("auto", True, render(None, [ToolCall("get_time", "{}")]), False),
+        ("none", True, text, True),
+        ("none", True, one, False),
+        ("none", True, fmt.envelope.open + "x", False),
+        ("required", True, one, True),
+        ("required", True, two, True),
+        ("required", True, text, False),
+        ("required", False, two, False),
+        ("named", True, render(None, [PING_CALL]), True),
+        ("named", True, one, False),
+        ("named", True, render(None, [PING_CALL, PING_CALL]), False),
+    ]
 
 
 def grammar_files() -> list[Path]:
@@ -117,7 +123,7 @@ def test_every_grammar_file_has_a_format() -> None:
 def test_lark_file_with_llguidance(path: Path, tokenizer: tuple[Tokenizer, bool]) -> None:
     tok, special = tokenizer
     engine = llguidance.LLTokenizer(tok.to_str(), eos_token=_eos(tok))
-    for mode, parallel, text, expected in CASES:
+    for mode, parallel, text, expected in cases(FORMATS[path.name]):
         lark = compile_constraint(spec(mode, parallel, special), FORMATS[path.name]).lark
         assert lark is not None
         matcher = llguidance.LLMatcher(engine, lark, log_level=0)
@@ -131,7 +137,7 @@ def test_gbnf_file_with_llama_cpp(path: Path, tokenizer: tuple[Tokenizer, bool],
     llama_cpp = pytest.importorskip("llama_cpp")
     tok, special = tokenizer
     with _vocab(llama_cpp, tok, tmp_path / "vocab.gguf") as vocab:
-        for mode, parallel, text, expected in CASES:
+        for mode, parallel, text, expected in cases(FORMATS[path.name]):
             gbnf = to_gbnf(spec(mode, parallel, special), FORMATS[path.name])
             got = _llama_accepts(llama_cpp, vocab, gbnf, tok.encode(text).ids, _eos(tok))
             assert got is expected, (mode, parallel, text)

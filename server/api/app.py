@@ -1,16 +1,24 @@
-"""The app factory: `create_app(settings, models)` wires routes, middleware and error
-rendering around a model registry. Nothing is created at import time."""
+"""The app factory: `create_app(settings, models)` wires routes, middleware, error rendering,
+API-key scopes and the SIGTERM drain around a model registry. Nothing is created at import time.
+Routes take what they need through the typed dependencies defined here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
 from server import __version__
+from server.api.middleware import BodyLimit, Drain, Lifecycle, RequestMetrics
+from server.auth import KeyRing, Scope, warn_if_exposed
 from server.config import Settings
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -21,6 +29,8 @@ class Gateway:
     settings: Settings
     models: ModelRegistry
     metrics: Metrics
+    keys: KeyRing
+    lifecycle: Lifecycle
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -31,16 +41,47 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
+def require_inference(request: Request, gw: GatewayDep) -> None:
+    gw.keys.authorize(request.headers.get("authorization"), Scope.INFERENCE)
+
+
+def require_admin(request: Request, gw: GatewayDep) -> None:
+    gw.keys.authorize(request.headers.get("authorization"), Scope.ADMIN)
+
+
+def require_health_access(request: Request, gw: GatewayDep) -> None:
+    if not gw.settings.auth.open_health:
+        require_inference(request, gw)
+
+
+def require_metrics_access(request: Request, gw: GatewayDep) -> None:
+    if not gw.settings.auth.open_metrics:
+        require_admin(request, gw)  # metrics describe the whole deployment: operators only
+
+
+# Route dependencies: `dependencies=[InferenceDep]` on a router or route.
+InferenceDep = Depends(require_inference)
+AdminDep = Depends(require_admin)
+HealthDep = Depends(require_health_access)
+MetricsDep = Depends(require_metrics_access)
+
+
 def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | None = None) -> FastAPI:
     from server.api import chat_routes, errors, info_routes
-    from server.api.middleware import BodyLimit, RequestMetrics
 
-    gateway = Gateway(settings, models, metrics or Metrics())
+    metrics = metrics or Metrics()
+    lifecycle = Lifecycle(settings.server.shutdown_timeout_s, metrics)
+    gateway = Gateway(settings, models, metrics, KeyRing(settings.auth), lifecycle)
+    warn_if_exposed(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await models.close()
+        restore = _drain_on_signals(lifecycle.drain)
+        try:
+            yield
+        finally:
+            restore()
+            await models.close()
 
     app = FastAPI(title="callgate", version=__version__, lifespan=lifespan)
     app.state.gateway = gateway
@@ -48,5 +89,38 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     app.include_router(chat_routes.router)
     app.include_router(info_routes.router)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
+    app.add_middleware(Drain, lifecycle=lifecycle)
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)
     return app
+
+
+def _drain_on_signals(drain: Callable[[Callable[[], None]], Any]) -> Callable[[], None]:
+    """Put a drain in front of the server's own SIGTERM / SIGINT handling (uvicorn's: stop
+    listening, wait for connections), so requests in flight finish and new ones get 503.
+    A second signal goes straight to the server's handler. Main thread only (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    tasks: set[asyncio.Task[Any]] = set()  # a reference, so the drain task is not collected
+    started = False
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        nonlocal started
+        handler = previous[sig]
+        if not callable(handler):
+            return
+        if started:  # a second signal: the server's handler at once (uvicorn forces exit)
+            handler(sig, frame)
+            return
+        started = True
+        loop.call_soon_threadsafe(lambda: tasks.add(loop.create_task(drain(lambda: handler(sig, frame)))))
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore

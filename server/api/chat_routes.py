@@ -1,80 +1,133 @@
-"""POST /v1/chat/completions (JSON and SSE) and POST /apply-template."""
+"""POST /v1/chat/completions (JSON and SSE) and POST /apply-template, behind the inference key.
+
+A client that disconnects before its answer starts is dropped at once, queue place included;
+once streaming, the stream's own disconnect stops the generation at the next token.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server.api.app import GatewayDep
+from server.api.app import GatewayDep, InferenceDep
+from server.api.middleware import Lifecycle, ShuttingDown
 from server.api.responses import ChunkWriter, Envelope, completion
 from server.api.translate import to_chat_request, to_messages, to_tools
-from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest
-from server.chat import ChatEvent, ChatRequest, prompt_for, run_chat
+from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
+from server.chat import ChatEvent, ChatRequest, DoneEvent, prompt_for, run_chat
 from server.engines.base import Cancel
 from server.errors import GatewayError
+from server.limits import Schemas, check_schema_budget
 
-router = APIRouter()
+router = APIRouter(dependencies=[InferenceDep])
+T = TypeVar("T")
+CLIENT_GONE = 499  # nginx's "client closed request": only metrics ever see it
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Response:
     served = gw.models.get(body.model)
     request.state.model, request.state.adapter = served.name, served.adapter or "none"
-    chat = to_chat_request(body, gw.settings.limits)
+    limits = gw.settings.limits
+    check_schema_budget(_schemas(body.tools, body.response_format), limits)
+    chat = to_chat_request(body, limits)
     cancel = Cancel()
-    events = run_chat(served, chat, gw.metrics, cancel)
+    untrack = gw.lifecycle.track(cancel)  # stopped at the shutdown deadline
+    events = run_chat(served, chat, gw.metrics, cancel, limits.compile_timeout_s)
     env = Envelope(model=served.name)
-    async with _cancel_on_disconnect(request, cancel):
-        if not body.stream:
-            return JSONResponse(completion(env, [e async for e in events]))
-        first = await anext(events)  # errors before the first event are plain HTTP errors
+    if not body.stream:
+        try:
+            answer = await _unless_gone(request, cancel, lambda: _collect(events, cancel, gw.lifecycle))
+        finally:
+            untrack()
+            await events.aclose()
+        return JSONResponse(completion(env, answer)) if answer is not None else Response(status_code=CLIENT_GONE)
+    try:
+        first = await _unless_gone(request, cancel, lambda: anext(events))  # errors before it are HTTP errors
+    except BaseException:
+        untrack()
+        await events.aclose()
+        raise
+    if first is None:
+        untrack()
+        await events.aclose()
+        return Response(status_code=CLIENT_GONE)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    writer = ChunkWriter(env, include_usage)
     return StreamingResponse(
-        _sse(writer, first, events, cancel),
+        _sse(ChunkWriter(env, include_usage), first, events, _Stop(cancel, untrack, gw.lifecycle)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
+def _schemas(tools: list[ToolDef] | None, fmt: ResponseFormat | None) -> Schemas:
+    out: list[tuple[str, object]] = [
+        (f"tools[{i}].function.parameters", t.function.parameters or {}) for i, t in enumerate(tools or [])]
+    if fmt is not None and fmt.json_schema is not None:
+        out.append(("response_format.json_schema.schema", fmt.json_schema.schema_))
+    return out
+
+
+async def _collect(events: AsyncGenerator[ChatEvent, None], cancel: Cancel, lifecycle: Lifecycle) -> list[ChatEvent]:
+    answer = [e async for e in events]
+    if lifecycle.aborted and cancel.is_set():
+        raise ShuttingDown("the gateway shut down before this answer was complete; retry")
+    return answer
+
+
+class _Stop:
+    """What ends one stream: its cancel flag, its shutdown registration, the lifecycle."""
+
+    def __init__(self, cancel: Cancel, untrack: Callable[[], None], lifecycle: Lifecycle):
+        self.cancel, self.untrack, self.lifecycle = cancel, untrack, lifecycle
+
+
 async def _sse(
-    writer: ChunkWriter, first: ChatEvent, events: AsyncIterator[ChatEvent], cancel: Cancel
-) -> AsyncIterator[bytes]:
+    writer: ChunkWriter, first: ChatEvent, events: AsyncGenerator[ChatEvent, None], stop: _Stop
+) -> AsyncGenerator[bytes, None]:
     try:
         yield writer.role()
         yield writer.event(first)
         async for event in events:
+            if isinstance(event, DoneEvent) and stop.lifecycle.aborted and stop.cancel.is_set():
+                raise ShuttingDown("the gateway shut down before this answer was complete; retry")
             yield writer.event(event)
     except GatewayError as exc:
         yield writer.error(exc)  # after the first byte, errors travel as a final SSE event
     finally:
-        cancel.set()  # the client went away (or we are done): stop generating
-        await events.aclose()  # type: ignore[attr-defined]
+        stop.cancel.set()  # the client went away (or we are done): stop generating
+        stop.untrack()
+        await events.aclose()
 
 
-@contextlib.asynccontextmanager
-async def _cancel_on_disconnect(request: Request, cancel: Cancel) -> AsyncIterator[None]:
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        cancel.set()
+async def _unless_gone(request: Request, cancel: Cancel, work: Callable[[], Awaitable[T]]) -> T | None:
+    """`work()`, or None if the client disconnects first: then the work is cancelled where it
+    is (a queue place is given back at once, a generation stops)."""
+    with anyio.CancelScope() as scope:
 
-    task = asyncio.create_task(watch())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.set()
+            scope.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await work()
+        finally:
+            watcher.cancel()  # not awaited: inside a cancelled scope every await raises again
+    return None
 
 
 @router.post("/apply-template")
 async def apply_template(body: ApplyTemplateRequest, gw: GatewayDep) -> dict[str, str]:
     served = gw.models.get(body.model) if body.model else gw.models.default()
     limits = gw.settings.limits
+    check_schema_budget(_schemas(body.tools, None), limits)
     request = ChatRequest(messages=to_messages(body.messages, limits), tools=to_tools(body.tools or [], limits))
     return {"prompt": prompt_for(served, request)}

@@ -9,14 +9,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import GatewayError, InvalidRequest, Overloaded
+from server.errors import GatewayError, InvalidRequest, Overloaded, Unauthorized
 
 log = logging.getLogger("callgate")
 
 
 def error_response(exc: GatewayError) -> JSONResponse:
-    headers = {"Retry-After": f"{max(1, round(exc.retry_after))}"} if isinstance(exc, Overloaded) else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=_headers(exc))
+
+
+def _headers(exc: GatewayError) -> dict[str, str] | None:
+    if isinstance(exc, Overloaded):
+        return {"Retry-After": f"{max(1, round(exc.retry_after))}"}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}  # RFC 6750: say which scheme to use
+    return None
 
 
 def install(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""GET /v1/models, /health and /metrics."""
+"""GET /v1/models (inference key), /health and /metrics (open unless configured otherwise)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.app import GatewayDep
+from server.api.app import GatewayDep, HealthDep, InferenceDep, MetricsDep
 
 router = APIRouter()
 _STARTED = int(time.time())
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[InferenceDep])
 async def list_models(gw: GatewayDep) -> dict[str, Any]:
     data = [
         {
@@ -27,6 +27,7 @@ async def list_models(gw: GatewayDep) -> dict[str, Any]:
             "parent": None,
             "max_model_len": served.info.context_length,
             "tool_format": served.format.name,
+            "tool_format_source": served.format_source,
             "tool_call_trigger": served.format.envelope.open,
         }
         for name, served in gw.models.models.items()
@@ -34,11 +35,11 @@ async def list_models(gw: GatewayDep) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/health")
+@router.get("/health", dependencies=[HealthDep])
 async def health(gw: GatewayDep) -> dict[str, Any]:
     return {"status": "ok", "models": sorted(gw.models.models)}
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[MetricsDep])
 async def metrics(gw: GatewayDep) -> Response:
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)

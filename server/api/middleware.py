@@ -1,16 +1,34 @@
-"""ASGI middleware: request-body size limit (413 before the app reads it) and request latency
-metrics measured to the last byte, streaming included."""
+"""ASGI middleware: request-body size limit (413 before the app reads it), request latency
+metrics measured to the last byte (streaming included), and the drain after SIGTERM (503 for
+new requests while in-flight ones finish). Knows nothing of routes beyond their paths.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import PayloadTooLarge
+from server.engines.base import Cancel
+from server.errors import GatewayError, PayloadTooLarge
 from server.metrics import Metrics
+
+log = logging.getLogger("callgate")
+# Served while draining: Prometheus keeps scraping the last numbers of a stopping replica.
+_DRAIN_EXEMPT = frozenset({"/metrics"})
+# Not counted as in-flight work: probes and scrapes must not hold a shutdown open.
+_NOT_WORK = frozenset({"/metrics", "/health"})
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
 
 
 class BodyLimit:
@@ -39,12 +57,16 @@ class BodyLimit:
         await self.app(scope, _replay(body, receive), send)
 
     async def _refuse(self, send: Send) -> None:
-        err = PayloadTooLarge(f"request body is over the {self.max_bytes}-byte limit")
-        payload = json.dumps(err.to_dict()).encode()
-        await send({"type": "http.response.start", "status": err.status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await send_error(send, PayloadTooLarge(f"request body is over the {self.max_bytes}-byte limit"))
+
+
+async def send_error(send: Send, err: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """An error response written below the app (its exception handlers cannot see it)."""
+    payload = json.dumps(err.to_dict()).encode()
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -92,3 +114,72 @@ class RequestMetrics:
 def _endpoint(scope: Scope) -> str:
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"
+
+
+class Lifecycle:
+    """In-flight work and the drain: after `drain()`, new requests get 503; in-flight ones
+    finish, or are cut (with an error event) once `deadline_s` has passed."""
+
+    def __init__(self, deadline_s: float, metrics: Metrics):
+        self.deadline_s = deadline_s
+        self.metrics = metrics
+        self.draining = False
+        self.aborted = False  # the deadline passed: answers still running end with 503
+        self.inflight = 0
+        self._cancels: set[Cancel] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    def track(self, cancel: Cancel) -> Callable[[], None]:
+        """Register a generation to stop at the deadline; returns its un-registration."""
+        self._cancels.add(cancel)
+        return lambda: self._cancels.discard(cancel)
+
+    async def drain(self, then: Callable[[], None]) -> None:
+        """Refuse new work, wait for in-flight work (up to the deadline), then call `then`."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        log.info("draining: %d requests in flight, up to %gs to finish", self.inflight, self.deadline_s)
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.deadline_s)
+        except TimeoutError:
+            log.warning("drain deadline passed; stopping %d requests", self.inflight)
+            self.aborted = True
+            for cancel in list(self._cancels):
+                cancel.set()
+            await asyncio.sleep(0)  # let the stopped streams write their last event
+        then()
+
+
+class Drain:
+    """503 (with Connection: close) for new requests once draining; counts in-flight work."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle):
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _DRAIN_EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.lifecycle.draining:
+            err = ShuttingDown("the gateway is shutting down; retry (another replica will answer)")
+            await send_error(send, err, ((b"connection", b"close"), (b"retry-after", b"1")))
+            return
+        if scope["path"] in _NOT_WORK:
+            await self.app(scope, receive, send)
+            return
+        self.lifecycle.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.lifecycle.leave()

@@ -43,6 +43,8 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
             raise InvalidRequest(
                 f"messages[{i}] is a tool result for call id {m.tool_call_id!r}, but no earlier "
                 "assistant message made a call with that id", param=f"messages[{i}].tool_call_id")
+        if m.content is None and m.role != "assistant":
+            raise InvalidRequest(f"messages[{i}] ({m.role}) has no content", param=f"messages[{i}].content")
         role = "system" if m.role == "developer" else m.role
         out.append(Message(role, _text(m), calls, m.tool_call_id, m.name))
     return tuple(out)

@@ -8,6 +8,7 @@ from server.constraints.compiler import (
     Constraint,
     ConstraintSpec,
     cache_stats,
+    cached_constraint,
     clear_cache,
     compile_constraint,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Constraint",
     "ConstraintSpec",
     "cache_stats",
+    "cached_constraint",
     "clear_cache",
     "compile_constraint",
     "to_gbnf",

@@ -1,54 +1,21 @@
 """GBNF emitter for llama.cpp-native consumers (llama-server upstream, grammar files): the same
-modes, envelope and pinned JSON layout as compiler.py's Lark. Argument schemas go through a small
-converter of a JSON Schema subset (llama.cpp's own converter puts required properties first, lets
-whitespace float and drops keywords it does not know); a keyword outside the subset raises
-UnsupportedFeature. It knows nothing of engines and needs no llama_cpp to emit."""
+modes, envelope and pinned JSON layout as the Lark emitter. Argument schemas go through
+gbnf_schema.py; a format's own argument rules (`args_rules`) are translated from their Lark
+subset. It knows nothing of engines and needs no llama_cpp to emit.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
 from pathlib import PurePath
 
-import jsonschema
-
-from server.constraints.compiler import (
-    SCHEMA_KEYWORDS,
-    TEXT_PARAM,
-    ConstraintSpec,
-    Plan,
-    load_grammar_file,
-    plan,
-    text_schema,
-    tool_schema,
-)
-from server.errors import InvalidRequest, UnsupportedFeature
-from server.toolcalls.base import ToolFormat
+from server.constraints.gbnf_schema import JSON_RULES, Unenforceable, class_char, convert, gbnf_literal
+from server.constraints.lark import expand_json, format_rules, is_token, overlap, reply_parts, uses_open
+from server.constraints.spec import TEXT_PARAM, ConstraintSpec, Plan, load_grammar_file, plan, text_schema, tool_schema
+from server.errors import UnsupportedFeature
+from server.toolcalls.base import Envelope, ToolFormat
 from server.types import JSONSchema
-
-# What the converter enforces; other validation keywords raise, annotations are ignored.
-SUPPORTED = frozenset({
-    "type", "enum", "const", "anyOf", "$ref", "properties", "required", "additionalProperties",
-    "items", "minItems", "maxItems", "minLength", "maxLength",
-})  # fmt: skip
-ALL_TYPES = ("object", "array", "string", "number", "boolean", "null")
-
-# Generic JSON values in the pinned layout (", " and ": "; json.dumps' escapes).
-JSON_RULES = r"""json-value ::= json-object | json-array | json-string | json-number | "true" | "false" | "null"
-json-object ::= "{" (json-kv (", " json-kv)*)? "}"
-json-kv ::= json-string ": " json-value
-json-array ::= "[" (json-value (", " json-value)*)? "]"
-json-string ::= "\"" json-char* "\""
-json-char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u" [0-9a-fA-F]{4})
-json-counted-char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | json-u-single)
-json-u-single ::= "u" ([0-9a-cA-CefEF] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2})
-json-key-char ::= [^"\\\x00-\x1F]
-json-int ::= "-"? ("0" | [1-9] [0-9]*)
-json-number ::= json-int ("." [0-9]+)? ([eE] [-+]? [0-9]+)?"""
-
-
-class _Unenforceable(Exception):
-    """A schema part the converter cannot express; turned into a request error by the caller."""
 
 
 def to_gbnf(spec: ConstraintSpec, fmt: ToolFormat) -> str:
@@ -57,36 +24,74 @@ def to_gbnf(spec: ConstraintSpec, fmt: ToolFormat) -> str:
     if shape is None:
         return ""
     rules = [JSON_RULES, _root_rule(shape)]
-    rules += _text_rules(spec, fmt, shape)
+    rules += _reply_rules(spec, fmt, shape)
+    if shape.tools or uses_open(fmt.envelope, shape):
+        rules += _marker_rules(spec, fmt)
     if shape.tools:
         rules.append(load_grammar_file(str(PurePath(fmt.envelope.grammar_file).with_suffix(".gbnf"))))
-        rules += _envelope_rules(spec, fmt, shape) + _call_rules(spec, fmt, shape)
+        rules += _lead_rules(spec, fmt, shape) + _call_rules(spec, fmt, shape)
     return "\n".join(r for r in rules if r) + "\n"
 
 
 def _root_rule(shape: Plan) -> str:
-    alternatives = ["text"] if shape.text else []
+    alternatives = ["reply"] if shape.text else []
     if shape.tools:
         alternatives.append("calls" if shape.many else "call")
     return "root ::= " + " | ".join(alternatives)
 
 
-def _text_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]:
+def _reply_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]:
     if not shape.text:
         return []
-    if spec.text.kind != "text":
-        body = _convert(text_schema(spec.text), "text-json", TEXT_PARAM, "response format")
-        return ["text ::= text-json", body]
-    return excluding_rules("text", fmt.envelope.open)
-
-
-def _envelope_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]:
     env = fmt.envelope
-    rules = [f"open ::= {marker(env.open, spec)}", f"close ::= {marker(env.close, spec)}"]
-    if not shape.text:
-        return rules + ["lead ::= open"]
-    before = "text-json" if spec.text.kind != "text" else "text-ne"
-    return rules + [f"lead ::= open | {before} text-sep open"]
+    opener, head, tail = reply_parts(env)
+    reply = _join(opener, gbnf_literal(head) if head else None, "text", gbnf_literal(tail) if tail else None)
+    rules = [f"reply ::= {reply}"]
+    if spec.text.kind != "text":
+        body = convert(text_schema(spec.text), "text-json", TEXT_PARAM, "response format")
+        return rules + ["text ::= text-json", body]
+    if env.json_reply:
+        return rules + ["text ::= json-string"]
+    if env.text_sep is None:
+        return rules + not_starting_rules("text", env.banned)
+    [banned] = env.banned  # one opener: the automaton below bans a single text
+    rules += excluding_rules("text", banned)
+    if _border(spec, env):  # see compiler._text_rules: text right before the opener
+        rules += excluding_rules("leadtext", banned, ends={0})
+    return rules
+
+
+def _border(spec: ConstraintSpec, env: Envelope) -> str:
+    return overlap(env.open) if not env.text_sep and not is_token(env.open, spec) else ""
+
+
+def _marker_rules(spec: ConstraintSpec, fmt: ToolFormat) -> list[str]:
+    env = fmt.envelope
+    rules = [f"open ::= {marker(env.open, spec)}"]
+    if env.close:
+        rules.append(f"close ::= {marker(env.close, spec)}")
+    if env.args_open:
+        rules.append(f"argsopen ::= {marker(env.args_open, spec)}")
+    return rules
+
+
+def _lead_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]:
+    env = fmt.envelope
+    if not shape.text or env.text_sep is None:
+        return ["lead ::= open"]
+    opener, head, _ = reply_parts(env)
+    if spec.text.kind != "text":
+        before = "text-json"
+    elif env.json_reply:
+        before = "json-string"
+    else:
+        before = "leadtext-ne" if _border(spec, env) else "text-ne"
+    sep = gbnf_literal(env.text_sep) if env.text_sep else None
+    return [f"lead ::= open | {_join(opener, gbnf_literal(head) if head else None, before, sep, 'open')}"]
+
+
+def _join(*parts: str | None) -> str:
+    return " ".join(p for p in parts if p)
 
 
 def _call_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]:
@@ -94,46 +99,108 @@ def _call_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str]
     for i, tool in enumerate(shape.tools):
         index = spec.tools.index(tool)
         param = f"tools[{index}].function.parameters"
-        # call_body is string literals around the rule name: valid GBNF as well as Lark.
-        rules.append(f"call-{i} ::= {fmt.call_body(tool, f'args-{i}')}")
-        rules.append(_convert(tool_schema(tool), f"args-{i}", param, tool.name))
+        # call_body is string literals around rule names: valid GBNF as well as Lark.
+        body, own = format_rules(spec, fmt, tool, f"args-{i}")
+        rules.append(f"call-{i} ::= {body}")
+        if own is None:
+            rules.append(convert(tool_schema(tool), f"args-{i}", param, tool.name))
+        else:
+            rules += _translate(own, f"args-{i}", param, tool.name)
     return rules
+
+
+_LARK_TOKEN = re.compile(r'\s+|"(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z0-9_-]*|[()|?*+]|.', re.S)
+
+
+def _translate(rules: list[str], prefix: str, param: str, owner: str) -> list[str]:
+    """A format's Lark argument rules as GBNF: literals, names (`_` -> `-`, terminals lower-cased:
+    the format's .gbnf file defines them), `| ( ) ? * +`, and `%json` placeholders converted like
+    tools' schemas. Anything else (regexes, `&`, `~`) raises UnsupportedFeature."""
+    out: list[str] = []
+
+    def emit_json(schema: JSONSchema) -> str:
+        name = f"{prefix}-j{len(out)}"
+        out.append(convert(schema, name, param, owner))
+        return name
+
+    for rule in rules:
+        name, _, body = rule.partition(": ")
+        try:
+            out.append(f"{_gbnf_name(name)} ::= {_gbnf_body(expand_json(body, emit_json))}")
+        except Unenforceable as problem:
+            raise UnsupportedFeature(
+                f"{param} ({owner}): {problem} cannot be expressed in GBNF; use the Lark grammar (llguidance)",
+                param=param,
+            ) from None
+    return out
+
+
+def _gbnf_body(body: str) -> str:
+    out = []
+    for m in _LARK_TOKEN.finditer(body):
+        token = m.group()
+        if token.startswith('"'):
+            out.append(gbnf_literal(json.loads(token)))
+        elif token[0].isalpha() or token[0] == "_":
+            out.append(_gbnf_name(token))
+        elif token.isspace() or token in "()|?*+":
+            out.append(token)
+        else:
+            raise Unenforceable(f"the argument syntax's {token!r}")
+    return "".join(out)
+
+
+def _gbnf_name(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def marker(text: str, spec: ConstraintSpec) -> str:
     """llama.cpp's token reference when `text` is a special token, else a literal."""
-    return text if text in spec.special_tokens else gbnf_literal(text)
+    return text if is_token(text, spec) else gbnf_literal(text)
 
 
-def gbnf_literal(text: str) -> str:
-    """A GBNF string literal; GBNF knows only \\x, \\u, \\U, \\t, \\r, \\n, \\\\ and \\" escapes."""
-    named = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-    out = [named.get(c) or (f"\\x{ord(c):02X}" if ord(c) < 0x20 else c) for c in text]
-    return '"' + "".join(out) + '"'
-
-
-def _class_char(c: str) -> str:
-    """A character inside [...]: ASCII punctuation escaped (], ^, - and \\ are special there)."""
-    return f"\\x{ord(c):02X}" if c.isascii() and not c.isalnum() else c
-
-
-# ---- text that never contains the opener ----
-
-
-def excluding_rules(name: str, banned: str) -> list[str]:
+def excluding_rules(name: str, banned: str, ends: set[int] | None = None) -> list[str]:
     """`name` (any text) and `name`-ne (non-empty) never containing `banned`: a KMP automaton,
-    one rule per matched prefix length; reaching the full length has no transition."""
+    one rule per matched prefix length; reaching the full length has no transition. With `ends`,
+    the text may only end in those states (0: not ending with a prefix of `banned`)."""
     states = [_state_alternatives(name, banned, k) for k in range(len(banned))]
     rules = [f"{name} ::= {name}-0", f"{name}-ne ::= " + " | ".join(states[0])]
-    rules += [f"{name}-{k} ::= " + " | ".join(['""'] + alts) for k, alts in enumerate(states)]
+    for k, alts in enumerate(states):
+        stop = ['""'] if ends is None or k in ends else []
+        rules.append(f"{name}-{k} ::= " + " | ".join(stop + alts))
     return rules
+
+
+def not_starting_rules(name: str, banned: tuple[str, ...]) -> list[str]:
+    """`name`: any text that, after whitespace, does not start with any of `banned`."""
+    rules = [f"{name} ::= [ \\t\\n\\r]* ({name}-start)?", f"{name}-any ::= [^\\x00]*"]
+    rules += _trie_exclusion(f"{name}-start", "", sorted(set(banned)), f"{name}-any")
+    return rules
+
+
+def _trie_exclusion(name: str, prefix: str, banned: list[str], rest: str) -> list[str]:
+    """Text that starts with `prefix` (already written) and then leaves every banned text."""
+    following = sorted({b[len(prefix)] for b in banned if len(b) > len(prefix)})
+    # A proper prefix of a banned text may end the output; first characters must not be whitespace.
+    alts = ['""'] if prefix else []
+    skip = "".join(class_char(c) for c in following) + ("\\x20\\x09\\x0A\\x0D" if not prefix else "")
+    alts.append(f"[^{skip}] {rest}")
+    rules: list[str] = []
+    for c in following:
+        longer = [b for b in banned if b.startswith(prefix + c)]
+        if prefix + c in longer:
+            continue  # the whole banned text: no way on
+        child = f"{name}-{ord(c):x}"
+        alts.append(f"{gbnf_literal(c)} {child}")
+        rules += _trie_exclusion(child, prefix + c, longer, rest)
+    return [f"{name} ::= " + " | ".join(alts), *rules]
 
 
 def _state_alternatives(name: str, banned: str, k: int) -> list[str]:
     moves = {c: _next_state(banned, k, c) for c in sorted(set(banned))}
     special = [c for c, to in moves.items() if to != 0]
     alts = [f"{gbnf_literal(c)} {name}-{to}" for c, to in moves.items() if 0 < to < len(banned)]
-    other = "[^" + "".join(_class_char(c) for c in special) + "]"
+    other = "[^" + "".join(class_char(c) for c in special) + "]"
     return alts + [f"{other} {name}-0"]
 
 
@@ -141,233 +208,3 @@ def _next_state(banned: str, k: int, c: str) -> int:
     """Longest prefix of `banned` that is a suffix of banned[:k] + c."""
     seen = banned[:k] + c
     return next(n for n in range(len(seen), -1, -1) if seen.endswith(banned[:n]))
-
-
-# ---- JSON Schema subset -> GBNF ----
-
-
-def _convert(schema: JSONSchema, name: str, param: str, owner: str) -> str:
-    converter = _Converter(schema, name)
-    try:
-        converter.define(name, schema)
-    except _Unenforceable as problem:
-        raise UnsupportedFeature(
-            f"{param} ({owner}): {problem} cannot be expressed in GBNF; use the Lark grammar (llguidance) or remove it",
-            param=param,
-        ) from None
-    except _Unsatisfiable as problem:
-        raise InvalidRequest(f"{param} ({owner}): {problem}; fix the schema", param=param) from None
-    return "\n".join(f"{n} ::= {body}" for n, body in converter.rules.items())
-
-
-class _Unsatisfiable(Exception):
-    pass
-
-
-@dataclass
-class _Converter:
-    root: JSONSchema
-    prefix: str
-    rules: dict[str, str] = field(default_factory=dict)
-    refs: dict[str, str] = field(default_factory=dict)
-
-    def define(self, name: str, schema: JSONSchema | bool) -> str:
-        self.rules[name] = '""'  # reserved first: recursion through $ref finds it
-        try:
-            self.rules[name] = self.expression(schema)
-        except _Unsatisfiable:
-            del self.rules[name]
-            raise
-        return name
-
-    def fresh(self, hint: str) -> str:
-        return f"{self.prefix}-{len(self.rules)}-{hint}"
-
-    def expression(self, schema: JSONSchema | bool) -> str:
-        if schema is True or schema == {}:
-            return "json-value"
-        if schema is False:
-            raise _Unsatisfiable("a `false` schema admits no value")
-        assert isinstance(schema, dict)
-        _check_keywords(schema)
-        if "$ref" in schema:
-            return self.reference(schema)
-        if "anyOf" in schema:
-            return self.any_of(schema)
-        if "enum" in schema or "const" in schema:
-            return self.constants(schema)
-        kinds = schema.get("type", list(ALL_TYPES))
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        return " | ".join(self.typed(schema, kind) for kind in kinds)
-
-    def reference(self, schema: JSONSchema) -> str:
-        _alone("$ref", schema)
-        ref = schema["$ref"]
-        if ref not in self.refs:
-            self.refs[ref] = self.fresh("ref")
-            self.define(self.refs[ref], _resolve(self.root, ref))
-        return self.refs[ref]
-
-    def any_of(self, schema: JSONSchema) -> str:
-        _alone("anyOf", schema)
-        names = []
-        for option in schema["anyOf"]:
-            try:
-                names.append(self.define(self.fresh("alt"), option))
-            except _Unsatisfiable:
-                continue  # an impossible option adds nothing to the union
-        if not names:
-            raise _Unsatisfiable("no option of its anyOf can be satisfied")
-        return " | ".join(names)
-
-    def constants(self, schema: JSONSchema) -> str:
-        values = [schema["const"]] if "const" in schema else list(schema["enum"])
-        rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
-        valid = [v for v in values if jsonschema.Draft202012Validator(rest).is_valid(v)]
-        if not valid:
-            raise _Unsatisfiable("no value of its enum / const matches the rest of the schema")
-        return " | ".join(gbnf_literal(json.dumps(v, ensure_ascii=False)) for v in valid)
-
-    def typed(self, schema: JSONSchema, kind: str) -> str:
-        if kind == "object":
-            return self.object(schema)
-        if kind == "array":
-            return self.array(schema)
-        if kind == "string":
-            return _string(schema)
-        return {"integer": "json-int", "number": "json-number", "boolean": '("true" | "false")',
-                "null": '"null"'}[kind]  # fmt: skip
-
-    def array(self, schema: JSONSchema) -> str:
-        low, high = int(schema.get("minItems", 0)), schema.get("maxItems")
-        if (high is not None and low > int(high)) or (low > 0 and schema.get("items") is False):
-            raise _Unsatisfiable("minItems exceeds what maxItems / items allow")
-        if schema.get("items") is False or high == 0:
-            return '"[" "]"'
-        try:
-            item = self.define(self.fresh("item"), schema.get("items", True))
-        except _Unsatisfiable:
-            if low > 0:
-                raise
-            return '"[" "]"'
-        more = _repeat(f'", " {item}', max(low - 1, 0), None if high is None else int(high) - 1)
-        return f'"[" {item} {more} "]"' if low > 0 else f'"[" ({item} {more})? "]"'
-
-    def object(self, schema: JSONSchema) -> str:
-        props = dict(schema.get("properties", {}))
-        extra = schema.get("additionalProperties", True)
-        for name in schema.get("required", []):
-            if name not in props:  # required but undeclared: constrained by additionalProperties
-                props[name] = extra if extra is not False else _raise_unsat(name)
-        required = set(schema.get("required", []))
-        pairs = [(n, pair) for n, s in props.items() if (pair := self.pair(n, s, n in required))]
-        tail = self.extra_pairs(list(props), extra)
-        return '"{" ' + self.chain(pairs, required, tail) + ' "}"'
-
-    def pair(self, key: str, schema: JSONSchema | bool, required: bool) -> str | None:
-        """`"key": value`; None for an optional property no value can satisfy (never written)."""
-        try:
-            value = self.define(self.fresh("value"), schema)
-        except _Unsatisfiable:
-            if required:
-                raise
-            return None
-        return f"{gbnf_literal(json.dumps(key, ensure_ascii=False) + ': ')} {value}"
-
-    def extra_pairs(self, declared: list[str], extra: JSONSchema | bool) -> str | None:
-        """A rule for one undeclared key-value pair (keys never equal a declared name)."""
-        if extra is False:
-            return None
-        value = self.define(self.fresh("extra"), extra)
-        key = self.fresh("key")
-        self.rules.update(_keys_except(key, declared))
-        return self.add(f'"\\"" {key} "\\"" ": " {value}', "pair")
-
-    def chain(self, pairs: list[tuple[str, str]], required: set[str], tail: str | None) -> str:
-        """Declared pairs in schema order (optional ones may be left out), then extra pairs."""
-        first = f'({tail} (", " {tail})*)?' if tail else '""'
-        rest = f'(", " {tail})*' if tail else '""'
-        for key, pair in reversed(pairs):
-            rest_name = self.add(rest, "rest")
-            if key in required:
-                first, rest = f"{pair} {rest_name}", f'", " {pair} {rest_name}'
-            else:
-                first = f"{pair} {rest_name} | {self.add(first, 'first')}"
-                rest = f'(", " {pair})? {rest_name}'
-        return f"({first})"
-
-    def add(self, body: str, hint: str) -> str:
-        name = self.fresh(hint)
-        self.rules[name] = body
-        return name
-
-
-def _check_keywords(schema: JSONSchema) -> None:
-    known = {k for k in schema if k in SCHEMA_KEYWORDS}
-    unsupported = sorted(known - SUPPORTED)
-    if unsupported:
-        raise _Unenforceable("JSON Schema keyword " + ", ".join(repr(k) for k in unsupported))
-
-
-def _alone(keyword: str, schema: JSONSchema) -> None:
-    others = sorted(k for k in schema if k in SCHEMA_KEYWORDS and k != keyword)
-    if others:
-        raise _Unenforceable(f"{keyword!r} beside {', '.join(repr(k) for k in others)}")
-
-
-def _resolve(root: JSONSchema, ref: str) -> JSONSchema | bool:
-    if ref == "#":
-        return root
-    parts = ref.split("/")
-    if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
-        raise _Unenforceable(f"'$ref' {ref!r} (only '#' and '#/$defs/NAME' are supported)")
-    try:
-        target: JSONSchema | bool = root[parts[1]][parts[2].replace("~1", "/").replace("~0", "~")]
-    except (KeyError, TypeError):
-        raise _Unsatisfiable(f"'$ref' {ref!r} points nowhere") from None
-    return target
-
-
-def _raise_unsat(name: str) -> JSONSchema:
-    raise _Unsatisfiable(f"required property {name!r} is not declared and additionalProperties is false")
-
-
-def _string(schema: JSONSchema) -> str:
-    for keyword in ("pattern", "format"):
-        if keyword in schema:
-            raise _Unenforceable(f"JSON Schema keyword {keyword!r}")
-    low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
-    if low == 0 and high is None:
-        return "json-string"
-    # Counted characters exclude \\uD800-\\uDFFF: a surrogate pair is one character, not two.
-    return f'"\\"" {_repeat("json-counted-char", low, None if high is None else int(high))} "\\""'
-
-
-def _repeat(item: str, low: int, high: int | None) -> str:
-    if high is None:
-        return f"({item})*" if low == 0 else f"({item}){{{low},}}"
-    return f"({item}){{{low},{high}}}" if high > 0 else '""'
-
-
-def _keys_except(name: str, declared: list[str]) -> dict[str, str]:
-    """Rules for an object key's text that is none of `declared` (a trie of their prefixes)."""
-    # Names that need JSON escapes can never equal an unescaped key: leave them out of the trie.
-    plain = sorted({n for n in declared if json.dumps(n, ensure_ascii=False)[1:-1] == n})
-    rules: dict[str, str] = {}
-    if plain:
-        _trie_rule(name, "", plain, rules)
-    else:
-        rules[name] = "json-key-char*"
-    return rules
-
-
-def _trie_rule(name: str, prefix: str, names: list[str], rules: dict[str, str]) -> None:
-    following = sorted({n[len(prefix)] for n in names if len(n) > len(prefix)})
-    alts = [] if prefix in names else ['""']
-    for c in following:
-        child = f"{name}-{ord(c):x}"
-        alts.append(f"{gbnf_literal(c)} {child}")
-        _trie_rule(child, prefix + c, [n for n in names if n.startswith(prefix + c)], rules)
-    others = "".join(_class_char(c) for c in following + ['"', "\\"])
-    alts.append(f"[^{others}\\x00-\\x1F] json-key-char*")
-    rules[name] = " | ".join(alts)

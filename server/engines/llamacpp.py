@@ -29,6 +29,10 @@ from server.errors import EngineError, GatewayError, InvalidRequest
 
 Emit = Callable[[Event | BaseException], None]
 _MATCHER_CACHE_SIZE = 256
+# llguidance's lexer fuel (~50k/ms initial, ~14k/ms per step): bounds what one hostile schema
+# (a huge `pattern` repetition) can cost the worker, at a few ms, far above what tools need.
+_INITIAL_FUEL = 200_000
+_STEP_FUEL = 100_000
 
 
 class LlamaCppEngine:
@@ -112,7 +116,7 @@ class LlamaCppEngine:
         logits = self._prefill(prompt)
         produced, reason = 0, "length"
         bitmask = self._bitmask() if matcher is not None else None
-        allowed = self._allowed(matcher, bitmask) if matcher is not None else None
+        allowed = self._first_allowed(matcher, bitmask) if matcher is not None else None
         while produced < sampling.max_tokens and not cancel.is_set():
             token = sample(logits, sampling.temperature, sampling.top_p, rng, allowed)
             produced += 1
@@ -195,7 +199,8 @@ class LlamaCppEngine:
 
         pristine = self._grammars.get(grammar)
         if pristine is None:
-            pristine = llguidance.LLMatcher(self._tokenizer(), grammar)
+            limits = llguidance.LLParserLimits(initial_lexer_fuel=_INITIAL_FUEL, step_lexer_fuel=_STEP_FUEL)
+            pristine = llguidance.LLMatcher(self._tokenizer(), grammar, limits=limits)
             if pristine.is_error():
                 raise InvalidRequest(f"constraint does not compile: {pristine.get_error()}")
             self._grammars[grammar] = pristine
@@ -218,6 +223,15 @@ class LlamaCppEngine:
         from llguidance.numpy import allocate_token_bitmask
 
         return allocate_token_bitmask(1, self._n_vocab)
+
+    def _first_allowed(self, matcher: Any, bitmask: Any) -> NDArray[np.intp]:
+        """A grammar that fails before any token is the request's fault (too complex): 400."""
+        try:
+            return self._allowed(matcher, bitmask)
+        except EngineError as exc:
+            raise InvalidRequest(
+                f"the constraint is too complex to enforce ({exc.message}); simplify the schema",
+                param="tools", code="constraint_too_complex") from None
 
     def _allowed(self, matcher: Any, bitmask: Any) -> NDArray[np.intp]:
         """The token ids the grammar allows next."""

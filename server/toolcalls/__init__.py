@@ -18,9 +18,33 @@ from server.toolcalls.base import (
     TextDelta,
     ToolFormat,
 )
+from server.toolcalls.functionary import FunctionaryV3Format
+from server.toolcalls.granite import GRANITE
 from server.toolcalls.hermes import HermesFormat
+from server.toolcalls.json_envelope import JsonEnvelopeFormat
+from server.toolcalls.llama3_json import Llama3JsonFormat
+from server.toolcalls.mistral import MISTRAL, MISTRAL_V11
+from server.toolcalls.phi4_mini import PHI4_MINI
+from server.toolcalls.pythonic import PythonicFormat
+from server.toolcalls.qwen3_coder import Qwen3CoderFormat
+from server.toolcalls.react import ReactFormat
 
-_FORMATS: dict[str, ToolFormat] = {"hermes": HermesFormat()}
+_FORMATS: dict[str, ToolFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        HermesFormat(),
+        Llama3JsonFormat(),
+        MISTRAL,
+        MISTRAL_V11,
+        GRANITE,
+        PHI4_MINI,
+        FunctionaryV3Format(),
+        JsonEnvelopeFormat(),
+        Qwen3CoderFormat(),
+        PythonicFormat(),
+        ReactFormat(),
+    )
+}
 
 
 def get_format(name: str) -> ToolFormat:

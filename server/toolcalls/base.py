@@ -66,14 +66,36 @@ class Envelope:
 
     `grammar_file` (under grammars/, Lark; the GBNF twin has the same stem) defines rules
     `call` (exactly one call) and `calls` (one or more), built from `lead` (the first opener
-    with any text before it), `open`, `close` and `call_body`, which the compiler appends:
-    `open` / `close` are special tokens when the vocabulary has them, else literal text.
-    `open` is the trigger: its first token is the decision point of the no-tool threshold.
+    with any text before it), `open`, `close`, `args_open` and `call_body`, which the compiler
+    appends: `open`, `close` and `args_open` are special tokens when the vocabulary has them,
+    else literal text. `open` is the trigger: its first token is the decision point of the
+    no-tool threshold.
+
+    A text answer is `reply[0] + text + reply[1]`; `text_sep` is written between text and the
+    first call, or is None when a call section is the whole output (no text before calls).
+    Free text never contains an opener (`bans`, default `open`) or, when `text_sep` is None,
+    never starts with one after whitespace. `json_reply`: the text itself is a JSON string.
     """
 
     grammar_file: str
     open: str
     close: str
+    text_sep: str | None = "\n"
+    reply: tuple[str, str] = ("", "")
+    json_reply: bool = False
+    bans: tuple[str, ...] = ()
+    args_open: str = ""
+
+    @property
+    def decision_point(self) -> bool:
+        """Whether the first token tells a call from a text answer (the no-tool threshold
+        reads P(open) there): not so when a text answer begins like a call (`>>>all`, `{"`)."""
+        return not (self.reply[0] and self.reply[0][0] == self.open[0])
+
+    @property
+    def banned(self) -> tuple[str, ...]:
+        """The texts free text must avoid (see above)."""
+        return self.bans or (self.open,)
 
 
 class ToolFormat(Protocol):
@@ -87,10 +109,14 @@ class ToolFormat(Protocol):
     def stream_parser(self) -> StreamParser: ...
 
     def call_body(self, tool: Tool, args_rule: str) -> str:
-        """A Lark expression for one call of `tool`, whose arguments match rule `args_rule`."""
+        """A Lark expression for one call of `tool`, whose arguments match rule `args_rule`:
+        string literals and rule names only, so it is GBNF as well. Raises UnsupportedFeature
+        (param relative to the tool, such as "function.name") for a tool it cannot write."""
         ...
 
     def args_rules(self, tool: Tool, args_rule: str) -> list[str] | None:
         """Lark rules defining `args_rule` when the arguments are not JSON (pythonic, XML
-        parameters); None means the compiler's `%json` of the tool's schema, layout pinned."""
+        parameters); None means the compiler's `%json` of the tool's schema, layout pinned.
+        `%json {schema}` placeholders get the pinned layout; rule names extend `args_rule`; see
+        argrules.py for the subset the GBNF emitter translates. Raises like `call_body`."""
         ...

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 
+from server.patterns import SafeValidator
 from server.toolcalls.base import ParsedCall
 from server.types import Tool
 
@@ -37,7 +38,14 @@ def check_schema(schema: object) -> str | None:
     """None if `schema` is a valid Draft 2020-12 JSON Schema, else why not."""
     if not isinstance(schema, (dict, bool)):
         return "a JSON Schema must be an object"
-    error = next(iter(Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema)), None)
+    return _meta_problem(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=1024)
+def _meta_problem(schema_json: str) -> str | None:
+    """Memoized: agent loops send the same tools with every turn."""
+    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+    error = next(iter(meta.iter_errors(json.loads(schema_json))), None)
     return None if error is None else error.message
 
 
@@ -47,4 +55,6 @@ def _schema_key(tool: Tool) -> str:
 
 @lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json))
+    # RE2 for `pattern` & co.: a model-written string must not backtrack `re` for minutes.
+    validator: Draft202012Validator = SafeValidator(json.loads(schema_json))
+    return validator
