@@ -4,6 +4,7 @@ is counted), and the next request is served as usual."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import threading
@@ -34,7 +35,8 @@ LONG = {"model": "tiny", "messages": USER, "max_tokens": 2000, "seed": 1, "respo
 
 class FaultyEngine:
     """The real engine, failing on demand: a prompt that says FAULT_GATEWAY (or FAULT_BUG) gets
-    an EngineError (or a RuntimeError, an engine bug) after three pieces."""
+    an EngineError (or a RuntimeError, an engine bug) after three pieces; FAULT_SLOW paces the
+    pieces, so a request holds its slot until its client leaves, on any machine."""
 
     def __init__(self, inner: Engine):
         self.inner = inner
@@ -52,6 +54,8 @@ class FaultyEngine:
                 if count == 3 and "FAULT_BUG" in request.prompt:
                     raise RuntimeError("injected engine bug")
                 count += 1
+                if "FAULT_SLOW" in request.prompt:
+                    await asyncio.sleep(0.05)
                 yield event
 
     async def token_probabilities(
@@ -99,7 +103,7 @@ def _wait_for(predicate: Any, timeout: float = 10.0) -> bool:
 @contextlib.contextmanager
 def _holding_the_slot(live: Live) -> Iterator[None]:
     """A long streamed answer holds the only engine slot until the block ends (disconnect)."""
-    body = {**LONG, "stream": True}
+    body = {**LONG, "stream": True, "messages": [{"role": "user", "content": "FAULT_SLOW"}]}
     with httpx.Client(timeout=60) as c, c.stream("POST", live.v1 + "/chat/completions", json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()  # kept: a dropped iterator closes the connection
