@@ -109,6 +109,7 @@ async def constraint_for(
         parallel=request.parallel,
         text=request.text,
         special_tokens=served.info.special_tokens,
+        token_ids=_marker_ids(served),
     )
     constraint = cached_constraint(spec, served.format)  # hits skip the pool hop (~60 us)
     if constraint is None:
@@ -117,6 +118,12 @@ async def constraint_for(
     if not constraint.cached:
         metrics.compile_seconds.observe(constraint.compile_ms / 1000)
     return constraint
+
+
+def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
+    env = served.format.envelope
+    markers = {env.open, env.close, env.args_open}
+    return tuple(pair for pair in served.info.special_token_ids if pair[0] in markers)
 
 
 async def _compile(spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float) -> Constraint:

@@ -219,3 +219,32 @@ def _tokens(data: dict[str, Any], size: int, gguf: Any) -> tuple[list[str], list
         tokens[added["id"]] = added["content"]
         types[added["id"]] = gguf.TokenType.CONTROL
     return tokens, types
+
+
+@pytest.mark.parametrize("name", ["mistral", "mistral_v11"])
+def test_control_tokens_without_a_name_are_referenced_by_id(name: str) -> None:
+    """Mistral's `[TOOL_CALLS]` / `[ARGS]` are control tokens that grammars cannot name as
+    `<...>`: with their ids from the engine, the grammar takes the model's own token and
+    refuses the same text spelled with ordinary tokens."""
+    fmt = get_format(name)
+    markers = ["[TOOL_CALLS]", "[ARGS]"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS, *markers],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([fmt.render(None, [PARIS])] * 10, trainer)
+    ids = tuple((m, tok.token_to_id(m)) for m in markers)
+    spec = ConstraintSpec((WEATHER, PING), ToolChoice(ChoiceMode.REQUIRED), False, TextFormat(),
+                          frozenset(markers), ids)
+    lark = compile_constraint(spec, fmt).lark
+    assert lark is not None and f"<[{tok.token_to_id('[TOOL_CALLS]')}]>" in lark
+    engine = llguidance.LLTokenizer(tok.to_str(), eos_token=_eos(tok))
+    call = fmt.render(None, [PARIS])
+    special_ids = tok.encode(call).ids  # the tokenizer turns "[TOOL_CALLS]" into its control token
+    assert tok.token_to_id("[TOOL_CALLS]") in special_ids
+    matcher = llguidance.LLMatcher(engine, lark, log_level=0)
+    assert matcher.consume_tokens(special_ids) and matcher.is_accepting()
+    # The same text, its opener spelled with ordinary tokens ("[" then "TOOL_CALLS]"): refused.
+    spelled = tok.encode("[").ids + tok.encode("TOOL_CALLS]").ids + tok.encode(call.removeprefix("[TOOL_CALLS]")).ids
+    assert not llguidance.LLMatcher(engine, lark, log_level=0).consume_tokens(spelled)

@@ -11,7 +11,15 @@ import re
 from pathlib import PurePath
 
 from server.constraints.gbnf_schema import JSON_RULES, Unenforceable, class_char, convert, gbnf_literal
-from server.constraints.lark import expand_json, format_rules, is_token, overlap, reply_parts, uses_open
+from server.constraints.lark import (
+    expand_json,
+    format_rules,
+    is_named_token,
+    is_token,
+    overlap,
+    reply_parts,
+    uses_open,
+)
 from server.constraints.spec import TEXT_PARAM, ConstraintSpec, Plan, load_grammar_file, plan, text_schema, tool_schema
 from server.errors import UnsupportedFeature
 from server.toolcalls.base import Envelope, ToolFormat
@@ -62,7 +70,7 @@ def _reply_rules(spec: ConstraintSpec, fmt: ToolFormat, shape: Plan) -> list[str
 
 
 def _border(spec: ConstraintSpec, env: Envelope) -> str:
-    return overlap(env.open) if not env.text_sep and not is_token(env.open, spec) else ""
+    return overlap(env.open) if not env.text_sep and not _gbnf_token(env.open, spec) else ""
 
 
 def _marker_rules(spec: ConstraintSpec, fmt: ToolFormat) -> list[str]:
@@ -156,7 +164,12 @@ def _gbnf_name(name: str) -> str:
 
 def marker(text: str, spec: ConstraintSpec) -> str:
     """llama.cpp's token reference when `text` is a special token, else a literal."""
-    return text if is_token(text, spec) else gbnf_literal(text)
+    return text if _gbnf_token(text, spec) else gbnf_literal(text)
+
+
+def _gbnf_token(text: str, spec: ConstraintSpec) -> bool:
+    """GBNF names special tokens as `<...>` only; others are spelled as text there."""
+    return is_token(text, spec) and is_named_token(text)
 
 
 def excluding_rules(name: str, banned: str, ends: set[int] | None = None) -> list[str]:

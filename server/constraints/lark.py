@@ -160,14 +160,21 @@ def expand_json(rule: str, emit: Callable[[JSONSchema], str]) -> str:
 
 def marker(text: str, spec: ConstraintSpec) -> str:
     """A special token reference when the vocabulary has `text` as one, else a literal."""
-    return text if is_token(text, spec) else lark_literal(text)
+    if not is_token(text, spec):
+        return lark_literal(text)
+    return text if is_named_token(text) else f"<[{dict(spec.token_ids)[text]}]>"
 
 
 def is_token(text: str, spec: ConstraintSpec) -> bool:
-    """Whether `text` is written as a special token. Grammars name tokens as `<...>`; others
-    (mistral's `[TOOL_CALLS]`) would need token ids, which the spec does not carry: their text
-    is written with ordinary tokens instead."""
-    return text in spec.special_tokens and text.startswith("<") and text.endswith(">")
+    """Whether `text` is written as a special token: by name (`<...>`), or by id when the
+    engine gave one (mistral's `[TOOL_CALLS]`); else its text is spelled with ordinary tokens."""
+    if text not in spec.special_tokens:
+        return False
+    return is_named_token(text) or text in dict(spec.token_ids)
+
+
+def is_named_token(text: str) -> bool:
+    return text.startswith("<") and text.endswith(">")
 
 
 def lark_literal(text: str) -> str:

@@ -49,6 +49,9 @@ class ConstraintSpec:
     parallel: bool  # parallel_tool_calls
     text: TextFormat
     special_tokens: frozenset[str]  # texts of the vocabulary's special tokens (from the engine)
+    # Ids of special tokens that grammars cannot name as `<...>` (Mistral's `[TOOL_CALLS]`):
+    # referenced as `<[id]>`, so the model emits its own control token, not the spelled text.
+    token_ids: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

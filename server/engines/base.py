@@ -47,6 +47,7 @@ class EngineInfo:
     bos_token: str
     eos_token: str
     special_tokens: frozenset[str] = field(default_factory=frozenset)
+    special_token_ids: tuple[tuple[str, int], ...] = ()  # (text, id) of each special token
 
 
 class Cancel:

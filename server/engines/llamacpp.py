@@ -254,20 +254,22 @@ class LlamaCppEngine:
     def _read_info(self, path: Path) -> EngineInfo:
         meta = self._llama.metadata
         model = self._llama._model
+        specials = self._special_tokens()
         return EngineInfo(
             model=meta.get("general.name", path.stem),
             context_length=self._llama.n_ctx(),
             chat_template=meta.get("tokenizer.chat_template"),
             bos_token=_token_text(model, self._llama.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
             eos_token=_token_text(model, self._llama.token_eos()),
-            special_tokens=frozenset(self._special_tokens()),
+            special_tokens=frozenset(text for text, _ in specials),
+            special_token_ids=tuple(specials),
         )
 
-    def _special_tokens(self) -> list[str]:
+    def _special_tokens(self) -> list[tuple[str, int]]:
         control = self._lib.LLAMA_TOKEN_ATTR_CONTROL | self._lib.LLAMA_TOKEN_ATTR_USER_DEFINED
         model = self._llama._model
         return [
-            model.token_get_text(t)
+            (model.token_get_text(t), t)
             for t in range(self._n_vocab)
             if self._lib.llama_vocab_get_attr(self._vocab, t) & control
         ]
