@@ -10,7 +10,7 @@ Arms, per workload:
   openai       the same through the official openai client (what users run)
   sse          stream=true through httpx: first content chunk, and [DONE]
 
-    python bench/bench_overhead.py [--n 200] [--warmup 10] [--threads 1] [--test-socket] [--write]
+    python bench/bench_overhead.py [--n 200] [--warmup 10] [--threads 1] [--write]
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import asyncio
 import importlib.util
 import json
 import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,8 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
-import uvicorn  # noqa: E402
-from fastapi import FastAPI  # noqa: E402
 
 from bench.common import median, pct, write_section  # noqa: E402
 from server.api.app import create_app  # noqa: E402
@@ -48,7 +44,7 @@ from server.metrics import Metrics  # noqa: E402
 from server.serving import build_registry  # noqa: E402
 from server.templates import render  # noqa: E402
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolChoice  # noqa: E402
-from tests import live  # noqa: E402
+from tests.live import serve  # noqa: E402  (IPPROTO_TCP socket: Nagle off, as python -m server gets)
 from training.tiny import build_tiny  # noqa: E402
 
 PING = {
@@ -222,27 +218,6 @@ def via_sse(client: httpx.Client, body: dict[str, Any]) -> Sample:
 # -- the server ------------------------------------------------------------------------------
 
 
-def serve(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
-    """tests.live.serve, but with the listening socket `python -m server` gets: uvicorn.run(host,
-    port) binds through getaddrinfo, so its sockets have proto IPPROTO_TCP and asyncio sets
-    TCP_NODELAY on each connection. A bare socket.socket(AF_INET, SOCK_STREAM) has proto 0, so
-    on the plain asyncio loop (no uvloop installed) TCP_NODELAY is skipped and Nagle + delayed ACK
-    add ~40 ms to SSE and to some JSON answers (see --test-socket); uvloop sets it regardless."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.01)
-    return f"http://127.0.0.1:{port}", server, thread
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -320,8 +295,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="llama.cpp threads (default 1: with all cores busy-waiting, the event loop "
                          "thread has no core left and noise swamps the overhead; 0 = the gateway's default)")
-    ap.add_argument("--test-socket", action="store_true",
-                    help="serve with tests.live.serve (its socket has no TCP_NODELAY) instead")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
 
@@ -332,7 +305,7 @@ def main() -> None:
         engine = make_engine(settings)
         registry = build_registry(settings, metrics, engine=engine)
         app = create_app(settings, registry, metrics)
-        url, server, thread = (live.serve if args.test_socket else serve)(app)
+        url, server, thread = serve(app)
         served = app.state.gateway.models.default()
         assert served.engine is engine
         loop = asyncio.new_event_loop()

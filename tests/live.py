@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from server.api.app import create_app
 from server.config import Settings, load_settings
+from server.engines.base import Engine
 from server.metrics import Metrics
 from server.serving import build_registry
 
@@ -49,11 +50,15 @@ def serve(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
     return f"http://127.0.0.1:{port}", server, thread
 
 
-def live_gateway(model: Path, **flags: Any) -> Iterator[Live]:
+def live_gateway(model: Path, engine: Engine | None = None, **flags: Any) -> Iterator[Live]:
+    """A gateway over `model` (or over `engine`, e.g. one that injects faults) on loopback."""
     settings = load_settings(None, **{"model.path": model, **flags})
     metrics = Metrics()
-    registry = build_registry(settings, metrics)
-    app = create_app(settings, registry, metrics)
+    app = create_app(settings, build_registry(settings, metrics, engine), metrics)
+    yield from running(app, settings, metrics)
+
+
+def running(app: FastAPI, settings: Settings, metrics: Metrics) -> Iterator[Live]:
     url, server, thread = serve(app)
     try:
         yield Live(url, app, settings, metrics)

@@ -17,7 +17,7 @@ from server.config import load_settings
 from server.errors import ConfigError
 from server.metrics import Metrics
 from server.serving import build_registry
-from tests.live import PING, Live, serve
+from tests.live import PING, Live, running
 
 INFERENCE_KEY, ADMIN_KEY = "sk-inference-0123456789", "sk-admin-9876543210-long"
 USER = [{"role": "user", "content": "hi"}]
@@ -31,12 +31,7 @@ def locked(tiny_model: Any) -> Iterator[Live]:
     metrics = Metrics()
     app = create_app(settings, build_registry(settings, metrics), metrics)
     app.get("/admin/ping", dependencies=[AdminDep])(lambda: {"ok": True})  # admin routes come later
-    url, server, thread = serve(app)
-    try:
-        yield Live(url, app, settings, metrics)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    yield from running(app, settings, metrics)
 
 
 def _get(live: Live, path: str, key: str | None) -> httpx.Response:

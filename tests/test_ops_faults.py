@@ -17,14 +17,11 @@ import openai
 import pytest
 
 from server.admission import Admission
-from server.api.app import create_app
 from server.config import load_settings
 from server.engines import make_engine
 from server.engines.base import Cancel, Engine, EngineInfo, Event, GenerateRequest
 from server.errors import EngineError
-from server.metrics import Metrics
-from server.serving import build_registry
-from tests.live import WEATHER, Live, serve
+from tests.live import WEATHER, Live, live_gateway
 
 USER = [{"role": "user", "content": "hi"}]
 # A text answer that cannot end early: a JSON object whose one string is longer than max_tokens.
@@ -69,17 +66,9 @@ class FaultyEngine:
 
 @pytest.fixture(scope="module")
 def faulty(tiny_model: Any) -> Iterator[Live]:
-    settings = load_settings(None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny",
-                                      "limits.max_queue": 2})
-    metrics = Metrics()
-    registry = build_registry(settings, metrics, FaultyEngine(make_engine(settings)))
-    app = create_app(settings, registry, metrics)
-    url, server, thread = serve(app)
-    try:
-        yield Live(url, app, settings, metrics)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    flags = {"model.path": tiny_model.gguf, "model.served_name": "tiny", "limits.max_queue": 2}
+    engine = FaultyEngine(make_engine(load_settings(None, **flags)))
+    yield from live_gateway(tiny_model.gguf, engine, **{k: v for k, v in flags.items() if k != "model.path"})
 
 
 def _gauge(live: Live, name: str) -> float:
