@@ -33,10 +33,14 @@ class Live:
         return self.base_url + "/v1"
 
 
-def serve(app: FastAPI) -> tuple[str, uvicorn.Server, threading.Thread]:
+def serve(app: FastAPI, sndbuf: int | None = None) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """uvicorn on a loopback port in a thread. `sndbuf` shrinks the send buffer of accepted
+    connections (they inherit it from the listening socket), for slow-client tests."""
     # IPPROTO_TCP explicitly: asyncio turns Nagle off only for sockets that say so (else +40 ms).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))

@@ -21,7 +21,7 @@ from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
 from server.chat import ChatEvent, ChatRequest, DoneEvent, prompt_for, run_chat
 from server.engines.base import Cancel
-from server.errors import GatewayError
+from server.errors import EngineError, GatewayError
 from server.limits import Schemas, check_schema_budget
 
 router = APIRouter(dependencies=[InferenceDep])
@@ -90,19 +90,41 @@ class _Stop:
 async def _sse(
     writer: ChunkWriter, first: ChatEvent, events: AsyncGenerator[ChatEvent, None], stop: _Stop
 ) -> AsyncGenerator[bytes, None]:
+    # Generation runs ahead of the client into a buffer (bounded by max_tokens): a slow reader
+    # must not hold the engine slot, which is given back as soon as generation ends.
+    buffer: asyncio.Queue[ChatEvent | GatewayError | None] = asyncio.Queue()
+    producer = asyncio.create_task(_pump(events, buffer))
     try:
         yield writer.role()
         yield writer.event(first)
-        async for event in events:
-            if isinstance(event, DoneEvent) and stop.lifecycle.aborted and stop.cancel.is_set():
+        while (item := await buffer.get()) is not None:
+            if isinstance(item, GatewayError):
+                raise item
+            if isinstance(item, DoneEvent) and stop.lifecycle.aborted and stop.cancel.is_set():
                 raise ShuttingDown("the gateway shut down before this answer was complete; retry")
-            yield writer.event(event)
+            yield writer.event(item)
     except GatewayError as exc:
         yield writer.error(exc)  # after the first byte, errors travel as a final SSE event
     finally:
         stop.cancel.set()  # the client went away (or we are done): stop generating
         stop.untrack()
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
         await events.aclose()
+
+
+async def _pump(
+    events: AsyncGenerator[ChatEvent, None], buffer: asyncio.Queue[ChatEvent | GatewayError | None]
+) -> None:
+    try:
+        async for event in events:
+            buffer.put_nowait(event)
+    except GatewayError as exc:
+        buffer.put_nowait(exc)
+    except Exception as exc:  # noqa: BLE001 - a bug must still end the stream, as an error event
+        buffer.put_nowait(EngineError(f"generation failed: {exc}"))
+    finally:
+        buffer.put_nowait(None)
 
 
 async def _unless_gone(request: Request, cancel: Cancel, work: Callable[[], Awaitable[T]]) -> T | None:
