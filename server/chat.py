@@ -8,7 +8,6 @@ events of `run_chat`, so they cannot disagree. Knows nothing of HTTP or OpenAI's
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -149,13 +148,14 @@ async def run_chat(
 ) -> AsyncGenerator[ChatEvent, None]:
     """Generate one answer. Raises GatewayError before the first event for bad requests."""
     prompt = prompt_for(served, request)
-    # Reject bad tools before queueing.
-    await constraint_for(served, request, request.choice, metrics, compile_timeout_s)
+    # Compiled before queueing, so bad tools are refused without waiting for a slot.
+    constraint = await constraint_for(served, request, request.choice, metrics, compile_timeout_s)
     async with served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
         try:
             choice = await _decide(served, request, prompt, metrics)
-            constraint = await constraint_for(served, request, choice, metrics, compile_timeout_s)
+            if choice != request.choice:  # the no-tool threshold settled the mode
+                constraint = await constraint_for(served, request, choice, metrics, compile_timeout_s)
             run = _Run(served, request, choice, metrics)
             async for event in run.attempts(prompt, constraint, cancel):
                 yield event
@@ -315,29 +315,7 @@ def _call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-def check_tool_limits(tools: tuple[Tool, ...], max_bytes: int, max_depth: int) -> None:
-    """Schema size and nesting limits, so no request makes compilation or validation blow up."""
-    for i, tool in enumerate(tools):
-        size = len(json.dumps(tool.parameters, separators=(",", ":")))
-        if size > max_bytes:
-            raise InvalidRequest(
-                f"tool {tool.name!r} has a {size}-byte schema; the limit is {max_bytes}",
-                param=f"tools[{i}].function.parameters", code="schema_too_large")
-        if _depth(tool.parameters) > max_depth:
-            raise InvalidRequest(
-                f"tool {tool.name!r} nests deeper than {max_depth} levels",
-                param=f"tools[{i}].function.parameters", code="schema_too_deep")
-
-
-def _depth(value: object) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
-
-
 __all__ = [
     "CallEvent", "ChatEvent", "ChatRequest", "ContentEvent", "DoneEvent", "FormatSource", "GatewayError",
-    "InvalidCall", "Served", "check_tool_limits", "run_chat",
+    "InvalidCall", "Served", "run_chat",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from server import selftest
 from server.api.app import create_app
 from server.config import Settings, load_settings
 from server.engines.base import Engine
@@ -71,33 +72,7 @@ def running(app: FastAPI, settings: Settings, metrics: Metrics) -> Iterator[Live
         thread.join(timeout=30)
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-TRACK = {
-    "type": "function",
-    "function": {
-        "name": "track_order",
-        "description": "Where an order is.",
-        "parameters": {
-            "type": "object",
-            "properties": {"order_id": {"type": "integer", "minimum": 1}},
-            "required": ["order_id"],
-        },
-    },
-}
+# The selftest's probe tools, so the tests and `python -m server selftest` exercise the same.
+WEATHER, TRACK = selftest.WEATHER, selftest.ORDER
 PING = {"type": "function", "function": {"name": "ping", "description": "No arguments."}}
 TOOLS = [WEATHER, TRACK, PING]

@@ -16,16 +16,11 @@ import pytest
 
 from server.toolcalls import format_names
 from tests.families import FAMILIES, TEMPLATES_DIR
-from tests.live import Live, live_gateway
+from tests.live import WEATHER, Live, live_gateway
 
 if TYPE_CHECKING:
     from training.tiny import TinyModel
 
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city"], "additionalProperties": False}}}
 TRACK: dict[str, Any] = {"type": "function", "function": {
     "name": "track_order", "description": "Where an order is.",
     "parameters": {"type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1},

@@ -21,7 +21,7 @@ from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
 from server.chat import ChatEvent, ChatRequest, DoneEvent, prompt_for, run_chat
 from server.engines.base import Cancel
-from server.errors import EngineError, GatewayError
+from server.errors import GatewayError
 from server.limits import Schemas, check_schema_budget
 
 router = APIRouter(dependencies=[InferenceDep])
@@ -119,10 +119,8 @@ async def _pump(
     try:
         async for event in events:
             buffer.put_nowait(event)
-    except GatewayError as exc:
+    except GatewayError as exc:  # run_chat raises only these: engine bugs become EngineError there
         buffer.put_nowait(exc)
-    except Exception as exc:  # noqa: BLE001 - a bug must still end the stream, as an error event
-        buffer.put_nowait(EngineError(f"generation failed: {exc}"))
     finally:
         buffer.put_nowait(None)
 

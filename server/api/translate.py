@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice, ResponseFormat, ToolDef
-from server.chat import ChatRequest, check_tool_limits
+from server.chat import ChatRequest
 from server.config import LimitsSection
 from server.errors import InvalidRequest, UnsupportedFeature
 from server.toolcalls.validation import check_schema
@@ -66,9 +66,7 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
             raise InvalidRequest(f"tool {fn.name!r} has an invalid JSON Schema: {problem}",
                                  param=f"tools[{i}].function.parameters")
         tools.append(Tool(fn.name, fn.description or "", params, bool(fn.strict)))
-    result = tuple(tools)
-    check_tool_limits(result, limits.max_schema_bytes, limits.max_schema_depth)
-    return result
+    return tuple(tools)
 
 
 def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:

@@ -23,7 +23,6 @@ from server.constraints.spec import (
     TEXT_PARAM,
     ConstraintSpec,
     Plan,
-    clear_schema_checks,
     layout_json,
     plan,
     text_schema,
@@ -31,6 +30,7 @@ from server.constraints.spec import (
 )
 from server.errors import InvalidRequest, UnsupportedFeature
 from server.toolcalls.base import ToolFormat
+from server.toolcalls.validation import clear_schema_checks
 
 __all__ = [
     "GRAMMARS_DIR",

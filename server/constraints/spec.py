@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
 
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, JSONSchema, TextFormat, Tool, ToolChoice
 
 # The repository's grammars/ folder; an installed package (a container) points here instead.
@@ -39,7 +40,6 @@ _ONE = ("items", "additionalProperties", "contains", "propertyNames", "not", "if
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _RESERVED = "'x-guidance' is reserved: the gateway pins the JSON layout; remove it"
-_META = jsonschema.Draft202012Validator(jsonschema.Draft202012Validator.META_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def _check_schema(schema: JSONSchema, where: str, param: str) -> None:
     """Draft 2020-12 valid, no layout options of its own, no keyword llguidance would ignore."""
     if "x-guidance" in schema:
         raise UnsupportedFeature(f"{where}: {_RESERVED}", param=param)
-    problem = _meta_problem(json.dumps(schema, sort_keys=True, default=repr))
+    problem = check_schema(schema)
     if problem is not None:
         raise InvalidRequest(f"{where} is not a valid JSON Schema (Draft 2020-12) {problem}", param=param)
     ignored = sorted(_IGNORED & _keywords_in(schema))
@@ -171,20 +171,6 @@ def _keywords_in(schema: JSONSchema) -> set[str]:
             stack += [s for k in _MANY for s in node.get(k, [])]
             stack += [s for k in _MAP for s in node.get(k, {}).values()]
     return found
-
-
-def clear_schema_checks() -> None:
-    """Forget memoized schema checks (for cold-start measurements)."""
-    _meta_problem.cache_clear()
-
-
-@lru_cache(maxsize=4096)
-def _meta_problem(schema_json: str) -> str | None:
-    """Memoized: the meta-schema check costs about 1.3 ms a schema, more than llguidance."""
-    error = jsonschema.exceptions.best_match(_META.iter_errors(json.loads(schema_json)))
-    if error is None:
-        return None
-    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
 
 
 def layout_json(schema: JSONSchema) -> str:

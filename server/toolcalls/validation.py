@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from server.patterns import SafeValidator
 from server.toolcalls.base import ParsedCall
@@ -35,18 +36,27 @@ def validate_call(call: ParsedCall, tools: Mapping[str, Tool]) -> str | None:
 
 
 def check_schema(schema: object) -> str | None:
-    """None if `schema` is a valid Draft 2020-12 JSON Schema, else why not."""
+    """None if `schema` is a valid Draft 2020-12 JSON Schema, else where and why not."""
     if not isinstance(schema, (dict, bool)):
         return "a JSON Schema must be an object"
-    return _meta_problem(json.dumps(schema, sort_keys=True))
+    return _meta_problem(json.dumps(schema, sort_keys=True, default=repr))
 
 
-@lru_cache(maxsize=1024)
+def clear_schema_checks() -> None:
+    """Forget memoized meta-schema checks (for cold-start measurements)."""
+    _meta_problem.cache_clear()
+
+
+_META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+
+
+@lru_cache(maxsize=4096)
 def _meta_problem(schema_json: str) -> str | None:
-    """Memoized: agent loops send the same tools with every turn."""
-    meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-    error = next(iter(meta.iter_errors(json.loads(schema_json))), None)
-    return None if error is None else error.message
+    """Memoized: about 1.3 ms a schema, and agent loops send the same tools with every turn."""
+    error = best_match(_META.iter_errors(json.loads(schema_json)))
+    if error is None:
+        return None
+    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
 
 
 def _schema_key(tool: Tool) -> str:
