@@ -7,6 +7,7 @@ handlers import their heavy dependencies lazily so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -54,8 +55,10 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-# One entry per command; adding a command is adding one `_add_<command>` function here.
+# Commands defined here, then modules that each define `add_command(sub)` for theirs (one line
+# each below). Those modules must import their heavy dependencies inside the handler only.
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(sub)
     return parser
 
 

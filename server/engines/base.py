@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from server.types import Sampling
@@ -18,7 +19,8 @@ class GenerateRequest:
     prompt: str
     sampling: Sampling
     grammar: str | None = None  # llguidance Lark; None means unconstrained
-    adapter: str | None = None
+    adapter: str | None = None  # the name of an adapter loaded with Engine.load_adapter
+    adapter_scale: float = 1.0  # LoRA scale for this request
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,17 @@ class EngineInfo:
     special_token_ids: tuple[tuple[str, int], ...] = ()  # (text, id) of each special token
 
 
+@dataclass(frozen=True)
+class AdapterFiles:
+    """One LoRA adapter as engines load it. Each engine takes the file it understands: the
+    GGUF LoRA (llama.cpp, llama-server) or the PEFT folder (vLLM). Paths come from the adapter
+    registry's own folder, never from a request."""
+
+    name: str
+    peft_dir: Path
+    gguf: Path | None = None
+
+
 class Cancel:
     """Set by the gateway when the client goes away; engines check it between tokens."""
 
@@ -72,6 +85,14 @@ class Engine(Protocol):
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None
     ) -> list[float]:
         """P(first token of each candidate) as the next token after `prompt`."""
+        ...
+
+    async def load_adapter(self, adapter: AdapterFiles) -> None:
+        """Make `adapter.name` usable in GenerateRequest.adapter; loading twice is a no-op."""
+        ...
+
+    async def unload_adapter(self, name: str) -> None:
+        """Free the adapter; requests naming it afterwards fail. Unknown names are a no-op."""
         ...
 
     async def close(self) -> None: ...
