@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,12 @@ DEFAULT_VOCAB_SIZE = 2048
 CORPUS_SIZE = 3000
 
 
-def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> Tokenizer:
-    """Train the byte-level BPE on `sample_corpus(seed)`; ids 0..8 are the special tokens."""
+def train_tokenizer(
+    vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0, corpus: Iterable[str] | None = None
+) -> Tokenizer:
+    """Train the byte-level BPE on `corpus` (default `sample_corpus(seed)`); ids 0..8 are the
+    special tokens. The demo model passes its rendered training conversations, so the chat and
+    tool boilerplate become few tokens and sequences stay short."""
     tokenizer = Tokenizer(models.BPE())
     # NFC as in Qwen2's own tokenizer.json: transformers 5 loads every qwen2 model through
     # Qwen2Tokenizer, which adds it whatever the file says, so the file says so too. llama.cpp
@@ -74,7 +78,7 @@ def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, seed: int = 0) -> Toke
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(sample_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(sample_corpus(seed) if corpus is None else corpus, trainer=trainer)
     return tokenizer
 
 
