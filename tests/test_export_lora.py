@@ -20,22 +20,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, make_peft_adapter
 from training.gguf_export import OutType
 from training.gguf_lora import LoraConversionError, convert_lora
 from training.tiny import TinyModel, TinySpec, make_model
 
-pytestmark = [
-    # transformers 5 deprecates the attribute PEFT 0.21 still reads when wrapping a model.
-    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-    # PEFT saves a copy of an adapted lm_head; the converter checks that copy against the base.
-    pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers` to `True`:UserWarning"),
-]
+pytestmark = PEFT_WARNINGS
 
 LOGIT_TOLERANCE = 1e-3
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Where is order 12345? And the weather in Zürich?"},
@@ -50,19 +45,6 @@ TOOLS = [
         },
     }
 ]
-
-
-def make_peft_adapter(tiny: TinyModel, config: LoraConfig, out: Path, seed: int = 0) -> Path:
-    """Save a PEFT adapter on the tiny model with every trainable weight seeded random (B non-zero)."""
-    base = AutoModelForCausalLM.from_pretrained(tiny.hf_dir, dtype=torch.float32)
-    model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-    model.save_pretrained(out)
-    return out
 
 
 def hf_logits(tiny: TinyModel, adapter: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:

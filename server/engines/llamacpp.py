@@ -3,6 +3,8 @@
 It owns one loaded model and a decode loop (prefill with prefix reuse, grammar mask from
 llguidance, numpy sampling, UTF-8-safe detokenization, stop strings). It runs on one worker
 thread, so the event loop never blocks; the gateway's admission queue decides who runs next.
+GGUF LoRA adapters load once onto the model and are set on the context per request (with a
+scale); the reused KV prefix belongs to one (adapter, scale), so switching recomputes it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ctypes
 import os
 import threading
 import unicodedata
@@ -22,10 +25,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.engines.base import Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
 from server.engines.sampling import sample, softmax
 from server.engines.stops import StopMatcher
-from server.errors import EngineError, GatewayError, InvalidRequest
+from server.errors import EngineError, GatewayError, InvalidRequest, NotFound
 
 Emit = Callable[[Event | BaseException], None]
 _MATCHER_CACHE_SIZE = 256
@@ -33,6 +36,10 @@ _MATCHER_CACHE_SIZE = 256
 # (a huge `pattern` repetition) can cost the worker, at a few ms, far above what tools need.
 _INITIAL_FUEL = 200_000
 _STEP_FUEL = 100_000
+# What the context's weights are: (adapter name, scale), or _BASE. A scale of 0 is the base
+# model (llama.cpp drops zero-scale adapters from the graph).
+AdapterKey = tuple[str | None, float]
+_BASE: AdapterKey = (None, 0.0)
 
 
 class LlamaCppEngine:
@@ -56,14 +63,14 @@ class LlamaCppEngine:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llamacpp")
         self._grammars: OrderedDict[str, Any] = OrderedDict()
         self._lltokenizer: Any = None
+        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
+        self._active: AdapterKey = _BASE  # what the context (and its cached prefix) was computed with
         self._info = self._read_info(path)
 
     def info(self) -> EngineInfo:
         return self._info
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
-        if request.adapter is not None:
-            raise InvalidRequest("this engine has no adapters loaded", param="model")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
 
@@ -85,13 +92,25 @@ class LlamaCppEngine:
                 await work
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._probabilities, prompt, candidates)
+        key = _adapter_key(adapter, adapter_scale)
+        return await loop.run_in_executor(self._executor, self._probabilities, prompt, candidates, key)
+
+    async def load_adapter(self, adapter: AdapterFiles) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter, adapter)
+
+    async def unload_adapter(self, name: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_adapter, name)
+
+    def adapters(self) -> frozenset[str]:
+        return frozenset(self._adapters)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
+        for name in list(self._adapters):
+            self._unload_adapter(name)  # before the model: an adapter lives on its model
         self._llama.close()
 
     # -- worker thread ---------------------------------------------------------------------
@@ -99,6 +118,7 @@ class LlamaCppEngine:
     def _run(self, request: GenerateRequest, cancel: Cancel, emit: Emit) -> None:
         try:
             with self._lock:
+                self._use_adapter(_adapter_key(request.adapter, request.adapter_scale))
                 self._decode(request, cancel, emit)
         except GatewayError as exc:
             emit(exc)
@@ -146,8 +166,9 @@ class LlamaCppEngine:
         logits = self._eval([token])
         return logits, (self._allowed(matcher, bitmask) if matcher is not None else None)
 
-    def _probabilities(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+    def _probabilities(self, prompt: str, candidates: Sequence[str], adapter: AdapterKey) -> list[float]:
         with self._lock:
+            self._use_adapter(adapter)
             tokens = self._tokenize(prompt)
             self._check_context(len(tokens), 1)
             probs = softmax(self._prefill(tokens))
@@ -191,6 +212,54 @@ class LlamaCppEngine:
     def _piece(self, token: int) -> bytes:
         piece: bytes = self._llama.detokenize([token], special=True)
         return piece
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def _load_adapter(self, files: AdapterFiles) -> None:
+        with self._lock:
+            if files.name in self._adapters:
+                return
+            if files.gguf is None or not files.gguf.is_file():
+                raise InvalidRequest(
+                    f"adapter {files.name!r} has no GGUF LoRA ({files.gguf}); llama.cpp needs one: "
+                    "export it with `python -m training export`", param="model")
+            adapter = self._lib.llama_adapter_lora_init(self._llama._model.model, str(files.gguf).encode())
+            if not adapter:  # a NULL pointer: llama.cpp logged why (wrong base, not a LoRA GGUF)
+                raise EngineError(
+                    f"llama.cpp refused the LoRA {files.gguf} for adapter {files.name!r}: not a GGUF LoRA "
+                    "or made for another base model")
+            self._adapters[files.name] = adapter
+
+    def _unload_adapter(self, name: str) -> None:
+        with self._lock:
+            adapter = self._adapters.pop(name, None)
+            if adapter is None:
+                return
+            if self._active[0] == name:
+                self._use_adapter(_BASE)
+            self._lib.llama_adapter_lora_free(adapter)
+
+    def _use_adapter(self, key: AdapterKey) -> None:
+        """Set the request's adapter on the context; a change drops the cached prefix."""
+        name, scale = key
+        if name is not None and name not in self._adapters:
+            raise NotFound(f"adapter {name!r} is not loaded on this engine", param="model")
+        if name is None or scale == 0.0:
+            key = name, scale = _BASE
+        if key == self._active:
+            return
+        lib = self._lib
+        if name is None:
+            status = lib.llama_set_adapters_lora(self._llama._ctx.ctx, None, 0, None)
+        else:
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
+            scales = (ctypes.c_float * 1)(scale)
+            status = lib.llama_set_adapters_lora(self._llama._ctx.ctx, adapters, 1, scales)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not set adapter {name!r} (status {status})")
+        # Keys and values cached under other weights must never be reused: _prefill starts over.
+        self._llama.n_tokens = 0
+        self._active = key
 
     # -- grammar ---------------------------------------------------------------------------
 
@@ -273,6 +342,10 @@ class LlamaCppEngine:
             for t in range(self._n_vocab)
             if self._lib.llama_vocab_get_attr(self._vocab, t) & control
         ]
+
+
+def _adapter_key(name: str | None, scale: float) -> AdapterKey:
+    return (None, 0.0) if name is None else (name, float(scale))
 
 
 def default_threads() -> int:
