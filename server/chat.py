@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
@@ -55,6 +56,11 @@ class Served:
     adapter: str | None = None
     format_source: FormatSource = "configured"  # or "detected" from the chat template
     template_source: str = "model"  # "model" (embedded) or the override file's path
+    default_choice: ChoiceMode = ChoiceMode.AUTO  # when tools come without tool_choice (an adapter's manifest)
+    adapter_scale: float = 1.0
+    # Held from before queueing to the end of the answer: an adapter's lease loads it if needed
+    # and keeps it from being evicted meanwhile (server/adapter_pool.py).
+    lease: Callable[[], AbstractAsyncContextManager[object]] = nullcontext
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ async def run_chat(
     prompt = prompt_for(served, request)
     # Compiled before queueing, so bad tools are refused without waiting for a slot.
     constraint = await constraint_for(served, request, request.choice, metrics, compile_timeout_s)
-    async with served.admission.slot() as waited:
+    # The lease comes before the queue: loading an adapter holds no engine slot.
+    async with served.lease(), served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
         try:
             choice = await _decide(served, request, prompt, metrics)
@@ -204,7 +211,8 @@ class _Run:
         for attempt in range(retries + 1):
             state = _AttemptState(repaired=attempt > 0)
             sampling = self._sampling(attempt)
-            engine_request = GenerateRequest(prompt, sampling, constraint.lark, self.served.adapter)
+            engine_request = GenerateRequest(
+                prompt, sampling, constraint.lark, self.served.adapter, self.served.adapter_scale)
             async for event in self._generate(engine_request, cancel, state):
                 yield event
             if not state.retry_wanted:

@@ -91,6 +91,21 @@ class GenerationSection(BaseModel):
     )
 
 
+class AdaptersSection(BaseModel):
+    dir: Path = Field(Path("adapters"), description="folder of adapter folders (<name>/manifest.json); "
+                      "the admin API loads only from here")
+    max_loaded: int = Field(4, ge=1, description="adapters held by one engine at once; least recently used evicted")
+    pinned: list[str] = Field(default_factory=list, description="adapter names never evicted, loaded at start")
+    scale: float = Field(1.0, ge=0.0, le=4.0, description="LoRA scale of requests to an adapter")
+
+    @model_validator(mode="after")
+    def _room_for_pinned(self) -> AdaptersSection:
+        if len(set(self.pinned)) > self.max_loaded:
+            raise ValueError(f"adapters.pinned names {len(set(self.pinned))} adapters but adapters.max_loaded "
+                             f"is {self.max_loaded}; pinned adapters must all fit")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
@@ -101,6 +116,7 @@ class Settings(BaseSettings):
     limits: LimitsSection = LimitsSection()
     auth: AuthSection = AuthSection()
     generation: GenerationSection = GenerationSection()
+    adapters: AdaptersSection = AdaptersSection()
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

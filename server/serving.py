@@ -1,12 +1,14 @@
 """Settings -> the served models: resolve the model file, load the engine, pick the chat
 template (override file, else the model's own) and the tool-call format (configured, or
-detected from that template when the setting is "auto")."""
+detected from that template when the setting is "auto"), then the adapters on it (the
+folder adapters.dir; with no --model, the demo model and the demo adapter there)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from server.adapters import open_adapters
 from server.admission import Admission
 from server.chat import FormatSource, Served
 from server.config import Settings
@@ -48,7 +50,7 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
         raise ConfigError(f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
                           "text answers start like its calls, so there is no decision point")
     registry = ModelRegistry()
-    registry.add(Served(
+    base = Served(
         name=name,
         engine=engine,
         info=info,
@@ -59,7 +61,9 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
         validation_retries=settings.generation.validation_retries,
         format_source=format_source,
         template_source=template_source,
-    ))
+    )
+    registry.add(base)
+    registry.adapters = open_adapters(settings, base, path)
     return registry
 
 

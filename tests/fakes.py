@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from server.engines.base import Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
 
 INFO = EngineInfo(model="fake", context_length=4096, chat_template=(
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -20,11 +21,21 @@ class FakeEngine:
     p_open: float = 0.5
     requests: list[GenerateRequest] = field(default_factory=list)
     cancelled: int = 0
+    # Adapters: what was loaded and unloaded, in order; a load waits on `load_gate` when set
+    # and raises for names in `broken`, as an engine does on a bad file.
+    loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
+    loaded: set[str] = field(default_factory=set)
+    most_loaded: int = 0
+    load_gate: asyncio.Event | None = None
+    broken: set[str] = field(default_factory=set)
 
     def info(self) -> EngineInfo:
         return INFO
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
+        if request.adapter is not None and request.adapter not in self.loaded:
+            raise RuntimeError(f"adapter {request.adapter} is not loaded")  # what a real engine does
         self.requests.append(request)
         pieces, reason = self.scripts.pop(0)
         for piece in pieces:
@@ -38,6 +49,19 @@ class FakeEngine:
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None
     ) -> list[float]:
         return [self.p_open for _ in candidates]
+
+    async def load_adapter(self, adapter: AdapterFiles) -> None:
+        self.loads.append(adapter.name)
+        if self.load_gate is not None:
+            await self.load_gate.wait()
+        if adapter.name in self.broken:
+            raise ValueError(f"{adapter.gguf}: not a GGUF LoRA")
+        self.loaded.add(adapter.name)
+        self.most_loaded = max(self.most_loaded, len(self.loaded))
+
+    async def unload_adapter(self, name: str) -> None:
+        self.unloads.append(name)
+        self.loaded.discard(name)
 
     async def close(self) -> None:
         pass

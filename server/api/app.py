@@ -67,7 +67,7 @@ MetricsDep = Depends(require_metrics_access)
 
 
 def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | None = None) -> FastAPI:
-    from server.api import chat_routes, errors, info_routes
+    from server.api import admin_routes, chat_routes, errors, info_routes
 
     metrics = metrics or Metrics()
     lifecycle = Lifecycle(settings.server.shutdown_timeout_s, metrics)
@@ -78,6 +78,7 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         restore = _drain_on_signals(lifecycle.drain)
         try:
+            await models.start()  # pinned adapters load now
             yield
         finally:
             restore()
@@ -88,6 +89,7 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     errors.install(app)
     app.include_router(chat_routes.router)
     app.include_router(info_routes.router)
+    app.include_router(admin_routes.router)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(Drain, lifecycle=lifecycle)
     app.add_middleware(RequestMetrics, metrics=gateway.metrics)

@@ -35,7 +35,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
     request.state.model, request.state.adapter = served.name, served.adapter or "none"
     limits = gw.settings.limits
     check_schema_budget(_schemas(body.tools, body.response_format), limits)
-    chat = to_chat_request(body, limits)
+    chat = to_chat_request(body, limits, served.default_choice)
     cancel = Cancel()
     untrack = gw.lifecycle.track(cancel)  # stopped at the shutdown deadline
     events = run_chat(served, chat, gw.metrics, cancel, limits.compile_timeout_s)

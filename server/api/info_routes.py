@@ -1,4 +1,7 @@
-"""GET /v1/models (inference key), /health and /metrics (open unless configured otherwise)."""
+"""GET /v1/models (inference key), /health and /metrics (open unless configured otherwise).
+
+Model cards follow vLLM's: adapters carry their `parent` (the base model); our extras are the
+tool format, default tool_choice, evaluation scores and whether the adapter is loaded now."""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.adapters import AdapterRegistry
 from server.api.app import GatewayDep, HealthDep, InferenceDep, MetricsDep
+from server.chat import Served
 
 router = APIRouter()
 _STARTED = int(time.time())
@@ -17,27 +22,56 @@ _STARTED = int(time.time())
 
 @router.get("/v1/models", dependencies=[InferenceDep])
 async def list_models(gw: GatewayDep) -> dict[str, Any]:
-    data = [
-        {
-            "id": name,
-            "object": "model",
-            "created": _STARTED,
-            "owned_by": "callgate",
-            "root": served.info.model,
-            "parent": None,
-            "max_model_len": served.info.context_length,
-            "tool_format": served.format.name,
-            "tool_format_source": served.format_source,
-            "tool_call_trigger": served.format.envelope.open,
-        }
-        for name, served in gw.models.models.items()
-    ]
+    data = [_card(served, served.info.model, None) for served in gw.models.models.values()]
+    if gw.models.adapters is not None:
+        data += _adapter_cards(gw.models.adapters)
     return {"object": "list", "data": data}
+
+
+def _card(served: Served, root: str, parent: str | None) -> dict[str, Any]:
+    return {
+        "id": served.name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "callgate",
+        "root": root,
+        "parent": parent,
+        "max_model_len": served.info.context_length,
+        "permission": [_permission()],
+        "tool_format": served.format.name,
+        "tool_format_source": served.format_source,
+        "tool_call_trigger": served.format.envelope.open,
+    }
+
+
+def _adapter_cards(adapters: AdapterRegistry) -> list[dict[str, Any]]:
+    cards = []
+    for name, served in sorted(adapters.served.items()):
+        manifest = adapters.adapters[name].manifest
+        cards.append(_card(served, str(adapters.root / name), adapters.base.name) | {
+            "tool_choice": manifest.tool_choice,
+            "scores": manifest.scores,
+            "base_model": manifest.base_model.id,
+            "lora_rank": manifest.lora.rank,
+            "loaded": adapters.pool.is_loaded(name),
+            "pinned": name in adapters.pool.pinned,
+        })
+    return cards
+
+
+def _permission() -> dict[str, Any]:
+    """vLLM's ModelPermission, for clients that read it."""
+    return {
+        "id": f"modelperm-{_STARTED}", "object": "model_permission", "created": _STARTED,
+        "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+        "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+        "organization": "*", "group": None, "is_blocking": False,
+    }
 
 
 @router.get("/health", dependencies=[HealthDep])
 async def health(gw: GatewayDep) -> dict[str, Any]:
-    return {"status": "ok", "models": sorted(gw.models.models)}
+    return {"status": "ok", "models": gw.models.names()}
 
 
 @router.get("/metrics", dependencies=[MetricsDep])

@@ -16,13 +16,16 @@ from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCa
 _EMPTY_OBJECT = {"type": "object", "properties": {}}
 
 
-def to_chat_request(wire: ChatCompletionRequest, limits: LimitsSection) -> ChatRequest:
+def to_chat_request(
+    wire: ChatCompletionRequest, limits: LimitsSection, default_choice: ChoiceMode = ChoiceMode.AUTO
+) -> ChatRequest:
+    """`default_choice` applies when tools come without tool_choice (an adapter's manifest sets it)."""
     _refuse_unsupported(wire)
     tools = to_tools(wire.tools or [], limits)
     return ChatRequest(
         messages=to_messages(wire.messages, limits),
         tools=tools,
-        choice=_choice(wire, tools),
+        choice=_choice(wire, tools, default_choice),
         parallel=wire.parallel_tool_calls is not False,
         text=_text_format(wire.response_format),
         sampling=_sampling(wire, limits),
@@ -85,10 +88,10 @@ def _text(m: MessageWire) -> str | None:
     return m.content
 
 
-def _choice(wire: ChatCompletionRequest, tools: tuple[Tool, ...]) -> ToolChoice:
+def _choice(wire: ChatCompletionRequest, tools: tuple[Tool, ...], default: ChoiceMode) -> ToolChoice:
     choice = wire.tool_choice
     if choice is None:
-        return ToolChoice(ChoiceMode.AUTO if tools else ChoiceMode.NONE)
+        return ToolChoice(default if tools else ChoiceMode.NONE)
     if isinstance(choice, NamedToolChoice):
         names = {t.name for t in tools}
         if choice.function.name not in names:
