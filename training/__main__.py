@@ -58,7 +58,9 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
 # Commands defined here, then modules that each define `add_command(sub)` for theirs (one line
 # each below). Those modules must import their heavy dependencies inside the handler only.
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "training.export",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
