@@ -20,7 +20,7 @@ MANIFEST = "manifest.json"
 # Adapter names travel in `model` and in admin requests; they are never paths.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # vLLM's --max-lora-rank accepts only these values (vllm/config/lora.py MaxLoRARanks, default 16);
-# it serves adapters of rank <= the value chosen, so export records the smallest that fits.
+# it serves adapters of rank <= the value chosen; export refuses ranks above 512 and reports the smallest fit.
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
