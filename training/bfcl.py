@@ -132,3 +132,23 @@ def to_json_schema(node: JSONSchema) -> JSONSchema:
     if isinstance(node.get("additionalProperties"), dict):
         out["additionalProperties"] = to_json_schema(node["additionalProperties"])
     return out
+
+
+ANSWER_PREFIX = "bfcl_eval/data/possible_answer/BFCL_v4_"
+
+
+def load_possible_answers(name: str) -> dict[str, list[dict[str, Any]]]:
+    """{entry id: ground truth} of one category: each expected call as {function: {argument:
+    [acceptable values]}}. Empty for categories scored without answers (irrelevance, relevance)."""
+    if name not in _categories():
+        raise ValueError(f"unknown BFCL category {name!r}; available: {', '.join(_categories())}")
+    text = _read_answers(name)
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {row["id"]: row["ground_truth"] for row in rows}
+
+
+@cache
+def _read_answers(name: str) -> str:
+    with zipfile.ZipFile(wheel_path()) as archive:
+        member = f"{ANSWER_PREFIX}{name}.json"
+        return archive.read(member).decode("utf-8") if member in archive.namelist() else ""
