@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from server.adapter_pool import AdapterPool
+from server.adapter_pool import AdapterLoadFailed, AdapterPool
 from server.chat import Served
 from server.config import AdaptersSection, Settings
 from server.engines.base import AdapterFiles
@@ -205,6 +205,8 @@ class AdapterRegistry:
 
     async def start(self) -> None:
         """Load pinned adapters now; the others load on their first request."""
+        for name in sorted(self.pool.pinned - set(self.served)):
+            _log.warning("pinned adapter %s is not served (no such folder in %s, or refused)", name, self.root)
         for name in sorted(self.pool.pinned & set(self.served)):
             try:
                 async with self.served[name].lease():
@@ -229,9 +231,11 @@ class AdapterRegistry:
             folder = resolve_folder(self.root, lora_path, name)
             adapter = await asyncio.to_thread(read_adapter, folder, self.base_file)  # may hash the base
             served = bind(adapter, self.base, self.pool, self.settings.scale)
+            if pinned:
+                self._check_pin(name)
+            await self._swap_in(adapter, served)
             if pinned is not None:
                 (self.pool.pinned.add if pinned else self.pool.pinned.discard)(name)
-            await self._swap_in(adapter, served)
             self._save(name, AdapterState(enabled=True, pinned=name in self.pool.pinned))
 
     async def _swap_in(self, adapter: Adapter, served: Served) -> None:
@@ -245,10 +249,18 @@ class AdapterRegistry:
         try:
             async with served.lease():
                 pass
-        except Exception as exc:
+        except AdapterLoadFailed as exc:
             self._unregister(name)
-            raise AdapterRefused(f"adapter {name!r} could not be loaded by the engine: {exc}",
-                                 param="lora_path") from None
+            raise AdapterRefused(f"{exc.message}; check the files in {adapter.folder}", param="lora_path") from None
+        except BaseException:  # no slot came free (504, 503): a new adapter is not served; one
+            if previous is None:  # served before stays served, with its new binding, loaded lazily
+                self._unregister(name)
+            raise
+
+    def _check_pin(self, name: str) -> None:
+        if len(self.pool.pinned | {name}) > self.pool.max_loaded:
+            raise InvalidRequest(f"cannot pin {name!r}: {len(self.pool.pinned)} adapters are pinned and "
+                                 f"adapters.max_loaded is {self.pool.max_loaded}; unpin one first", param="pinned")
 
     async def unload(self, name: str) -> None:
         async with self._lock(name):
@@ -262,6 +274,7 @@ class AdapterRegistry:
     # --- inside ---
 
     def _check(self, folder: Path) -> Adapter:
+        folder = resolve_folder(self.root, folder.name, folder.name)  # a link out of the folder is refused
         adapter = read_adapter(folder, self.base_file)
         self._check_name(adapter.name)
         return adapter

@@ -205,6 +205,7 @@ def test_start_up_serves_good_folders_and_skips_bad_ones(tmp_path: Path, caplog:
     (root / "garbage" / "manifest.json").write_text("{not json")
     make_adapter(root, "escape", base, files={"gguf": "../good/adapter.gguf"})
     make_adapter(root, "base", base)  # the base model's own name
+    (root / "linked").symlink_to(make_adapter(tmp_path / "elsewhere", "linked", base), target_is_directory=True)
     with caplog.at_level("WARNING", logger="callgate"):
         registry = _registry(tmp_path)
     assert registry.adapters is not None and sorted(registry.adapters.served) == ["good", "nohash"]
@@ -212,6 +213,7 @@ def test_start_up_serves_good_folders_and_skips_bad_ones(tmp_path: Path, caplog:
     assert "trained for another base model" in log and "names the adapter 'good'" in log
     assert "no-such-format" in log and "not a valid adapter manifest" in log and "outside its folder" in log
     assert "conflicts with a served base model" in log and "cannot be checked" in log
+    assert "'linked' is not an adapter folder inside the adapters directory" in log
     assert registry.get("good").adapter == "good" and registry.names() == ["base", "good", "nohash"]
     with pytest.raises(NotFound, match="served models: base, good, nohash"):
         registry.get("other-base")
@@ -338,7 +340,7 @@ def test_admin_load_refuses_bad_folders_and_engine_failures(tmp_path: Path) -> N
 
     async def admin() -> None:
         assert adapters is not None
-        for name, path, message in [("broken", "broken", "could not be loaded by the engine"),
+        for name, path, message in [("broken", "broken", "could not be loaded: .*not a GGUF LoRA; check the files"),
                                     ("wrongbase", "wrongbase", "trained for another base model"),
                                     ("missing", "missing", "has no manifest.json"),
                                     ("base", "base", "conflicts with a served base model"),
@@ -348,6 +350,32 @@ def test_admin_load_refuses_bad_folders_and_engine_failures(tmp_path: Path) -> N
 
     asyncio.run(admin())
     assert registry.names() == ["base", "ok"] and not (root / STATE_FILE).exists()
+
+
+def test_pins_must_fit_and_a_load_that_finds_no_slot_serves_nothing(tmp_path: Path) -> None:
+    base = base_file(tmp_path)
+    root = tmp_path / "adapters"
+    make_adapter(root, "a", base)
+    registry = _registry(tmp_path, **{"adapters.max_loaded": 1, "limits.queue_timeout_s": 0.2})
+    adapters = registry.adapters
+    assert adapters is not None
+    for name in ("b", "c"):  # new: not served until loaded
+        make_adapter(root, name, base)
+
+    async def admin() -> None:
+        assert adapters is not None
+        await adapters.load("a", "a", inplace=True, pinned=True)
+        with pytest.raises(InvalidRequest, match="cannot pin 'b'"):
+            await adapters.load("b", "b", inplace=True, pinned=True)
+        with pytest.raises(AdapterCapacity):  # the one slot is pinned
+            await adapters.load("c", "c", inplace=True)
+        await adapters.load("a", "a", inplace=True, pinned=False)
+        async with adapters.served["a"].lease():  # busy: "b" waits for the slot, then gives up
+            with pytest.raises(Timeout):
+                await adapters.load("b", "b", inplace=True)
+
+    asyncio.run(admin())
+    assert registry.names() == ["base", "a"]
 
 
 def test_a_corrupt_state_file_is_refused_at_start(tmp_path: Path) -> None:
