@@ -104,6 +104,11 @@ def test_load_serve_unload_and_restart(gw: Gateway) -> None:
             bound = client.chat.completions.create(model="support", messages=USER, tools=[TRACK])  # type: ignore
             assert bound.choices[0].finish_reason == "tool_calls"
             assert gw.engine.unloads == ["orders"]  # adapters.max_loaded=1: the older one made room
+            gw.engine.scripts.append((["Sure", ", checking."], "stop"))
+            streamed = client.chat.completions.create(model="support", messages=USER, stream=True)  # type: ignore
+            assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "Sure, checking."
+            pool = live.app.state.gateway.models.adapters.pool
+            assert pool.refs("support") == 0 and pool.is_loaded("support")  # the stream gave its lease back
 
             gone = _admin(live, "unload_lora_adapter", {"lora_name": "orders"})
             assert gone.status_code == 200 and gone.text == "Success: LoRA adapter 'orders' removed successfully."
