@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,7 +56,7 @@ def build(size: str, root: Path) -> tuple[Path, list[AdapterFiles], int]:
             for param in model.parameters():
                 if param.requires_grad:
                     param.copy_(0.02 * torch.randn(param.shape, generator=generator))
-        model.save_pretrained(root / name)
+        model.save_pretrained(str(root / name))
         gguf = convert_lora(root / name, tiny.hf_dir, root / name / "adapter.gguf").path
         adapters.append(AdapterFiles(name, root / name, gguf))
     return tiny.gguf, adapters, tiny.n_params
@@ -98,7 +99,7 @@ async def measure(engine: LlamaCppEngine, reps: int, words: int) -> list[tuple[s
     for rep in range(reps + 1):  # the first round warms up and is dropped
         for (_, first, second), (_, times) in zip(SCENARIOS, results, strict=True):
             await run(engine, prompt(first[1], words), first[0])
-            ms = await timed(lambda second=second: run(engine, prompt(second[1], words), second[0]))
+            ms = await timed(partial(run, engine, prompt(second[1], words), second[0]))
             if rep:
                 times.append(ms)
     return results
@@ -117,7 +118,7 @@ async def main_async(args: argparse.Namespace) -> str:
     base, adapters, n_params = build(args.size, root)
     engine = LlamaCppEngine(base, context_length=2048)
     try:
-        loads = [await timed(lambda f=f: engine.load_adapter(f)) for f in adapters]
+        loads = [await timed(partial(engine.load_adapter, f)) for f in adapters]
         prompt_tokens = (await run(engine, prompt(0, args.words), None)).prompt_tokens
         results = await measure(engine, args.reps, args.words)
         base_tps = await decode_speed(engine, None, args.decode_tokens, args.words)

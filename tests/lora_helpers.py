@@ -30,5 +30,5 @@ def make_peft_adapter(tiny: TinyModel, config: LoraConfig, out: Path, seed: int 
         for param in model.parameters():
             if param.requires_grad:
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     return out

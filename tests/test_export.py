@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -141,13 +142,14 @@ def served(tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path_factory: 
            ) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("served") / "adapters"
     export_adapter(peft_dirs["one"], tiny_model.hf_dir, "support", root)
-    yield from live_gateway(tiny_model.gguf, **{"model.served_name": "tiny", "adapters.dir": root})
+    flags: dict[str, Any] = {"model.served_name": "tiny", "adapters.dir": root}
+    yield from live_gateway(tiny_model.gguf, **flags)
 
 
 def test_gateway_serves_the_exported_adapter(served: Live) -> None:
     with openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=60) as client:
         assert {"tiny", "support"} <= {m.id for m in client.models.list().data}
-        answers = {}
+        answers: dict[str, set[str | None]] = {}
         for model in ("tiny", "support", "tiny", "support"):
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "Where is order 12345?"}],

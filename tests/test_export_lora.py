@@ -35,7 +35,7 @@ CONVERSATION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Where is order 12345? And the weather in Zürich?"},
 ]
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
@@ -80,7 +80,7 @@ def llama_logits(tiny: TinyModel, lora: Path | None, ids: list[int]) -> npt.NDAr
 
 @pytest.fixture(scope="module")
 def prompt_ids(tiny_model: TinyModel) -> list[int]:
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
+    tokenizer: Any = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
     text = tokenizer.apply_chat_template(CONVERSATION, tools=TOOLS, add_generation_prompt=True, tokenize=False)
     ids: list[int] = tokenizer.encode(text, add_special_tokens=False)
     return ids
