@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
-from server.engines.base import Cancel, Engine, EngineInfo, Finish, GenerateRequest, Piece
+from server.constraints.native import native_constraint
+from server.engines.base import Cancel, Engine, EngineInfo, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
 from server.templates import render
@@ -28,6 +29,7 @@ from server.toolcalls.validation import validate_call
 from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
 FormatSource = Literal["configured", "detected"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,7 @@ async def constraint_for(
 ) -> Constraint:
     """Compiled off the event loop with a deadline: a schema crafted to make compilation slow
     gets a 400 instead of stalling every other request."""
-    spec = ConstraintSpec(
-        tools=request.tools,
-        choice=choice,
-        parallel=request.parallel,
-        text=request.text,
-        special_tokens=served.info.special_tokens,
-        token_ids=_marker_ids(served),
-    )
+    spec = _spec(served, request, choice)
     constraint = cached_constraint(spec, served.format)  # hits skip the pool hop (~60 us)
     if constraint is None:
         constraint = await _compile(spec, served.format, timeout_s)
@@ -125,6 +120,25 @@ async def constraint_for(
     return constraint
 
 
+async def gbnf_for(served: Served, request: ChatRequest, choice: ToolChoice, timeout_s: float = 5.0) -> Gbnf | None:
+    """The same constraint in GBNF, for engines that enforce that instead (llama-server)."""
+    if served.info.grammar_syntax != "gbnf":
+        return None
+    native = await _in_pool(native_constraint, _spec(served, request, choice), served.format, timeout_s)
+    return Gbnf(native.gbnf, native.triggers) if native is not None else None
+
+
+def _spec(served: Served, request: ChatRequest, choice: ToolChoice) -> ConstraintSpec:
+    return ConstraintSpec(
+        tools=request.tools,
+        choice=choice,
+        parallel=request.parallel,
+        text=request.text,
+        special_tokens=served.info.special_tokens,
+        token_ids=_marker_ids(served),
+    )
+
+
 def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
     env = served.format.envelope
     markers = {env.open, env.close, env.args_open}
@@ -132,7 +146,13 @@ def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
 
 
 async def _compile(spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float) -> Constraint:
-    work = asyncio.get_running_loop().run_in_executor(_compile_pool(), compile_constraint, spec, fmt)
+    return await _in_pool(compile_constraint, spec, fmt, timeout_s)
+
+
+async def _in_pool(
+    compile: Callable[[ConstraintSpec, ToolFormat], T], spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float
+) -> T:
+    work = asyncio.get_running_loop().run_in_executor(_compile_pool(), compile, spec, fmt)
     try:
         return await asyncio.wait_for(work, timeout_s)
     except TimeoutError:
@@ -156,6 +176,7 @@ async def run_chat(
     prompt = prompt_for(served, request)
     # Compiled before queueing, so bad tools are refused without waiting for a slot.
     constraint = await constraint_for(served, request, request.choice, metrics, compile_timeout_s)
+    gbnf = await gbnf_for(served, request, request.choice, compile_timeout_s)
     # The lease comes before the queue: loading an adapter holds no engine slot.
     async with served.lease(), served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
@@ -163,7 +184,8 @@ async def run_chat(
             choice = await _decide(served, request, prompt, metrics)
             if choice != request.choice:  # the no-tool threshold settled the mode
                 constraint = await constraint_for(served, request, choice, metrics, compile_timeout_s)
-            run = _Run(served, request, choice, metrics)
+                gbnf = await gbnf_for(served, request, choice, compile_timeout_s)
+            run = _Run(served, request, choice, metrics, gbnf)
             async for event in run.attempts(prompt, constraint, cancel):
                 yield event
         except EngineError:
@@ -196,8 +218,11 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
 class _Run:
     """The attempts of one request: generate, parse, validate; retry while nothing was sent."""
 
-    def __init__(self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics):
+    def __init__(
+        self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics, gbnf: Gbnf | None = None
+    ):
         self.served = served
+        self.gbnf = gbnf
         self.request = request
         self.choice = choice
         self.metrics = metrics
@@ -212,7 +237,7 @@ class _Run:
             state = _AttemptState(repaired=attempt > 0)
             sampling = self._sampling(attempt)
             engine_request = GenerateRequest(
-                prompt, sampling, constraint.lark, self.served.adapter, self.served.adapter_scale)
+                prompt, sampling, constraint.lark, self.served.adapter, self.served.adapter_scale, self.gbnf)
             async for event in self._generate(engine_request, cancel, state):
                 yield event
             if not state.retry_wanted:

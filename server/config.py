@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -106,6 +106,47 @@ class AdaptersSection(BaseModel):
         return self
 
 
+EngineKind = Literal["llamacpp", "vllm", "llama-server"]
+
+
+class EngineSection(BaseModel):
+    """Where tokens come from: llama.cpp in this process (the default), or upstream servers
+    (vLLM, llama-server) behind the replica router (server/router.py, docs/deploy.md)."""
+
+    kind: EngineKind = Field("llamacpp", description='"llamacpp" (embedded), "vllm" or "llama-server"')
+    urls: list[str] = Field(default_factory=list, description="upstream replicas of one model, e.g. http://vllm-0:8000")
+    upstream_model: str | None = Field(None, description="the model name the upstream serves; default: ask it")
+    tokenizer: Path | None = Field(
+        None, description="vllm: the model's transformers folder (chat template, special tokens), which vLLM "
+        "does not serve; without it --chat-template is required and call markers are spelled as text")
+    path_map: dict[str, str] = Field(
+        default_factory=dict, description="local path prefix -> the same folder as the upstream host sees it "
+        "(adapter folders pushed to vLLM, GGUF LoRAs matched on llama-server)")
+    api_key: SecretStr | None = Field(None, description="Bearer key of the upstreams (vllm --api-key)")
+    slots_per_replica: int = Field(
+        8, ge=1, description="requests in flight per replica; admission slots = this x replicas")
+    connect_timeout_s: float = Field(2.0, gt=0, description="connecting to a replica; past it, another is tried")
+    read_timeout_s: float = Field(60.0, gt=0, description="longest silence from a replica mid-answer")
+    startup_timeout_s: float = Field(300.0, ge=0, description="how long start-up waits for a replica to answer")
+    health_interval_s: float = Field(2.0, gt=0, description="between health checks of each replica")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that take a replica out")
+    breaker_open_s: float = Field(10.0, gt=0, description="how long it stays out before one request probes it")
+    retries: int = Field(2, ge=0, description="other replicas tried when one fails before the first token")
+    verify_grammar: bool = Field(
+        True, description="at start-up, refuse an upstream that does not enforce grammars (it would fail open)")
+
+    @model_validator(mode="after")
+    def _upstreams(self) -> EngineSection:
+        if self.kind == "llamacpp" and self.urls:
+            raise ValueError('engine.urls are for engine.kind "vllm" or "llama-server"; the embedded engine '
+                             "reads model.path")
+        if self.kind != "llamacpp" and not self.urls:
+            raise ValueError(f"engine.kind {self.kind!r} needs engine.urls (one or more replicas)")
+        if any(not url.startswith(("http://", "https://")) for url in self.urls):
+            raise ValueError("engine.urls must be http:// or https:// URLs")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
@@ -117,6 +158,7 @@ class Settings(BaseSettings):
     auth: AuthSection = AuthSection()
     generation: GenerationSection = GenerationSection()
     adapters: AdaptersSection = AdaptersSection()
+    engine: EngineSection = EngineSection()
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:

@@ -56,6 +56,15 @@ class Metrics:
         self.engine_errors = Counter(
             "callgate_engine_errors", "Engine failures (answered 502 or ended with an error event).",
             ["model"], registry=r)
+        self.replica_healthy = Gauge(
+            "callgate_replica_healthy", "1 while an upstream replica passes health checks and its circuit "
+            "breaker is closed; 0 otherwise.", ["replica"], registry=r)
+        self.replica_outstanding = Gauge(
+            "callgate_replica_outstanding_requests", "Requests this gateway has in flight at a replica.",
+            ["replica"], registry=r)
+        self.upstream_errors = Counter(
+            "callgate_upstream_errors", "Upstream replica failures by kind (connect, timeout, disconnect, "
+            "overloaded, status, rejected, not_found, protocol).", ["replica", "kind"], registry=r)
         self.draining = Gauge(
             "callgate_draining", "1 while this replica drains after SIGTERM (refusing new requests).",
             registry=r)

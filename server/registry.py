@@ -32,6 +32,10 @@ class ModelRegistry:
         return next(iter(self.models.values()))
 
     async def start(self) -> None:
+        for engine in {id(s.engine): s.engine for s in self.models.values()}.values():
+            start = getattr(engine, "start", None)  # background work, e.g. the router's health checks
+            if start is not None:
+                await start()
         if self.adapters is not None:
             await self.adapters.start()
 

@@ -38,12 +38,16 @@ def resolve_model_path(settings: Settings) -> Path:
 
 
 def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None = None) -> ModelRegistry:
-    path = resolve_model_path(settings)
+    # Upstream engines (vLLM, llama-server) need no local model file; model.path, if given,
+    # is the same GGUF, for checking adapters' base-model hashes.
+    remote = settings.engine.kind != "llamacpp"
+    path = settings.model.path if remote else resolve_model_path(settings)
     settings = settings.model_copy(update={"model": settings.model.model_copy(update={"path": path})})
-    engine = engine or make_engine(settings)
+    engine = engine or make_engine(settings, metrics)
     info = engine.info()
     # models/<name>/model.gguf is served as <name>; any other file by its stem.
-    name = settings.model.served_name or (path.parent.name if path.stem == "model" else path.stem)
+    name = settings.model.served_name or (
+        info.model if remote or path is None else path.parent.name if path.stem == "model" else path.stem)
     template, template_source = _template(settings, info.chat_template)
     tool_format, format_source = resolve_format(settings.model.tool_format, template)
     if settings.model.no_tool_threshold is not None and not tool_format.envelope.decision_point:

@@ -15,12 +15,24 @@ from server.types import Sampling
 
 
 @dataclass(frozen=True)
+class Gbnf:
+    """The same constraint as GenerateRequest.grammar in llama.cpp's GBNF, for engines whose
+    upstream enforces grammars itself (llama-server). With `triggers`, the grammar is lazy:
+    text is free until one of these words appears, and from it on must match `text`."""
+
+    text: str
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     prompt: str
     sampling: Sampling
     grammar: str | None = None  # llguidance Lark; None means unconstrained
     adapter: str | None = None  # the name of an adapter loaded with Engine.load_adapter
     adapter_scale: float = 1.0  # LoRA scale for this request
+    # Set by the chat layer, beside `grammar`, when EngineInfo.grammar_syntax is "gbnf".
+    gbnf: Gbnf | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class EngineInfo:
     eos_token: str
     special_tokens: frozenset[str] = field(default_factory=frozenset)
     special_token_ids: tuple[tuple[str, int], ...] = ()  # (text, id) of each special token
+    grammar_syntax: str = "lark"  # what the engine enforces: "lark" (llguidance) or "gbnf" (llama.cpp)
 
 
 @dataclass(frozen=True)
