@@ -9,7 +9,7 @@ PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup serve test test-fast bench clean prometheus
+.PHONY: setup serve test test-fast bench clean prometheus llama-server
 
 setup: $(STAMP)
 
@@ -34,7 +34,27 @@ prometheus:
 		{ $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq prometheus; } \
 			>/dev/null 2>&1 || echo "make: could not install prometheus; its test will skip" >&2; }
 
-test: $(STAMP) prometheus
+# llama.cpp's own C++ server, for the llama-server engine's tests: built from the llama.cpp
+# sources inside the llama-cpp-python sdist (the venv's version), ~9 min on 2 cores, tried once.
+# If it cannot be built, those tests skip and say why; the log is in .cache/llama-server/.
+LLAMA_SERVER_DIR := .cache/llama-server
+llama-server: $(LLAMA_SERVER_DIR)/.tried
+
+$(LLAMA_SERVER_DIR)/.tried: | $(STAMP)
+	@mkdir -p $(LLAMA_SERVER_DIR)
+	@cd $(LLAMA_SERVER_DIR) && { \
+		V=$$(../../$(BIN)/python -c "import importlib.metadata as m; print(m.version('llama-cpp-python'))") && \
+		../../$(BIN)/pip download -q --no-deps --no-binary :all: "llama-cpp-python==$$V" -d src && \
+		tar xzf src/llama_cpp_python-$$V.tar.gz -C src && \
+		cmake -S src/llama_cpp_python-$$V/vendor/llama.cpp -B build -DCMAKE_BUILD_TYPE=Release \
+			-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+			-DGGML_NATIVE=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+			-DBUILD_SHARED_LIBS=OFF && \
+		cmake --build build --target llama-server -j$$(nproc) && cp build/bin/llama-server . ; \
+	} >build.log 2>&1 || echo "make: could not build llama-server (see $(LLAMA_SERVER_DIR)/build.log); its tests will skip" >&2
+	@touch $@
+
+test: $(STAMP) prometheus llama-server
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -1,8 +1,8 @@
 """The constraint for engines whose upstream enforces GBNF itself (llama-server): the same
 modes as the Lark grammar, emitted by gbnf.py, cached. In `auto` with plain text it is lazy:
 text is free until the model writes the call opener (the trigger), and from the opener on it
-must be calls, the grammar of `required`. That means the same as the full `auto` grammar (text
-cannot contain the opener without starting a call) at no grammar cost on text tokens.
+must be calls, the grammar of `required`. Text still cannot hold the opener without starting a
+call, so the calls are those of the full `auto` grammar, at no grammar cost on text tokens.
 """
 
 from __future__ import annotations
@@ -48,15 +48,20 @@ def native_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint
 
 def _build(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:
     if lazy_applies(spec, fmt):
-        calls_only = replace(spec, choice=ToolChoice(ChoiceMode.REQUIRED))
-        return NativeConstraint(to_gbnf(calls_only, fmt), (fmt.envelope.open,))
+        # The opener as text: GBNF text matches the special token's text too, so the grammar also
+        # takes over when a model spells the opener with ordinary tokens (the trigger sees both).
+        opener = fmt.envelope.open
+        calls_only = replace(
+            spec, choice=ToolChoice(ChoiceMode.REQUIRED), special_tokens=spec.special_tokens - {opener})
+        return NativeConstraint(to_gbnf(calls_only, fmt), (opener,))
     text = to_gbnf(spec, fmt)
     return NativeConstraint(text) if text else None
 
 
 def lazy_applies(spec: ConstraintSpec, fmt: ToolFormat) -> bool:
     """`auto`, free text that may come before calls, and the opener as the only banned text:
-    then "free text until the opener, calls from it" is exactly what the full grammar allows."""
+    then "free text until the opener, calls from it" allows the calls the full grammar allows
+    (whose text must also end with the format's separator before the opener)."""
     env = fmt.envelope
     return (
         spec.choice.mode is ChoiceMode.AUTO
