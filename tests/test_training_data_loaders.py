@@ -165,7 +165,7 @@ def test_bfcl_files_become_evaluation_records_with_possible_answers() -> None:
     ]
     assert records[1].kind == "parallel" and len(records[1].answer.tool_calls or ()) == 2
     assert records[2].kind == "no_tool_irrelevant" and records[2].answer.content == ""
-    assert _reasons(bad) == {"line 4": "no possible answer for simple_python_901 in category simple_python"}  # fmt: skip
+    assert _reasons(bad) == {"line 4": "no possible answer for simple_python_901 in category simple_python"}
 
 
 def test_bfcl_categories_from_the_wheel_convert_and_render() -> None:

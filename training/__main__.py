@@ -60,6 +60,7 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
 COMMAND_MODULES: tuple[str, ...] = (
     "training.export",
+    "training.data.cli",
     "training.evaluate",
 )
 
