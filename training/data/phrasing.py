@@ -169,7 +169,12 @@ def _polite(text: str, rng: random.Random, common: Common) -> str:
     if rng.random() < 0.5:
         prefix = rng.choice(common.polite_prefix)
         return prefix + (text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text)
-    return text.rstrip() + rng.choice(common.polite_suffix)
+    text = text.rstrip()
+    # A new sentence ("Thanks!") after a full stop, a tail (", please.") otherwise: never "?, please."
+    text = text + "." if text.endswith("please") else text
+    ended = text.endswith(("?", ".", "!"))
+    fitting = [s for s in common.polite_suffix if (s.startswith(" ") and s[1:2].isupper()) == ended]
+    return text + rng.choice(fitting or common.polite_suffix)
 
 
 def _context(text: str, rng: random.Random, common: Common) -> str:

@@ -284,7 +284,10 @@ def _clarified(world: _World, cat: Catalogue, intent: Intent) -> tuple[_Call, li
     partial = {k: d.surface for k, d in full.bound.items()}
     asked_text = fill(vary(vague.text, rng, world.common, world.config.variants), partial)
     given = join_words([full.bound[m].surface for m in missing])
-    reply = rng.choice(world.common.provide or ("{value}",)).replace("{value}", given)
+    provide = world.common.provide or ("{value}",)
+    if len(given.split()) > 3:  # a clause ("the box was crushed") does not follow "it's"
+        provide = tuple(t for t in provide if not t.lower().startswith(("it's", "it is"))) or ("{value}",)
+    reply = rng.choice(provide).replace("{value}", given)
     question = _question(world, cat, missing)
     messages = [
         {"role": "user", "content": asked_text},
