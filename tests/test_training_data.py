@@ -389,3 +389,8 @@ def test_near_miss_pairs_cover_every_mistake_and_differ_from_chosen(general: lis
         if pair.meta["kind"] == "wrong_function":
             assert [c.name for c in calls] != [c.function.name for c in record.answer.tool_calls or ()]
     assert near_miss_pairs(general, seed=0) == pairs
+
+
+def test_an_unknown_held_out_tool_is_refused() -> None:
+    with pytest.raises(CatalogueError, match=r"held-out tools \['get_wether'\] are in no catalogue"):
+        generate([GENERAL], 10, seed=0, config=SynthConfig(part="train", held_out_tools=("get_wether",)))

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from training.data.mistakes import off_by_digit
 from training.data.records import ChatMessage, Record, ToolSpec
 
 PAIR_KINDS = ("wrong_value", "wrong_type", "missing_arg", "extra_arg", "wrong_function", "call_on_irrelevant",
@@ -115,8 +116,7 @@ def _wrong_value(call: Json, tool: ToolSpec, record: Record, seen: _Seen, rng: r
     for name in names:
         value, schema = args[name], _props(tool).get(name, {})
         if isinstance(value, str) and value.isdigit() and len(value) > 1:
-            i = rng.randrange(len(value))  # one digit off: the classic copying failure
-            args[name] = value[:i] + str((int(value[i]) + rng.randint(1, 9)) % 10) + value[i + 1 :]
+            args[name] = off_by_digit(rng, value, drop=False)  # the classic copying failure
             return call
         others = [v for v in schema.get("enum", []) + seen.get((tool.function.name, name), []) if v != value]
         others = [v for v in others if type(v) is type(value)]

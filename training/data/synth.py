@@ -37,6 +37,7 @@ from training.data.catalogue import (
     part_view,
     required_slots,
 )
+from training.data.mistakes import rejected_calls
 from training.data.phrasing import Drawn, Variants, as_text, draw, evaluate, fill, join_words, result_value, vary
 from training.data.records import Record, parse_record, validation_reason
 
@@ -109,6 +110,10 @@ def _world(paths: Sequence[Path], seed: int, config: SynthConfig) -> _World:
     if not files:
         raise CatalogueError(f"no catalogue files in {[str(p) for p in paths]}")
     catalogues = [load_catalogue(p.resolve()) for p in files]
+    known = {t for c in catalogues for t in c.tools}
+    unknown = sorted(set(config.held_out_tools) - known)
+    if unknown:
+        raise CatalogueError(f"held-out tools {unknown} are in no catalogue; known: {', '.join(sorted(known))}")
     common = load_common()
     if config.part is not None:
         held = frozenset(config.held_out_tools)
@@ -333,20 +338,8 @@ def _error_recovery(world: _World, cat: Catalogue) -> Json | None:
 
 
 def _wrong_call(world: _World, cat: Catalogue, inst: _Call) -> tuple[Json, str] | None:
-    """A plausible mistake the tool would reject: an id with a digit off (not found), a missing
-    required argument, or a number sent as text."""
-    args = inst.call["function"]["arguments"]
-    props = cat.tools[inst.intent.tool].parameters.get("properties", {})
-    required = [r for r in cat.tools[inst.intent.tool].parameters.get("required", []) if r in args]
-    options: list[tuple[dict[str, Any], str]] = []
-    for name, value in args.items():
-        if isinstance(value, str) and value.isdigit() and len(value) >= 4:
-            bad = _off_by_digit(world.rng, value)
-            options.append(({**args, name: bad}, f"no {label(name).removesuffix(' id')} with {label(name)} {bad}"))
-        if props.get(name, {}).get("type") == "integer" and isinstance(value, int):
-            options.append(({**args, name: str(value)}, f"argument '{name}' must be an integer, got a string"))
-    for name in required:
-        options.append(({k: v for k, v in args.items() if k != name}, f"missing required argument '{name}'"))
+    """A plausible mistake the tool rejects, and its error (training.data.mistakes)."""
+    options = rejected_calls(inst.call["function"]["arguments"], cat.tools[inst.intent.tool].parameters, world.rng)
     if not options:
         return None
     bad_args, error = world.rng.choice(options)
@@ -356,13 +349,6 @@ def _wrong_call(world: _World, cat: Catalogue, inst: _Call) -> tuple[Json, str] 
         "function": {"name": inst.intent.tool, "arguments": bad_args},
     }
     return call, error
-
-
-def _off_by_digit(rng: random.Random, digits: str) -> str:
-    i = rng.randrange(len(digits))
-    if rng.random() < 0.5 and len(digits) > 4:
-        return digits[:i] + digits[i + 1 :]
-    return digits[:i] + str((int(digits[i]) + rng.randint(1, 9)) % 10) + digits[i + 1 :]
 
 
 def _no_tool_irrelevant(world: _World, cat: Catalogue) -> Json | None:
