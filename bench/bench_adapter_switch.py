@@ -7,13 +7,14 @@ LoRA, and decode speed with and without an adapter.
 Builds a seeded random Qwen2 (`--size`), two PEFT LoRAs with random non-zero weights (r=16 on
 every linear layer) and converts them with training/gguf_lora.py.
 
-    python bench/bench_adapter_switch.py [--size small] [--reps 20] [--write]
+    python bench/bench_adapter_switch.py [--size medium] [--reps 30] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ from server.types import Sampling  # noqa: E402
 
 SIZES = {  # TinySpec fields
     "tiny": {},
+    "medium": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 768,
+               "initializer_range": 0.02},
     "small": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "intermediate_size": 1536,
               "initializer_range": 0.02},
 }
@@ -107,14 +110,18 @@ async def measure(engine: LlamaCppEngine, reps: int, words: int) -> list[tuple[s
 
 async def decode_speed(engine: LlamaCppEngine, adapter: str | None, tokens: int, words: int) -> float:
     sampling = Sampling(max_tokens=tokens, temperature=1.0, seed=0)
-    await run(engine, prompt(9, words), adapter, FIRST_TOKEN)  # prefix cached, adapter set
-    start = time.perf_counter()
-    finish = await run(engine, prompt(9, words), adapter, sampling)
-    return finish.completion_tokens / (time.perf_counter() - start)
+    speeds = []
+    for _ in range(5):
+        await run(engine, prompt(9, words), adapter, FIRST_TOKEN)  # prefix cached, adapter set
+        start = time.perf_counter()
+        finish = await run(engine, prompt(9, words), adapter, sampling)
+        speeds.append(finish.completion_tokens / (time.perf_counter() - start))
+    return median(speeds)
 
 
 async def main_async(args: argparse.Namespace) -> str:
     root = Path(tempfile.mkdtemp(prefix="bench_adapter_switch_"))
+    load_before = os.getloadavg()[0]
     base, adapters, n_params = build(args.size, root)
     engine = LlamaCppEngine(base, context_length=2048)
     try:
@@ -125,19 +132,21 @@ async def main_async(args: argparse.Namespace) -> str:
         lora_tps = await decode_speed(engine, "a", args.decode_tokens, args.words)
     finally:
         await engine.close()
+    load_after = os.getloadavg()[0]
     rows = "\n".join(f"| {name} | {median(t):.1f} | {pct(t, 90):.1f} |" for name, t in results)
     # The switch alone: paired per round (both full prefills of same-length prompts), so load noise cancels.
     switch = [b - a for a, b in zip(results[3][1], results[4][1], strict=True)]
     return (
         f"Model: random Qwen2 `{args.size}` ({n_params / 1e6:.1f}M parameters, F32 GGUF), two LoRAs r=16 on all "
         f"linear layers; prompt {prompt_tokens} tokens; {args.reps} reps per scenario after one warm-up round; "
-        "threads: the engine's default.\n\n"
+        f"threads: the engine's default; 1-minute load average {load_before:.1f} before, {load_after:.1f} after "
+        "(a shared machine: the p90 column shows its noise).\n\n"
         "| time to first token, ms (prefill + 1 token) | median | p90 |\n|---|---|---|\n"
         f"{rows}\n\n"
         f"The switch itself (another minus same adapter, new prompt, paired per round): median "
         f"{median(switch):.1f} ms.\n\n"
-        f"Loading a GGUF LoRA: {median(loads):.1f} ms. Decode: {base_tps:.0f} tokens/s base, {lora_tps:.0f} tokens/s "
-        "with an adapter.\n\n"
+        f"Loading a GGUF LoRA: {median(loads):.1f} ms. Decode (median of 5 runs of {args.decode_tokens} tokens): "
+        f"{base_tps:.0f} tokens/s base, {lora_tps:.0f} tokens/s with an adapter.\n\n"
         "Switching adapters costs the cached prefix: the engine keys its KV cache by (adapter, scale), because "
         "keys and values computed under one adapter are wrong under another, so a switch re-evaluates the whole "
         "prompt. The switch itself is setting the adapter on the llama.cpp context, which re-reserves its graph."
@@ -146,8 +155,8 @@ async def main_async(args: argparse.Namespace) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default="small")
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--size", choices=sorted(SIZES), default="medium")
+    p.add_argument("--reps", type=int, default=30)
     p.add_argument("--words", type=int, default=60, help="catalogue words in the system prompt (prompt length)")
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
