@@ -62,6 +62,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "training.export",
     "training.data.cli",
     "training.evaluate",
+    "training.raft",
 )
 
 

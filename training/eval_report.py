@@ -73,7 +73,7 @@ def _inline(value: Any) -> str:
 
 def _bars(path: Path, groups: dict[str, dict[str, Any]], title: str) -> Path:
     """Grouped bars: one group of four bars (the four numbers) per entry; missing values are gaps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4))
     width = 0.8 / len(NUMBERS)
     for k, (key, label) in enumerate(NUMBERS):
@@ -87,11 +87,11 @@ def _bars(path: Path, groups: dict[str, dict[str, Any]], title: str) -> Path:
     ax.set_ylabel("%")
     ax.set_title(title)
     ax.legend(fontsize="small", ncols=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _bfcl_chart(path: Path, categories: dict[str, dict[str, Any]]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(categories) + 2), 4))
     bars = ax.bar(list(categories), [100 * c["accuracy"] for c in categories.values()], color="tab:purple")
     ax.bar_label(bars, labels=[_pct(c["accuracy"]) for c in categories.values()], fontsize="small")
@@ -99,10 +99,10 @@ def _bfcl_chart(path: Path, categories: dict[str, dict[str, Any]]) -> Path:
     ax.set_ylabel("accuracy %")
     ax.set_title("BFCL accuracy by category")
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
@@ -111,8 +111,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

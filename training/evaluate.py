@@ -10,7 +10,8 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,13 +127,17 @@ def add_command(sub: SubParsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.generate import SampleSettings
-
     problem = _check_args(args)
     if problem:
         raise SystemExit(f"eval: {problem}")
     args.out.mkdir(parents=True, exist_ok=True)
-    _log_to(args.out / "log.txt")
+    with log_to(args.out / "log.txt"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.generate import SampleSettings
+
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
     config["data"] = [str(p) for p in args.data] if args.data else None
     atomic_write_text(args.out / "config.json", json.dumps(config, indent=2) + "\n")
@@ -180,8 +185,18 @@ def _backend(args: argparse.Namespace) -> Backend:
     return TransformersBackend(args.model, args.adapter, args.tool_format, threads=args.threads)
 
 
-def _log_to(path: Path) -> None:
+@contextmanager
+def log_to(path: Path) -> Iterator[None]:
+    """The training module's log records (INFO and up) also go to `path` meanwhile."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("training").addHandler(handler)
-    logging.getLogger("training").setLevel(logging.INFO)
+    logger = logging.getLogger("training")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
