@@ -59,6 +59,7 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
 # each below). Those modules must import their heavy dependencies inside the handler only.
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
 COMMAND_MODULES: tuple[str, ...] = (
+    "training.sft",
     "training.export",
     "training.data.cli",
     "training.evaluate",
