@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from server.types import Message, Tool
 from tests.live import PING, Live
@@ -167,10 +168,10 @@ def test_eval_cli_against_the_gateway_writes_the_run_folder(gateway: Live, tmp_p
     assert finished and all(r["verdict"]["called"] and r["verdict"]["valid"] for r in finished)
     assert all(not r["bfcl_pass"] for r in finished if r["group"] == "irrelevance")
     report = (out / "report.md").read_text()
-    assert "| simple_python | 2 |" in report and "charts/bfcl.png" in report
+    assert "| simple_python | 2 |" in report and "plots/bfcl.png" in report
     for chart in ("four_numbers", "by_group", "bfcl"):
-        assert (out / "charts" / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "config.json").read_text())["served_model"] == "tiny"
+        assert (out / "plots" / f"{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert yaml.safe_load((out / "config.yaml").read_text())["served_model"] == "tiny"
 
 
 @pytest.mark.slow

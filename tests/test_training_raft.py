@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from server.toolcalls import get_format
 from server.types import ToolCall
@@ -147,7 +148,7 @@ def test_raft_cli_config_and_overrides(tmp_path: Path) -> None:
 
     yaml_file = tmp_path / "raft.yaml"
     yaml_file.write_text("model: m\ntrain_data: t.jsonl\nheldout_data: h.jsonl\ncycles: 2\n")
-    config = load_config(yaml_file, ["samples=4", "learning_rate=2e-5", "init_adapter=a"])
+    config = load_config(yaml_file, ["samples=4", "learning_rate=2.0e-5", "init_adapter=a"])
     assert (config.cycles, config.samples, config.learning_rate, config.init_adapter) == (2, 4, 2e-5, Path("a"))
     assert config.model == Path("m") and config.keep_fraction == 0.25
     with pytest.raises(ValueError, match="unknown"):
@@ -162,27 +163,13 @@ def test_raft_reads_bad_lines_as_counted_skips(tmp_path: Path) -> None:
     assert len(records) == 1 and len(bad) == 1
 
 
-class StandInTrainer:
-    """Until training/sft.py lands: a real PEFT adapter with seeded random weights stands in
-    for a trained one (the loop's mechanics, not learning, are under test). Records its calls."""
-
-    def __init__(self, tiny: Any) -> None:
-        self.tiny = tiny
-        self.calls: list[tuple[Path, Path | None, float]] = []
-
-    def __call__(self, config: Any, train_file: Path, init_adapter: Path | None, learning_rate: float,
-                 out: Path) -> Path:  # fmt: skip
-        from peft import LoraConfig
-
-        from tests.lora_helpers import make_peft_adapter
-
-        self.calls.append((train_file, init_adapter, learning_rate))
-        lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
-        return make_peft_adapter(self.tiny, lora, out, seed=len(self.calls))
+# Tiny SFT steps at a high learning rate, one thread (a busy 2-core machine), no checkpoints.
+SFT_SET = ("max_steps=2", "batch_size=4", "lora_r=8", "warmup=0", "save_steps=1000", "logging_steps=1")
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing` is deprecated:FutureWarning")
 @pytest.mark.parametrize(("cycles", "patience"), [(2, 2), (3, 1)])
 def test_raft_loop_writes_each_cycle_and_obeys_the_stop_rule(tiny_model: Any, tmp_path: Path, cycles: int,
                                                              patience: int) -> None:  # fmt: skip
@@ -193,22 +180,23 @@ def test_raft_loop_writes_each_cycle_and_obeys_the_stop_rule(tiny_model: Any, tm
     replayed = _write(tmp_path / "sft.jsonl", [raw(20 + i, call=True) for i in range(6)])
     config = RaftConfig(model=tiny_model.hf_dir, train_data=train, heldout_data=heldout, replay_data=replayed,
                         cycles=cycles, samples=3, max_tokens=24, keep_fraction=0.5, replay_ratio=1.0,
-                        learning_rate=1e-4, lr_decay=0.5, patience=patience, threads=1)  # fmt: skip
-    trainer = StandInTrainer(tiny_model)
+                        learning_rate=1e-2, lr_decay=0.5, patience=patience, threads=1, sft_set=SFT_SET)  # fmt: skip
     out = tmp_path / "run"
-    result = run_raft(config, out, trainer)
+    result = run_raft(config, out)  # the real SFT recipe (TRL + PEFT) trains each cycle
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["history"] == result.history and len(result.history) == len(result.cycles) + 1
     assert metrics["skipped_lines"] == 1 and metrics["stopped"] == result.stopped
-    assert (out / "raft.png").read_bytes()[:4] == b"\x89PNG" and (out / "config.json").is_file()
+    assert (out / "plots" / "raft.png").read_bytes()[:4] == b"\x89PNG" and (out / "config.yaml").is_file()
     assert "held-out mean_reward" in (out / "log.txt").read_text()
     assert json.loads((out / "cycle_0" / "eval" / "metrics.json").read_text())["overall"]["records"] == 4
-    # The learning rate decays and each cycle starts from the previous cycle's adapter.
-    assert [rate for _, _, rate in trainer.calls] == [1e-4 * 0.5**k for k in range(len(trainer.calls))]
-    assert [init for _, init, _ in trainer.calls] == [None, *(out / f"cycle_{k}" / "adapter"
-                                                            for k in range(1, len(trainer.calls)))]  # fmt: skip
     for stats in result.cycles:
+        # The learning rate decays; each cycle trains its own file from the previous cycle's adapter.
+        sft = yaml.safe_load((out / f"cycle_{stats.cycle}" / "sft" / "config.yaml").read_text())
+        assert sft["learning_rate"] == stats.learning_rate == pytest.approx(1e-2 * 0.5 ** (stats.cycle - 1))
+        previous = None if stats.cycle == 1 else str(out / f"cycle_{stats.cycle - 1}" / "sft" / "adapter")
+        assert sft["init_adapter"] == previous and sft["max_steps"] == 2
+        assert sft["train"] == [str(out / f"cycle_{stats.cycle}" / "train.jsonl")]
         folder = out / f"cycle_{stats.cycle}"
         samples = (folder / "samples.jsonl").read_text().splitlines()
         assert len(samples) == 8 * 3 and sum(json.loads(s)["kept"] for s in samples) == stats.kept
@@ -217,12 +205,13 @@ def test_raft_loop_writes_each_cycle_and_obeys_the_stop_rule(tiny_model: Any, tm
         assert not bad and len(records) == stats.kept - stats.unusable + stats.replayed
         assert sum(r.meta.source == "raft" for r in records) == stats.kept - stats.unusable
         assert stats.replayed == min(6, round(stats.kept))
-        assert (folder / "eval" / "report.md").is_file() and (folder / "adapter" / "adapter_config.json").is_file()
+        assert (folder / "eval" / "report.md").is_file() and stats.adapter == str(folder / "sft" / "adapter")
+        assert (folder / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     # It stopped where the rule says, and the best adapter is the best cycle's.
     ran = len(result.cycles)
     assert ran >= min(cycles, patience)  # the rule cannot stop it earlier
     if ran < cycles:
         assert should_stop(result.history, patience) and not should_stop(result.history[:-1], patience)
     assert result.best_cycle == best_cycle(result.history)
-    expected_best = None if result.best_cycle == 0 else out / f"cycle_{result.best_cycle}" / "adapter"
+    expected_best = None if result.best_cycle == 0 else out / f"cycle_{result.best_cycle}" / "sft" / "adapter"
     assert result.best_adapter == expected_best

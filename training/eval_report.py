@@ -12,13 +12,13 @@ NUMBERS = (("valid_call_rate", "valid-call rate"), ("tool_name_accuracy", "tool-
 
 
 def write_report(out: Path, metrics: dict[str, Any]) -> list[Path]:
-    """report.md and charts/*.png in `out`; returns the files written."""
-    charts = out / "charts"
-    charts.mkdir(parents=True, exist_ok=True)
-    written = [_bars(charts / "four_numbers.png", {"overall": metrics["overall"]}, "The four numbers"),
-               _bars(charts / "by_group.png", metrics["by_group"], "The four numbers by group")]  # fmt: skip
+    """report.md and plots/*.png in `out`; returns the files written."""
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = [_bars(plots / "four_numbers.png", {"overall": metrics["overall"]}, "The four numbers"),
+               _bars(plots / "by_group.png", metrics["by_group"], "The four numbers by group")]  # fmt: skip
     if metrics.get("bfcl"):
-        written.append(_bfcl_chart(charts / "bfcl.png", metrics["bfcl"]["categories"]))
+        written.append(_bfcl_chart(plots / "bfcl.png", metrics["bfcl"]["categories"]))
     report = out / "report.md"
     report.write_text(markdown(metrics), encoding="utf-8")
     return [report, *written]
@@ -30,13 +30,13 @@ def markdown(metrics: dict[str, Any]) -> str:
              f"Records: {metrics['overall']['records']}, answers refused or failed: {metrics['errors']}, "
              f"input lines skipped: {metrics['skipped']['count']}, {metrics['seconds']:.1f} s", "",
              "## The four numbers", "", *_four_table(metrics), "",
-             "![The four numbers](charts/four_numbers.png)", "", "![By group](charts/by_group.png)", ""]  # fmt: skip
+             "![The four numbers](plots/four_numbers.png)", "", "![By group](plots/by_group.png)", ""]  # fmt: skip
     if metrics.get("bfcl"):
         lines += ["## BFCL (AST)", "", "| category | n | accuracy |", "|---|---:|---:|"]
         for name, row in metrics["bfcl"]["categories"].items():
             lines.append(f"| {name} | {row['n']} | {_pct(row['accuracy'])} |")
         lines += [f"| **mean of categories** | | **{_pct(metrics['bfcl']['mean'])}** |", "",
-                  "![BFCL](charts/bfcl.png)", ""]  # fmt: skip
+                  "![BFCL](plots/bfcl.png)", ""]  # fmt: skip
     lines += ["## Definitions", "", DEFINITIONS]
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,7 @@
 """`python -m training eval`: a model (in-process, + adapter) or an OpenAI-compatible endpoint
 (the gateway, constrained or not) answers evaluation items; the verifier scores each answer;
-the run folder gets config.json, log.txt, results.jsonl (one line per item), metrics.json
-(the four numbers overall and by group, BFCL accuracy by category) and report.md with charts.
+the run folder gets config.yaml, log.txt, results.jsonl (one line per item), metrics.json
+(the four numbers overall and by group, BFCL accuracy by category), report.md and plots/*.png.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def add_command(sub: SubParsers) -> None:
         "eval", help="evaluate a model or an endpoint: the four numbers, BFCL AST accuracy, report",
         description="Answer evaluation items with a model in-process (transformers + PEFT) or an "
                     "OpenAI-compatible endpoint, score each answer as the gateway parses it, and write "
-                    "metrics.json, results.jsonl and report.md (with charts) to --out.")  # fmt: skip
+                    "metrics.json, results.jsonl, report.md and plots to --out.")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="transformers model folder (in-process)")
     source.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
@@ -122,7 +122,7 @@ def add_command(sub: SubParsers) -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads (in-process)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/eval-<time>)")
     parser.set_defaults(handler=_run)
 
 
@@ -130,17 +130,22 @@ def _run(args: argparse.Namespace) -> int:
     problem = _check_args(args)
     if problem:
         raise SystemExit(f"eval: {problem}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    from training.runs import make_run_dir
+
+    args.out = make_run_dir("eval", args.out)
     with log_to(args.out / "log.txt"):
         return _evaluate(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
     from training.generate import SampleSettings
+    from training.runs import CONFIG
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
     config["data"] = [str(p) for p in args.data] if args.data else None
-    atomic_write_text(args.out / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(args.out / CONFIG, yaml.safe_dump(config, sort_keys=False))
     items, skipped = _items(args)
     settings = SampleSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     metrics = run_eval(items, _backend(args), settings, args.out, skipped)

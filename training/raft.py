@@ -11,8 +11,9 @@
    `patience` cycles. The best cycle's adapter is the result.
 
 Selection and stopping are pure functions; training goes through one seam (`Trainer`), by
-default the SFT recipe. Run folder: config.json, log.txt, metrics.json, raft.png, and per
-cycle samples.jsonl, train.jsonl, the adapter and the held-out evaluation.
+default the SFT recipe (training.sft). Run folder: config.yaml, log.txt, metrics.json,
+plots/raft.png, and per cycle samples.jsonl, train.jsonl, the SFT run (sft/, its adapter in
+sft/adapter) and the held-out evaluation (eval/); cycle_0/eval scores the starting point.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,13 +64,15 @@ class RaftConfig:
     min_delta: float = field(default=0.0, metadata={"help": "smallest gain that counts as improvement"})
     seed: int = 0
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    sft_recipe: Path | None = field(default=None, metadata={"help": "SFT recipe YAML (default: configs/sft.yaml)"})
+    sft_set: tuple[str, ...] = field(default=(), metadata={"help": "SFT recipe overrides, key=value"})
 
 
 class Trainer(Protocol):
     def __call__(self, config: RaftConfig, train_file: Path, init_adapter: Path | None,
                  learning_rate: float, out: Path) -> Path:  # fmt: skip
-        """Fine-tune on `train_file`, from `init_adapter` (None: a fresh LoRA); returns the
-        adapter folder (PEFT files)."""
+        """Fine-tune on `train_file`, from `init_adapter` (None: a fresh LoRA), in the run folder
+        `out`; returns the adapter folder (PEFT files)."""
         ...
 
 
@@ -184,8 +187,11 @@ class RaftResult:
 def run_raft(config: RaftConfig, out: Path, trainer: Trainer | None = None) -> RaftResult:
     """RAFT cycles into the run folder `out` (see the module docstring)."""
     from training.evaluate import log_to
+    from training.recipe import dump_yaml
+    from training.runs import CONFIG
 
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG, dump_yaml(config))
     with log_to(out / "log.txt"):
         return _run(config, out, trainer or sft_trainer)
 
@@ -201,7 +207,6 @@ class _Inputs:
 def _run(config: RaftConfig, out: Path, train: Trainer) -> RaftResult:
     from training.evaluate import run_eval
 
-    atomic_write_text(out / "config.json", json.dumps(_plain(asdict(config)), indent=2) + "\n")
     inputs = _read_inputs(config)
     greedy = SampleSettings(max_tokens=config.max_tokens, seed=config.seed)
     adapters: list[Path | None] = [config.init_adapter]
@@ -225,7 +230,7 @@ def _run(config: RaftConfig, out: Path, train: Trainer) -> RaftResult:
             break
     best = best_cycle(history)
     _write_metrics(out, config, history, cycles, stopped, inputs.skipped, best)
-    _plot(out / "raft.png", config.metric, history, cycles)
+    _plot(out / "plots" / "raft.png", config.metric, history, cycles)
     log.info("stopped: %s; best cycle %d", stopped, best)
     return RaftResult(adapters[best], best, history, cycles, stopped)
 
@@ -262,7 +267,7 @@ def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBac
     replayed = replay(inputs.pool, round(config.replay_ratio * len(kept)), config.seed + k)
     unusable = _write_train(folder / "train.jsonl", kept, k, replayed, config.seed + k)
     rate = config.learning_rate * config.lr_decay ** (k - 1)
-    trained = train(config, folder / "train.jsonl", adapter, rate, folder / "adapter")
+    trained = train(config, folder / "train.jsonl", adapter, rate, folder / "sft")
     backend = _backend(config, trained)
     greedy = SampleSettings(max_tokens=config.max_tokens, seed=config.seed)
     metrics = run_eval(inputs.heldout, backend, greedy, folder / "eval")
@@ -277,12 +282,19 @@ def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBac
 
 def sft_trainer(config: RaftConfig, train_file: Path, init_adapter: Path | None,
                 learning_rate: float, out: Path) -> Path:  # fmt: skip
-    """The SFT recipe (training.sft) on the cycle's file, from the current adapter."""
-    from training.sft import SFTConfig, run_sft
+    """The SFT recipe (training.sft) on the cycle's file, continuing `init_adapter`; RAFT sets
+    the base model, data, adapter, learning rate, seed and threads over the recipe's values."""
+    from training.recipe import load_recipe
+    from training.sft import CONFIGS, SFTConfig, run_sft
 
-    sft = SFTConfig(model=config.model, train_files=[train_file], init_adapter=init_adapter,
-                    learning_rate=learning_rate, seed=config.seed)  # type: ignore[call-arg]  # fmt: skip
-    return Path(run_sft(sft, out).adapter_dir)  # type: ignore[attr-defined]
+    recipe = load_recipe(SFTConfig, config.sft_recipe or CONFIGS / "sft.yaml", config.sft_set)
+    sft = replace(recipe, base_model=str(config.model), train=(str(train_file),), train_weights=(),
+                  init_adapter=str(init_adapter) if init_adapter else None, learning_rate=learning_rate,
+                  seed=config.seed, threads=config.threads)  # fmt: skip
+    result = run_sft(sft, out)
+    if result.kind != "adapter":
+        raise ValueError("RAFT trains adapters; the SFT recipe must not set full: true")
+    return result.output
 
 
 def _backend(config: RaftConfig, adapter: Path | None) -> TransformersBackend:
@@ -330,6 +342,7 @@ def _plot(path: Path, metric: str, history: list[float], cycles: list[CycleStats
     from training.eval_report import pyplot, save
 
     plt = pyplot()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(range(len(history)), history, marker="o")
     left.set_xlabel("cycle")
@@ -345,33 +358,17 @@ def _plot(path: Path, metric: str, history: list[float], cycles: list[CycleStats
     save(fig, path)
 
 
-def _plain(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in value.items()}
 
 
 # ---- configuration and command line -------------------------------------------------------------
 
 
 def load_config(path: Path | None, overrides: Sequence[str] = ()) -> RaftConfig:
-    """A RaftConfig from a YAML file (optional) and `key=value` overrides (values read as YAML),
-    checked and converted by pydantic; unknown keys and bad values raise ValueError naming them."""
-    import yaml
-    from pydantic import TypeAdapter
+    """A RaftConfig from a YAML recipe (optional) and `key=value` overrides (training.recipe);
+    unknown keys and ill-typed values raise ValueError naming them."""
+    from training.recipe import load_recipe
 
-    values: dict[str, Any] = dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path else {}
-    for pair in overrides:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise ValueError(f"override {pair!r}: expected KEY=VALUE")
-        values[key] = yaml.safe_load(text) if text else None
-    known = {f.name for f in fields(RaftConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown RAFT setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    try:
-        return TypeAdapter(RaftConfig).validate_python(values)
-    except ValidationError as exc:
-        raise ValueError(f"RAFT setting {validation_reason(exc)}") from None
+    return load_recipe(RaftConfig, path, overrides)
 
 
 def add_command(sub: Any) -> None:
@@ -380,20 +377,24 @@ def add_command(sub: Any) -> None:
         description="Reward-ranked fine-tuning cycles with the tool-calling verifier (see training/raft.py).",
         epilog="settings: " + "; ".join(f"{f.name}: {f.metadata.get('help', f.type)}" for f in fields(RaftConfig)),
     )  # fmt: skip
-    parser.add_argument("--config", type=Path, help="YAML file of RaftConfig settings")
+    parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "raft.yaml",
+                        help="YAML recipe of RaftConfig settings")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting (repeatable)")  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
+                        help="override one setting (repeatable), e.g. --set samples=4")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="run folder (default runs/raft-<time>)")
     parser.set_defaults(handler=_run_command)
 
 
 def _run_command(args: Any) -> int:
+    from training.runs import make_run_dir
+
     try:
         config = load_config(args.config, args.overrides)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"raft: {exc}") from None
-    result = run_raft(config, args.out)
-    print(json.dumps({"out": str(args.out), "best_cycle": result.best_cycle, "best_adapter": _str(result.best_adapter),
+    out = make_run_dir("raft", args.out)
+    result = run_raft(config, out)
+    print(json.dumps({"out": str(out), "best_cycle": result.best_cycle, "best_adapter": _str(result.best_adapter),
                       "history": result.history, "stopped": result.stopped}, indent=2))  # fmt: skip
     return 0
 
