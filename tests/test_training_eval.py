@@ -204,3 +204,20 @@ def test_eval_cli_refuses_mixed_flags(tmp_path: Path) -> None:
 def test_summary_reports_bfcl_mean_over_categories() -> None:
     metrics = summarize([])
     assert metrics["overall"]["records"] == 0 and "bfcl" not in metrics
+
+
+@PEFT_WARNINGS[0]
+def test_an_adapter_folder_brings_its_template_and_tool_format(tiny_model: TinyModel, tmp_path: Path) -> None:
+    from peft import LoraConfig
+
+    from server.manifest import AdapterManifest, BaseModelRef, LoraSpec, write_manifest
+
+    folder = make_peft_adapter(tiny_model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]), tmp_path / "a")
+    (folder / "chat_template.jinja").write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}>")
+    lora = LoraSpec(rank=2, alpha=4, target_modules=["q_proj"])
+    base = BaseModelRef(id="tiny", sha256="0")
+    write_manifest(folder, AdapterManifest(name="a", base_model=base, tool_format="pythonic", lora=lora))
+    backend = TransformersBackend(tiny_model.hf_dir, folder, threads=1)
+    assert backend.format.name == "pythonic" and backend.describe()["tool_format"] == "pythonic"
+    assert backend.render(Prompt((Message("user", "hi"),))) == "[hi]>"
+    assert TransformersBackend(tiny_model.hf_dir, folder, "hermes", threads=1).format.name == "hermes"
