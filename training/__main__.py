@@ -60,10 +60,12 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
 COMMAND_MODULES: tuple[str, ...] = (
     "training.sft",
+    "training.dpo",
     "training.export",
     "training.data.cli",
     "training.evaluate",
     "training.raft",
+    "training.demo",
 )
 
 

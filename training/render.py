@@ -199,3 +199,58 @@ def render_records(records: Iterable[Mapping[str, Any]], template: str, tokenize
         stats.loss_tokens += example.n_loss
         examples.append(example)
     return examples, stats
+
+
+# --- preference pairs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairText:
+    """A DPO pair as text: the served prompt, and each answer as the model must generate it."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def render_pair(pair: Mapping[str, Any], template: str, tokenizer: Tokenizer) -> PairText:
+    """Prompt = the pair's messages under the template with the generation prompt; chosen and
+    rejected = the continuation text of each assistant message, end-of-turn included."""
+    messages, tools, _ = record_messages({"messages": pair.get("messages"), "tools": pair.get("tools")})
+    answers = []
+    for key in ("chosen", "rejected"):
+        reply = to_message(pair.get(key))
+        if reply.role != "assistant":
+            raise RecordError("bad_pair", f"{key} must be an assistant message")
+        prompt, text = assistant_text(template, messages, tools, reply, tokenizer)
+        answers.append(text)
+    if answers[0] == answers[1]:
+        raise RecordError("same_answer", "chosen and rejected render to the same text")
+    return PairText(prompt=prompt, chosen=answers[0], rejected=answers[1])
+
+
+def render_pairs(pairs: Iterable[Mapping[str, Any]], template: str, tokenizer: Tokenizer,
+                 max_len: int) -> tuple[list[PairText], RenderStats]:
+    """Every pair whose prompt plus longer answer fits in `max_len` tokens (longer: dropped, counted)."""
+    stats = RenderStats()
+    kept = []
+    for pair in pairs:
+        stats.records += 1
+        try:
+            text = render_pair(pair, template, tokenizer)
+        except RecordError as exc:
+            stats.skipped[exc.reason] += 1
+            continue
+        n_prompt = _n_tokens(text.prompt, tokenizer)
+        n_answer = max(_n_tokens(text.prompt + a, tokenizer) for a in (text.chosen, text.rejected)) - n_prompt
+        if n_prompt + n_answer > max_len:
+            stats.skipped["too_long"] += 1
+            continue
+        stats.kept += 1
+        stats.tokens += n_prompt + n_answer
+        kept.append(text)
+    return kept, stats
+
+
+def _n_tokens(text: str, tokenizer: Tokenizer) -> int:
+    return len(tokenizer(text, add_special_tokens=False, return_offsets_mapping=False)["input_ids"])

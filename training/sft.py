@@ -331,7 +331,7 @@ def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) ->
             setup.tokenizer.save_pretrained(tmp)
         else:
             check_adapter(model, setup.vocab_rows)
-            model.peft_config["default"].base_model_name_or_path = _model_ref(config.base_model)
+            model.peft_config["default"].base_model_name_or_path = model_ref(config.base_model)
             model.save_pretrained(tmp, selected_adapters=["default"])
         (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
 
@@ -345,7 +345,7 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], loss_keys: Sequence[str],
     runs.write_json(run_dir / runs.METRICS, metrics)
 
 
-def _model_ref(base: str) -> str:
+def model_ref(base: str) -> str:
     """A local base model is recorded by absolute path, a hub id as is."""
     path = Path(base)
     return str(path.resolve()) if path.exists() else base
