@@ -7,8 +7,9 @@ run against a loopback stub of vLLM's two LoRA endpoints (the only mock here).""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,34 @@ async def test_adapters_are_pushed_with_the_host_path_and_loading_twice_is_a_no_
         await engine.unload_adapter("weather")
         await engine.unload_adapter("weather")  # 404: already gone, fine
         assert loaded == {}
+        await engine.close()
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)
+
+
+async def test_sse_lines_end_only_at_cr_or_lf() -> None:
+    """Models write U+2028 or U+0085; JSON leaves them raw inside strings, and a line splitter
+    that honours them (str.splitlines, httpx's aiter_lines) cuts the event in two."""
+    from fastapi.responses import StreamingResponse
+
+    texts = ["a\u2028b", "c\x85d", "e\u2029\x1cf"]
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def completions() -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            for text in texts:
+                chunk = json.dumps({"choices": [{"text": text, "finish_reason": None}]}, ensure_ascii=False)
+                yield f"data: {chunk}\r\n\r\n".encode()
+            yield b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n'
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    url, server, thread = await asyncio.to_thread(serve, app)
+    try:
+        engine = vllm.VllmEngine(Upstream(url), EngineInfo("m", 512, None, "", ""))
+        text, finish = await collect(engine, request())
+        assert text == "".join(texts) and finish.reason == "length"
         await engine.close()
     finally:
         server.should_exit = True

@@ -29,6 +29,7 @@ NOT_FOUND = "not_found"  # 404: the model or adapter is not (or no longer) on th
 PROTOCOL = "protocol"  # an answer that does not parse
 REPLICA_FAULTS = frozenset({CONNECT, TIMEOUT, DISCONNECT, OVERLOADED, STATUS, PROTOCOL})
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _CONTEXT_WORDS = re.compile(r"context|maximum.{0,40}length", re.I)
 
 
@@ -75,7 +76,7 @@ async def sse_events(
         async with client.stream("POST", path, json=body) as response:
             if response.status_code != 200:
                 raise status_error(response.status_code, (await response.aread()).decode(errors="replace"), replica)
-            async for line in response.aiter_lines():
+            async for line in _lines(response):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -87,6 +88,19 @@ async def sse_events(
                 yield event
     except httpx.HTTPError as exc:
         raise transport_error(exc, replica) from None
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """SSE lines end at CR, LF or CRLF only. httpx's aiter_lines also splits at U+2028, U+0085
+    and the like (str.splitlines), which JSON leaves unescaped inside strings: a model that
+    writes one would cut an event in half."""
+    buffer = ""
+    async for text in response.aiter_text():
+        *lines, buffer = _LINE_BREAK.split(buffer + text)
+        for line in lines:
+            yield line
+    if buffer:
+        yield buffer
 
 
 async def post_json(client: httpx.AsyncClient, path: str, body: Mapping[str, Any], replica: str) -> Any:
