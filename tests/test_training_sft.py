@@ -230,3 +230,39 @@ def test_replay_mixing_repeats_and_samples_by_weight() -> None:
     assert mix_records([new, old], [2.0, 0.3], seed=1) == mixed  # seeded
     with pytest.raises(ValueError, match="train_weights"):
         mix_records([new, old], [1.0], seed=0)
+
+
+def test_sft_command_from_a_recipe_with_overrides(tiny_model: Any, tmp_path: Path) -> None:
+    from training.__main__ import main
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    code = main(["sft", "--base-model", str(tiny_model.hf_dir), "--train", str(train), "--out", str(run),
+                 "--max-steps", "2", "--set", "lora_r=8", "--set", "threads=1", "--set", "batch_size=2"])
+    assert code == 0
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lora_r"] == 8 and saved["max_steps"] == 2 and saved["train"] == [str(train)]
+    assert saved["lora_alpha"] == 32  # the rest comes from training/configs/sft.yaml
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--set", "lora_rank=8"], "unknown recipe keys ['lora_rank']"),
+    (["--set", "lora_r=eight"], "lora_r='eight' is not"),
+    (["--set", "lora_r"], "is not key=value"),
+    (["--set", "lora_r=12"], "one of (1, 8, 16"),
+    (["--train", "/nonexistent.jsonl"], "nonexistent.jsonl"),
+])
+def test_sft_command_bad_input_exits_2_with_the_reason(tiny_model: Any, tmp_path: Path, argv: list[str],
+                                                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.__main__ import main
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps(SINGLE) + "\n", encoding="utf-8")
+    base = ["sft", "--base-model", str(tiny_model.hf_dir), "--train", str(train), "--out", str(tmp_path / "run")]
+    assert main(base + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "adapter").exists()

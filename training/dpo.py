@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,17 +262,23 @@ def add_command(sub: Any) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    import sys
-
     from training.recipe import load_recipe
 
     extra = {"base_model": args.base_model, "sft_adapter": args.sft_adapter, "pairs": args.pairs,
              "val": args.val, "max_steps": args.max_steps}
-    config = load_recipe(DPOConfig, args.config, args.set, extra)
+    try:
+        config = load_recipe(DPOConfig, args.config, args.set, extra)
+    except (OSError, ValueError) as exc:  # RecipeError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.resume and args.out is None:
         print("--resume needs --out (the run folder to continue)", file=sys.stderr)
         return 2
-    result = run_dpo(config, args.out, resume=args.resume)
+    try:
+        result = run_dpo(config, args.out, resume=args.resume)
+    except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"run_dir": str(result.run_dir), "output": str(result.output),
                       **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}}, indent=2))
     return 0

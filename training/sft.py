@@ -379,11 +379,19 @@ def _run_cli(args: argparse.Namespace) -> int:
 
     extra = {"base_model": args.base_model, "train": args.train, "val": args.val,
              "max_steps": args.max_steps, "full": args.full}
-    config = load_recipe(SFTConfig, args.config, args.set, extra)
+    try:
+        config = load_recipe(SFTConfig, args.config, args.set, extra)
+    except (OSError, ValueError) as exc:  # RecipeError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.resume and args.out is None:
         print("--resume needs --out (the run folder to continue)", file=sys.stderr)
         return 2
-    result = run_sft(config, args.out, resume=args.resume)
+    try:
+        result = run_sft(config, args.out, resume=args.resume)
+    except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"run_dir": str(result.run_dir), "output": str(result.output),
                       **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}}, indent=2))
     return 0
