@@ -53,7 +53,7 @@ def sft_adapter(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def config(tiny_model: Any, sft_adapter: Path, **changes: Any) -> DPOConfig:
-    base = DPOConfig(base_model=str(tiny_model.hf_dir), sft_adapter=str(sft_adapter), batch_size=5, max_steps=6,
+    base = DPOConfig(base_model=str(tiny_model.hf_dir), adapter=str(sft_adapter), batch_size=5, max_steps=6,
                      learning_rate=2e-3, warmup=0, lr_scheduler="constant", logging_steps=1, save_steps=100,
                      beta=0.1, threads=1)
     return dataclasses.replace(base, **changes)
@@ -146,7 +146,7 @@ def test_dpo_command_writes_a_run_folder(tiny_model: Any, sft_adapter: Path, tmp
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\nnot json\n", encoding="utf-8")
     run = tmp_path / "run"
-    code = main(["dpo", "--base-model", str(tiny_model.hf_dir), "--sft-adapter", str(sft_adapter),
+    code = main(["dpo", "--base-model", str(tiny_model.hf_dir), "--adapter", str(sft_adapter),
                  "--pairs", str(pairs), "--val", str(pairs), "--out", str(run), "--max-steps", "2",
                  "--set", "threads=1", "--set", "batch_size=5", "--set", "logging_steps=1"])
     assert code == 0

@@ -93,6 +93,16 @@ def test_padding_with_the_eos_token_keeps_the_end_of_turn_in_the_loss(tiny_model
         assert (batch["labels"][row, real:] == -100).all()
 
 
+def test_loss_on_all_trains_every_token(tiny_model: Any, tmp_path: Path) -> None:
+    # Pretraining the demo's base model from scratch: language from every turn, not just replies.
+    from training.sft import build_trainer
+
+    setup = build_trainer(config(tiny_model, full=True, loss_on="all"), tmp_path / "run", train_records=[MULTI_TURN])
+    row = setup.trainer.train_dataset[0]
+    assert row["labels"] == row["input_ids"]
+    assert setup.data["train_data"]["loss_tokens"] == setup.data["train_data"]["tokens"] == len(row["input_ids"])
+
+
 def test_rank_vllm_cannot_serve_is_refused_before_training(tiny_model: Any, tmp_path: Path) -> None:
     from training.sft import run_sft
 

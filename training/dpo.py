@@ -44,7 +44,7 @@ class DPOConfig:
     """One DPO recipe (training/configs/dpo.yaml); every field can be overridden with --set."""
 
     base_model: str = ""  # the SFT adapter's base model (folder or hub id)
-    sft_adapter: str = ""  # the PEFT folder SFT wrote (run/adapter)
+    adapter: str = ""  # the SFT adapter: the PEFT folder SFT wrote (run/adapter)
     pairs: tuple[str, ...] = ()  # DPO pair JSONL files
     val: str | None = None  # pairs for eval loss / reward margins
     chat_template: str | None = None  # default: the adapter's chat_template.jinja, else the tokenizer's
@@ -91,7 +91,7 @@ def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
     if config.chat_template:
         return chat_template(config.chat_template, tokenizer)
-    saved = Path(config.sft_adapter) / TEMPLATE_FILE
+    saved = Path(config.adapter) / TEMPLATE_FILE
     return saved.read_text(encoding="utf-8") if saved.is_file() else chat_template(None, tokenizer)
 
 
@@ -131,7 +131,7 @@ def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=dtype)
-    return PeftModel.from_pretrained(base, config.sft_adapter, is_trainable=True)
+    return PeftModel.from_pretrained(base, config.adapter, is_trainable=True)
 
 
 def trainer_args(config: DPOConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
@@ -178,8 +178,8 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
     from training import runs
     from training.recipe import dump_yaml
 
-    if not config.base_model or not config.sft_adapter:
-        raise ValueError("base_model and sft_adapter are required (DPO starts from the SFT adapter)")
+    if not config.base_model or not config.adapter:
+        raise ValueError("base_model and adapter are required (DPO starts from the SFT adapter)")
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = runs.make_run_dir("dpo", out)
@@ -254,7 +254,7 @@ def add_command(sub: Any) -> None:
                             description="TRL DPOTrainer; the reference is the SFT adapter, frozen.")
     add_common_flags(parser, CONFIGS / "dpo.yaml")
     parser.add_argument("--base-model", help="the SFT adapter's base model")
-    parser.add_argument("--sft-adapter", help="the PEFT folder SFT wrote")
+    parser.add_argument("--adapter", help="the SFT adapter (the PEFT folder SFT wrote)")
     parser.add_argument("--pairs", nargs="+", help="DPO pair JSONL files")
     parser.add_argument("--val", help="validation pairs JSONL")
     parser.add_argument("--max-steps", type=int)
@@ -264,7 +264,7 @@ def add_command(sub: Any) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     from training.recipe import load_recipe
 
-    extra = {"base_model": args.base_model, "sft_adapter": args.sft_adapter, "pairs": args.pairs,
+    extra = {"base_model": args.base_model, "adapter": args.adapter, "pairs": args.pairs,
              "val": args.val, "max_steps": args.max_steps}
     try:
         config = load_recipe(DPOConfig, args.config, args.set, extra)

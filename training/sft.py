@@ -56,6 +56,7 @@ class SFTConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_len: int = 1024  # longer records are dropped (and counted), never cut
+    loss_on: Literal["assistant", "all"] = "assistant"  # "all": every token (pretraining a base from scratch)
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None: on with CUDA, off on CPU
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -119,7 +120,7 @@ def load_train_records(config: SFTConfig) -> tuple[list[dict[str, Any]], int]:
 
 
 def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase,
-               max_len: int) -> tuple[Dataset, RenderStats]:
+               max_len: int, loss_on: str = "assistant") -> tuple[Dataset, RenderStats]:
     """Pre-tokenized rows {input_ids, assistant_masks}: TRL 1.16 builds labels from
     `assistant_masks` (-100 where 0) and skips its own chat-template tokenization."""
     from datasets import Dataset
@@ -127,8 +128,10 @@ def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: P
     from training.render import render_records
 
     examples, stats = render_records(records, template, tokenizer, max_len)
-    rows = {"input_ids": [e.input_ids for e in examples], "assistant_masks": [e.assistant_masks for e in examples]}
-    return Dataset.from_dict(rows), stats
+    masks = [e.assistant_masks if loss_on == "assistant" else [1] * len(e.input_ids) for e in examples]
+    if loss_on != "assistant":
+        stats.loss_tokens = stats.tokens
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "assistant_masks": masks}), stats
 
 
 def chat_template(config_template: str | None, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -281,7 +284,7 @@ def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]]
     bad_lines = 0
     if train_records is None:
         train_records, bad_lines = load_train_records(config)
-    train_set, stats = to_dataset(train_records, template, tokenizer, config.max_len)
+    train_set, stats = to_dataset(train_records, template, tokenizer, config.max_len, config.loss_on)
     stats.skipped["bad_json"] += bad_lines
     if len(train_set) == 0:
         raise ValueError(f"no trainable records: {stats.as_dict()}")
@@ -289,7 +292,7 @@ def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]]
     if not config.val:
         return train_set, None, data
     records, bad = read_records(Path(config.val))
-    eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len)
+    eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len, config.loss_on)
     eval_stats.skipped["bad_json"] += bad
     data["val_data"] = eval_stats.as_dict()
     return train_set, (eval_set if len(eval_set) else None), data
