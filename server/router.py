@@ -93,8 +93,9 @@ class Router:
             started = False
             member.outstanding += 1
             self._report(member)
+            events = member.engine.generate(request, cancel)
             try:
-                async for event in member.engine.generate(request, cancel):
+                async for event in events:
                     started = True
                     yield event
             except UpstreamError as exc:
@@ -108,6 +109,7 @@ class Router:
             finally:
                 member.outstanding -= 1
                 self._report(member)
+                await _close(events)  # at once, not when collected: frees the upstream connection
             self._succeeded(member)
             return
 
@@ -251,3 +253,9 @@ class Router:
             state = "unhealthy" if not m.healthy else f"breaker {self._breaker(m, now)}"
             parts.append(f"{m.name} ({state})")
         return ", ".join(parts)
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)  # async generators have it; other iterators need nothing
+    if aclose is not None:
+        await aclose()

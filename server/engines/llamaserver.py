@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,14 @@ class LlamaServerEngine:
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
         body = self.completion_body(request)
+        # Closed on the way out, whatever the way: the connection (and the server's slot) is freed at once.
+        async with aclosing(sse_events(self._client, "/completion", body, self.name)) as events:
+            async for event in self._events(events, cancel):
+                yield event
+
+    async def _events(self, events: AsyncIterator[dict[str, Any]], cancel: Cancel) -> AsyncIterator[Event]:
         held: Piece | None = None  # a special token's text, dropped if it turns out to be the EOS
-        async for event in sse_events(self._client, "/completion", body, self.name):
+        async for event in events:
             if cancel.is_set():
                 return  # leaving the stream closes the connection: the server frees the slot
             if event.get("stop"):

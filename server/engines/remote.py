@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ def make_client(base_url: str, timeouts: Timeouts, api_key: str | None, connecti
 
 async def sse_events(
     client: httpx.AsyncClient, path: str, body: Mapping[str, Any], replica: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """POST `body` and yield each `data:` event as JSON until `[DONE]` or the stream ends;
     comments (llama-server's and sse-starlette's pings) are skipped, error events raised."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
@@ -52,17 +53,19 @@ class VllmEngine:
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
         body = completion_body(request, self.model)
         reason, usage, chunks = None, None, 0
-        async for event in sse_events(self._client, "/v1/completions", body, self.name):
-            if cancel.is_set():
-                return  # leaving the stream closes the connection: vLLM aborts the request
-            usage = event.get("usage") or usage
-            for choice in event.get("choices") or ():
-                text = choice.get("text") or ""
-                if text:
-                    chunks += 1
-                    yield Piece(text)
-                if choice.get("finish_reason"):
-                    reason = finish_reason(choice["finish_reason"], self.name)
+        # Closed on the way out, whatever the way: vLLM aborts a request whose connection closes.
+        async with aclosing(sse_events(self._client, "/v1/completions", body, self.name)) as events:
+            async for event in events:
+                if cancel.is_set():
+                    return
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or ():
+                    text = choice.get("text") or ""
+                    if text:
+                        chunks += 1
+                        yield Piece(text)
+                    if choice.get("finish_reason"):
+                        reason = finish_reason(choice["finish_reason"], self.name)
         if reason is None:
             raise UpstreamError("the stream ended without a finish reason", replica=self.name,
                                 kind="disconnect")
