@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 from server.engines.base import AdapterFiles, Cancel, Engine, EngineInfo, Event, GenerateRequest
 from server.engines.remote import NOT_FOUND, OVERLOADED, Health, Unavailable, UpstreamError
+from server.errors import GatewayError
 from server.metrics import Metrics
 
 log = logging.getLogger("callgate.router")
@@ -88,8 +89,9 @@ class Router:
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
         tried: set[int] = set()
+        last: UpstreamError | None = None
         for attempt in range(self.policy.retries + 1):
-            member = await self._pick(request.adapter, tried)
+            member = await self._next(request.adapter, tried, last)
             started = False
             member.outstanding += 1
             self._report(member)
@@ -103,15 +105,29 @@ class Router:
                 if started or not (exc.replica_fault or exc.kind == NOT_FOUND) or attempt == self.policy.retries:
                     raise
                 log.warning("replica %s failed before the first token (%s); trying another", member.name, exc.kind)
-                if exc.kind != NOT_FOUND:
+                if exc.kind != NOT_FOUND:  # a lost adapter is loaded again there: the same replica may do
                     tried.add(member.index)
+                last = exc
                 continue
+            except GatewayError:
+                self._succeeded(member)  # it answered: the request was at fault (e.g. too long)
+                raise
             finally:
                 member.outstanding -= 1
+                member.probing = False  # a probe that was cancelled leaves the breaker half-open
                 self._report(member)
                 await _close(events)  # at once, not when collected: frees the upstream connection
             self._succeeded(member)
             return
+
+    async def _next(self, adapter: str | None, tried: set[int], last: UpstreamError | None) -> Member:
+        """The replica for the next attempt; when failures used them all up, the last failure."""
+        try:
+            return await self._pick(adapter, tried)
+        except Unavailable:
+            if last is not None:
+                raise last from None
+            raise
 
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None
@@ -179,8 +195,9 @@ class Router:
 
     async def _call(self, adapter: str | None, call: Callable[[Replica], Awaitable[T]]) -> T:
         tried: set[int] = set()
+        last: UpstreamError | None = None
         for attempt in range(self.policy.retries + 1):
-            member = await self._pick(adapter, tried)
+            member = await self._next(adapter, tried, last)
             member.outstanding += 1
             try:
                 result = await call(member.engine)
@@ -189,9 +206,11 @@ class Router:
                 if not exc.replica_fault or attempt == self.policy.retries:
                     raise
                 tried.add(member.index)
+                last = exc
                 continue
             finally:
                 member.outstanding -= 1
+                member.probing = False
             self._succeeded(member)
             return result
         raise AssertionError("unreachable")

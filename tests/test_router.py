@@ -13,6 +13,7 @@ import pytest
 
 from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
 from server.engines.remote import CONNECT, DISCONNECT, NOT_FOUND, REJECTED, Health, Unavailable, UpstreamError
+from server.errors import InvalidRequest
 from server.metrics import Metrics
 from server.router import Router, RouterPolicy
 from server.types import Sampling
@@ -217,9 +218,27 @@ async def test_unhealthy_replicas_are_skipped_and_none_left_is_a_503() -> None:
 async def test_every_replica_failing_raises_the_last_failure() -> None:
     a, b = FakeReplica("a", fail=[CONNECT]), FakeReplica("b", fail=[CONNECT])
     router, _ = make(a, b, retries=3)
-    with pytest.raises((UpstreamError, Unavailable)):
+    with pytest.raises(UpstreamError) as caught:
         await answer(router)
+    assert caught.value.kind == CONNECT
     assert len(a.served) == len(b.served) == 1  # each tried once, never twice for one request
+
+
+async def test_a_request_fault_does_not_count_against_the_replica() -> None:
+    a = FakeReplica("a", fail=[CONNECT, CONNECT])
+    router, _ = make(a, breaker_failures=3, retries=0)
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            await answer(router)
+
+    async def too_long(request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
+        raise InvalidRequest("prompt too long", code="context_length_exceeded")
+        yield Piece("")  # an async generator, as engines are
+
+    a.generate = too_long  # type: ignore[method-assign]
+    with pytest.raises(InvalidRequest):
+        await answer(router)
+    assert router.members[0].failures == 0  # it answered: the two connect failures are forgiven
 
 
 async def test_probabilities_fail_over_too() -> None:
