@@ -81,3 +81,23 @@ def test_k8s_gateway_mounts_its_config_and_probes_health() -> None:
 
 def _flag(args: list[str], name: str) -> int:
     return int(next(a.split("=", 1)[1] for a in args if a.startswith(name + "=")))
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"engine.kind": "vllm"}, "needs engine.urls"),
+    ({"engine.urls": ["http://a:8000"]}, "embedded engine reads model.path"),
+    ({"engine.kind": "llama-server", "engine.urls": ["a:8000"]}, "http:// or https://"),
+    ({"engine.kind": "tgi", "engine.urls": ["http://a:8000"]}, "engine.kind"),
+])
+def test_engine_settings_that_cannot_work_are_refused_at_start_up(flags: dict[str, Any], message: str) -> None:
+    from server.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, **flags)
+
+
+def test_replicas_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLGATE_ENGINE__KIND", "vllm")
+    monkeypatch.setenv("CALLGATE_ENGINE__URLS", '["http://vllm-a:8000", "http://vllm-b:8000"]')
+    settings = load_settings(None)
+    assert settings.engine.kind == "vllm" and settings.engine.urls == ["http://vllm-a:8000", "http://vllm-b:8000"]
