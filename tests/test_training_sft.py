@@ -276,3 +276,25 @@ def test_sft_command_bad_input_exits_2_with_the_reason(tiny_model: Any, tmp_path
     assert main(base + argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_run(tiny_model: Any, tmp_path: Path) -> None:
+    # DDP over gloo on CPU, launched like `accelerate launch` / `torchrun` on GPUs: one global
+    # batch per step across both processes, one log line per step, one adapter.
+    import subprocess
+    import sys
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in RECORDS * 4) + "\n", encoding="utf-8")
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training", "sft",
+            "--base-model", str(tiny_model.hf_dir), "--train", str(train), "--out", str(run), "--max-steps", "3",
+            "--set", "lora_r=8", "--set", "threads=1", "--set", "batch_size=2", "--set", "logging_steps=1"]
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [line for line in (json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()) if "loss" in line]
+    assert [line["step"] for line in steps] == [1, 2, 3]
+    assert steps[-1]["epoch"] == pytest.approx(3 * 2 * 2 / 20)  # 2 processes x batch 2 per step, 20 records
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -166,6 +166,7 @@ def trainer_args(config: DPOConfig, run_dir: Path, dtype: torch.dtype, has_eval:
         gradient_checkpointing=cuda if config.gradient_checkpointing is None else config.gradient_checkpointing,
         report_to="none",
         dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
     )
 
 

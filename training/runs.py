@@ -32,6 +32,9 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 def make_run_dir(command: str, out: Path | None = None, root: Path = RUNS_ROOT) -> Path:
     """`out` if given (created if needed), else a fresh `root/<command>-<timestamp>`."""
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Each process would stamp its own folder a second apart; they must share one.
+        raise ValueError("--out is required when training runs on several processes")
     run_dir = out if out is not None else root / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

@@ -238,6 +238,7 @@ def trainer_args(config: SFTConfig, run_dir: Path, dtype: torch.dtype, has_eval:
         # position_ids, and fwd+bwd of the demo shape on CPU measured the same with or without it.)
         train_sampling_strategy="group_by_length",
         dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
     )
 
 
