@@ -23,6 +23,7 @@ from training.sft import (
     TEMPLATE_FILE,
     add_common_flags,
     check_adapter,
+    embedding_rows,
     finish_run,
     model_ref,
     pick_dtype,
@@ -136,7 +137,7 @@ def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
 
 def trainer_args(config: DPOConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
     import torch
-    from trl import DPOConfig as TRLConfig
+    from trl.trainer.dpo_config import DPOConfig as TRLConfig
 
     from training.runs import CHECKPOINTS
 
@@ -174,7 +175,7 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
                   callbacks: Sequence[TrainerCallback] = ()) -> DPOSetup:
     import torch
     from transformers import AutoTokenizer
-    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DPOTrainer
 
     from training import runs
     from training.recipe import dump_yaml
@@ -190,7 +191,7 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
     train_set, eval_set, data = build_datasets(config, train_pairs, template, tokenizer)
     dtype = pick_dtype(config.dtype)
     model = load_policy(config, dtype)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    vocab_rows = embedding_rows(model)
     check_adapter(model, vocab_rows)
     trainer = DPOTrainer(model=model, args=trainer_args(config, run_dir, dtype, eval_set is not None),
                          train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,

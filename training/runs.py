@@ -75,7 +75,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-class JsonlLog(TrainerCallback):  # type: ignore[misc]
+class JsonlLog(TrainerCallback):
     """Appends every trainer log (loss, lr, eval_loss, DPO rewards...) to log.jsonl."""
 
     def __init__(self, path: Path) -> None:

@@ -22,6 +22,7 @@ from server.manifest import VLLM_RANKS, atomic_write_text
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
     from training.render import RenderStats
@@ -44,7 +45,7 @@ class SFTConfig:
     full: bool = False  # full fine-tune (no LoRA): writes model/ instead of adapter/
     init_adapter: str | None = None  # continue training this PEFT adapter folder
     lora_r: int = 16  # must be one of vLLM's ranks (server.manifest.VLLM_RANKS)
-    lora_alpha: float = 32.0
+    lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = ("all-linear",)  # "all-linear" = every Linear but lm_head
     learning_rate: float = 2e-4
@@ -164,13 +165,13 @@ def linear_module_names(model: PreTrainedModel) -> list[str]:
     "all-linear" means, spelled out so the manifest and vLLM see real module names."""
     import torch
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and module is not head}
     return sorted(names)
 
 
-def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel:
+def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftModel:
     """The base model, wrapped in a trainable LoRA (new or `init_adapter`) unless `full`."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -187,13 +188,17 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel:
     return get_peft_model(model, lora)
 
 
+def embedding_rows(model: Any) -> int:
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
 def check_adapter(model: Any, vocab_rows: int) -> None:
     """Refuse what vLLM and llama.cpp cannot load: modules_to_save, resized embeddings, odd ranks."""
     for name, cfg in model.peft_config.items():
         if getattr(cfg, "modules_to_save", None):
             raise ValueError(f"adapter {name!r} has modules_to_save={cfg.modules_to_save}; vLLM refuses those")
         check_rank(int(cfg.r))
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = embedding_rows(model)
     if rows != vocab_rows:
         raise ValueError(f"the embeddings were resized ({vocab_rows} -> {rows}); adapters must not add tokens")
 
@@ -203,7 +208,7 @@ def check_adapter(model: Any, vocab_rows: int) -> None:
 
 def trainer_args(config: SFTConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
     import torch
-    from trl import SFTConfig as TRLConfig
+    from trl.trainer.sft_config import SFTConfig as TRLConfig
 
     from training.runs import CHECKPOINTS
 
@@ -259,7 +264,7 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
     """Render the data, load the model (LoRA unless `full`) and build TRL's SFTTrainer."""
     import torch
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import SFTTrainer
 
     from training import runs
     from training.recipe import dump_yaml
@@ -275,7 +280,7 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
     train_set, eval_set, data = build_datasets(config, train_records, template, tokenizer)
     dtype = pick_dtype(config.dtype)
     model = load_model(config, dtype)
-    vocab_rows = model.get_input_embeddings().weight.shape[0]
+    vocab_rows = embedding_rows(model)
     if not config.full:
         check_adapter(model, vocab_rows)
     trainer = SFTTrainer(model=model, args=trainer_args(config, run_dir, dtype, eval_set is not None),
