@@ -42,6 +42,8 @@ class TinySpec:
     # Far above the usual 0.02 so logits spread over several units: a parity check between
     # engines then compares real numbers, not values that are all close to zero.
     initializer_range: float = 0.2
+    # Norm weights and biases made random too (see _randomize_vectors); off for models that train.
+    perturb_vectors: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def build_tiny(out: Path, spec: TinySpec = TinySpec(), outtype: OutType = OutTyp
     save_tokenizer(tokenizer, out, TEMPLATE_PATH.read_text(encoding="utf-8"))
     vocab_size = tokenizer.get_vocab_size()
     model = make_model(
-        spec, vocab_size, _token_id(tokenizer, IM_END), _token_id(tokenizer, ENDOFTEXT)
+        spec, vocab_size, token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT)
     )
     model.save_pretrained(out)
     gguf_path = export_gguf(out, out / GGUF_NAME, outtype)
@@ -91,7 +93,8 @@ def make_model(spec: TinySpec, vocab_size: int, eos_id: int, pad_id: int) -> Qwe
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = Qwen2ForCausalLM(config)
-        _randomize_vectors(model, spec.initializer_range)
+        if spec.perturb_vectors:
+            _randomize_vectors(model, spec.initializer_range)
     model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id
     )
@@ -99,7 +102,7 @@ def make_model(spec: TinySpec, vocab_size: int, eos_id: int, pad_id: int) -> Qwe
     return model
 
 
-def _token_id(tokenizer: Tokenizer, token: str) -> int:
+def token_id(tokenizer: Tokenizer, token: str) -> int:
     token_id = tokenizer.token_to_id(token)
     if token_id is None:
         raise ValueError(f"{token!r} is not in the vocabulary")

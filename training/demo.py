@@ -1,0 +1,307 @@
+"""`python -m training build-demo`: the embedded default model, built offline from nothing.
+
+1. Data: synthetic conversations over the general catalogues (for the base model) and over the
+   customer-support catalogue (for the adapter; the base never sees it), each split with
+   held-out phrasings and slot values, plus near-miss pairs for DPO.
+2. A byte-level BPE trained on the rendered general conversations (digits stay single tokens).
+3. A small Qwen2 trained from scratch (full fine-tune, loss on every token: it has to learn
+   the language of the conversations, not just the answers) -> models/demo (+ model.gguf).
+4. A LoRA adapter on the support catalogue (SFT, assistant-only loss), then DPO on its near-miss
+   pairs from the SFT adapter.
+5. Evaluation on held-out support prompts, unconstrained and greedy: the base model, the SFT
+   adapter and the DPO adapter, side by side -> report.md / report.json in the work folder.
+6. Export of the better adapter to adapters/support-demo (manifest with its scores).
+
+Every stage writes into `work/`; the published model and adapter folders are replaced only
+when whole. The recipe is training/configs/demo.yaml, each field overridable with --set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.manifest import atomic_write_text
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+log = logging.getLogger("training.demo")
+RECIPE = Path(__file__).parent / "configs" / "demo.yaml"
+FOUR = ("valid_call_rate", "tool_name_accuracy", "argument_match", "false_call_rate")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The build-demo recipe (training/configs/demo.yaml)."""
+
+    model_out: str = "models/demo"
+    adapter_out: str = "adapters"
+    adapter_name: str = "support-demo"
+    work: str = "runs/demo"
+    seed: int = 0
+    threads: int | None = None
+    # data
+    general_records: int = 8000
+    support_records: int = 2000
+    eval_records: int = 200  # held-out support prompts scored per model
+    distractors: int = 1  # extra tools per example: each costs ~80 tokens of prompt
+    # tokenizer and base model shape (Qwen2)
+    vocab_size: int = 2048
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 576
+    max_len: int = 768
+    # base model: trained from scratch
+    base_steps: int = 700
+    base_lr: float = 2e-3
+    base_batch: int = 8
+    # adapter: LoRA SFT, then DPO
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    sft_steps: int = 200
+    sft_lr: float = 2e-3
+    sft_batch: int = 8
+    dpo_steps: int = 60
+    dpo_lr: float = 5e-4
+    dpo_beta: float = 0.1
+    dpo_batch: int = 8
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    model_dir: Path
+    adapter_dir: Path
+    report: dict[str, Any]
+
+
+def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None) -> DemoResult:
+    """Run every stage; returns where the model and adapter went and the evaluation table."""
+    say = progress or _stderr
+    work = Path(config.work)
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
+
+    with _stage("data", "data", timings, say):
+        general, support = _data(config, work, say)
+    with _stage("tokenizer", "tokenizer and initial model", timings, say):
+        init_dir = _init_model(config, work, general.train)
+    with _stage("base", f"base model: {config.base_steps} steps from scratch", timings, say):
+        model_dir = _train_base(config, work, init_dir, general)
+    with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
+        sft = _train_adapter(config, work, model_dir, support)
+    with _stage("dpo", f"adapter: DPO, {config.dpo_steps} steps", timings, say):
+        dpo = _train_dpo(config, work, model_dir, sft, support)
+    with _stage("eval", "evaluation: base, SFT, DPO on held-out support prompts", timings, say):
+        scores = {
+            "base": _evaluate(config, work / "eval-base", model_dir, None, support.test),
+            "sft": _evaluate(config, work / "eval-sft", model_dir, sft, support.test),
+            "dpo": _evaluate(config, work / "eval-dpo", model_dir, dpo, support.test),
+        }
+    best = "dpo" if _better(scores["dpo"], scores["sft"]) else "sft"
+    with _stage("export", f"export: the {best} adapter", timings, say):
+        adapter_dir = _export(config, model_dir, dpo if best == "dpo" else sft, scores[best], support)
+    report = {"scores": scores, "exported": best, "seconds": timings, "config": asdict(config),
+              "model": str(model_dir), "adapter": str(adapter_dir)}  # fmt: skip
+    atomic_write_text(work / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(work / "report.md", report_markdown(report))
+    say(report_markdown(report))
+    return DemoResult(model_dir, adapter_dir, report)
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+
+def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
+    from training.data.build import build_dataset
+    from training.data.catalogue import GENERAL, SUPPORT
+    from training.data.synth import SynthConfig
+
+    synth = SynthConfig(max_distractors=config.distractors)
+    general = build_dataset([GENERAL], work / "data-general", config.general_records, config.seed, synth,
+                            fractions=(0.94, 0.03, 0.03), progress=say)  # fmt: skip
+    # The support split keeps enough held-out prompts to score: eval_records of test.
+    n = config.support_records + 2 * config.eval_records
+    share = config.eval_records / n
+    support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
+                            fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
+    return general, support
+
+
+def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
+    from training.data.records import read_records, render_record
+    from training.tiny import TEMPLATE_PATH, TinySpec, make_model, token_id
+    from training.tokenizer import ENDOFTEXT, IM_END, sample_corpus, save_tokenizer, train_tokenizer
+
+    template = TEMPLATE_PATH.read_text(encoding="utf-8")
+    records, _ = read_records(general_train)
+    corpus = [render_record(r, template) for r in records] + sample_corpus(config.seed)
+    tokenizer = train_tokenizer(config.vocab_size, config.seed, corpus=corpus)
+    spec = TinySpec(seed=config.seed, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                    num_layers=config.layers, num_heads=config.heads, num_kv_heads=config.kv_heads,
+                    intermediate_size=config.intermediate_size, initializer_range=0.02,
+                    perturb_vectors=False)  # fmt: skip
+    model = make_model(spec, tokenizer.get_vocab_size(), token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT))
+    out = work / "base-init"
+    shutil.rmtree(out, ignore_errors=True)
+    save_tokenizer(tokenizer, out, template)
+    model.save_pretrained(out)
+    return out
+
+
+def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: Any) -> Path:
+    from training.gguf_export import export_gguf
+    from training.runs import atomic_dir
+    from training.sft import SFTConfig, run_sft
+
+    sft = SFTConfig(base_model=str(init_dir), train=(str(general.train),), val=str(general.val), full=True,
+                    loss_on="all", learning_rate=config.base_lr, warmup=30, max_steps=config.base_steps,
+                    batch_size=config.base_batch, max_len=config.max_len, seed=config.seed,
+                    save_steps=max(100, config.base_steps // 4), logging_steps=10,
+                    threads=config.threads)  # fmt: skip
+    result = run_sft(sft, work / "base")
+    target = Path(config.model_out)
+    with atomic_dir(target) as tmp:
+        for item in result.output.iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        export_gguf(tmp, tmp / "model.gguf")
+    return target
+
+
+def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any) -> Path:
+    from training.sft import SFTConfig, run_sft
+
+    sft = SFTConfig(base_model=str(model_dir), train=(str(support.train),), val=str(support.val),
+                    lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                    learning_rate=config.sft_lr, warmup=10, max_steps=config.sft_steps,
+                    batch_size=config.sft_batch, max_len=config.max_len, seed=config.seed,
+                    save_steps=max(50, config.sft_steps // 2), logging_steps=10,
+                    threads=config.threads)  # fmt: skip
+    return run_sft(sft, work / "sft").output
+
+
+def _train_dpo(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Path, support: Any) -> Path:
+    from training.dpo import DPOConfig, run_dpo
+
+    dpo = DPOConfig(base_model=str(model_dir), adapter=str(sft_adapter), pairs=(str(support.pairs),),
+                    learning_rate=config.dpo_lr, beta=config.dpo_beta, max_steps=config.dpo_steps,
+                    batch_size=config.dpo_batch, max_len=config.max_len, seed=config.seed,
+                    threads=config.threads)  # fmt: skip
+    return run_dpo(dpo, work / "dpo").output
+
+
+def _evaluate(config: DemoConfig, out: Path, model_dir: Path, adapter: Path | None, test: Path) -> dict[str, Any]:
+    from training.eval_data import read_items
+    from training.evaluate import run_eval
+    from training.generate import SampleSettings, TransformersBackend
+
+    items, skipped = read_items(test, limit=config.eval_records)
+    backend = TransformersBackend(model_dir, adapter, batch_size=16, threads=config.threads)
+    metrics = run_eval(items, backend, SampleSettings(max_tokens=96, seed=config.seed), out, skipped)
+    overall = metrics["overall"]
+    return {key: overall.get(key) for key in (*FOUR, "records")}
+
+
+def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str, Any], support: Any) -> Path:
+    from server.manifest import sha256_files
+    from training.export import ExportOptions, export_adapter
+
+    numbers = {f"support_test.{k}": float(v) for k, v in scores.items() if k in FOUR and v is not None}
+    options = ExportOptions(base_id="callgate/demo", scores=numbers,
+                            data_sha256=sha256_files([support.train, support.pairs]))  # fmt: skip
+    return export_adapter(adapter, model_dir, config.adapter_name, Path(config.adapter_out), options)
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """`a` beats `b` on argument match without giving up validity or raising false calls."""
+    def num(s: dict[str, Any], k: str, default: float) -> float:
+        v = s.get(k)
+        return default if v is None else float(v)
+
+    return (num(a, "argument_match", 0) > num(b, "argument_match", 0)
+            and num(a, "valid_call_rate", 0) >= num(b, "valid_call_rate", 0) - 0.02
+            and num(a, "false_call_rate", 1) <= max(num(b, "false_call_rate", 1), 0.05))  # fmt: skip
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    names = {"valid_call_rate": "valid-call rate", "tool_name_accuracy": "tool-name accuracy",
+             "argument_match": "argument match", "false_call_rate": "false-call rate"}  # fmt: skip
+    targets = {"valid_call_rate": ">= 0.9", "tool_name_accuracy": ">= 0.9", "argument_match": ">= 0.8",
+               "false_call_rate": "<= 0.05"}  # fmt: skip
+    scores = report["scores"]
+    lines = ["| held-out support prompts | " + " | ".join(scores) + " | target |",
+             "|---|" + "---:|" * len(scores) + "---|"]  # fmt: skip
+    for key in FOUR:
+        cells = ["-" if s.get(key) is None else f"{s[key]:.3f}" for s in scores.values()]
+        lines.append(f"| {names[key]} | " + " | ".join(cells) + f" | {targets[key]} |")
+    total = sum(report["seconds"].values())
+    lines.append("")
+    lines.append(f"Exported: the {report['exported']} adapter. Build time {total / 60:.1f} min: "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ".")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _stage(key: str, name: str, timings: dict[str, float], say: Callable[[str], None]) -> Iterator[None]:
+    say(f"[build-demo] {name} ...")
+    start = time.perf_counter()
+    yield
+    timings[key] = round(time.perf_counter() - start, 1)
+    say(f"[build-demo] {name}: done in {timings[key]:.0f} s")
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+
+def add_command(sub: SubParsers) -> None:
+    parser = sub.add_parser(
+        "build-demo",
+        help="build the demo model and its support adapter from nothing (offline, ~15 min on 2 cores)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument("--config", type=Path, default=RECIPE, help="recipe YAML (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one recipe field, e.g. --set base_steps=300 (repeatable)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from training.recipe import RecipeError, load_recipe
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = load_recipe(DemoConfig, args.config, args.overrides)
+    except RecipeError as exc:
+        print(f"build-demo: {exc}", file=sys.stderr)
+        return 2
+    result = build_demo(config)
+    print(json.dumps({"model": str(result.model_dir), "adapter": str(result.adapter_dir),
+                      "scores": result.report["scores"]}, indent=2))  # fmt: skip
+    return 0
+
+
+def with_overrides(config: DemoConfig, **values: Any) -> DemoConfig:
+    return replace(config, **values)
