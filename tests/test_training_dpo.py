@@ -153,5 +153,6 @@ def test_dpo_command_writes_a_run_folder(tiny_model: Any, sft_adapter: Path, tmp
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_data"]["kept"] == len(PAIRS) and metrics["train_data"]["skipped"]["bad_json"] == 1
     assert "eval_rewards/margins" in metrics and metrics["global_step"] == 2
-    assert (run / "plots" / "loss.png").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["loss.png", "reward_accuracy.png", "reward_margin.png"]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert (run / "adapter" / "chat_template.jinja").read_text() == (sft_adapter / "chat_template.jinja").read_text()

@@ -27,6 +27,7 @@ from training.sft import (
     finish_run,
     model_ref,
     pick_dtype,
+    progress,
     read_records,
 )
 
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).parent / "configs"
-PLOT_KEYS = ("loss", "eval_loss", "rewards/margins", "eval_rewards/margins")
+PLOTS = {"loss": ("loss", "eval_loss"),
+         "reward_margin": ("rewards/margins", "eval_rewards/margins"),
+         "reward_accuracy": ("rewards/accuracies", "eval_rewards/accuracies")}
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,14 @@ def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 def to_pair_dataset(pairs: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase,
                     max_len: int) -> tuple[Dataset, dict[str, Any]]:
-    """Rows {prompt, chosen, rejected} of plain text, which DPOTrainer tokenizes as given."""
+    """Rows {prompt, chosen, rejected} of plain text, which DPOTrainer tokenizes as given. (TRL
+    appends eos_token to an answer that does not end with it: with a template whose end-of-turn
+    is not the tokenizer's eos_token, the answers gain one token the gateway never sees.)"""
     from datasets import Dataset
 
     from training.render import render_pairs
 
-    texts, stats = render_pairs(pairs, template, tokenizer, max_len)
+    texts, stats = render_pairs(progress(pairs, "rendering pairs"), template, tokenizer, max_len)
     prompts = [_without_auto_bos(t.prompt, tokenizer) for t in texts]
     return Dataset.from_dict({"prompt": prompts, "chosen": [t.chosen for t in texts],
                               "rejected": [t.rejected for t in texts]}), stats.as_dict()
@@ -235,7 +240,7 @@ def run_dpo(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[Mappin
     output = run_dir / "adapter"
     if trainer.accelerator.is_main_process:
         save_adapter(trainer.model, setup, config, output)
-        finish_run(run_dir, metrics, PLOT_KEYS, "DPO loss and reward margin")
+        finish_run(run_dir, metrics, PLOTS)
     trainer.accelerator.wait_for_everyone()
     return DPOResult(run_dir=run_dir, output=output, metrics=metrics)
 

@@ -12,10 +12,10 @@ import json
 import logging
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from server.manifest import VLLM_RANKS, atomic_write_text
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from training.render import RenderStats
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CONFIGS = Path(__file__).parent / "configs"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TEMPLATE_FILE = "chat_template.jinja"
@@ -128,11 +129,19 @@ def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: P
 
     from training.render import render_records
 
-    examples, stats = render_records(records, template, tokenizer, max_len)
+    examples, stats = render_records(progress(records, "rendering records"), template, tokenizer, max_len)
     masks = [e.assistant_masks if loss_on == "assistant" else [1] * len(e.input_ids) for e in examples]
     if loss_on != "assistant":
         stats.loss_tokens = stats.tokens
     return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "assistant_masks": masks}), stats
+
+
+def progress(items: Sequence[T], desc: str) -> Iterable[T]:
+    """A progress bar on stderr for long loops (tqdm ships with transformers)."""
+    from tqdm.auto import tqdm
+
+    bar: Iterable[T] = tqdm(items, desc=desc, unit="rec", file=sys.stderr, mininterval=1.0, disable=len(items) < 500)
+    return bar
 
 
 def chat_template(config_template: str | None, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -329,7 +338,7 @@ def run_sft(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapp
     output = run_dir / kind
     if trainer.accelerator.is_main_process:
         save_output(trainer.model, setup, config, output)
-        finish_run(run_dir, metrics, ("loss", "eval_loss"), "SFT loss")
+        finish_run(run_dir, metrics, {"loss": ("loss", "eval_loss")})
     trainer.accelerator.wait_for_everyone()
     return SFTResult(run_dir=run_dir, output=output, kind=kind, metrics=metrics)
 
@@ -349,12 +358,13 @@ def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) ->
         (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
 
 
-def finish_run(run_dir: Path, metrics: dict[str, Any], loss_keys: Sequence[str], title: str) -> None:
+def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> None:
+    """metrics.json, and plots/<name>.png of the logged `keys` for each name."""
     from training import runs
 
     log_lines = runs.read_log(run_dir / runs.LOG)
-    plot = runs.plot_curves(log_lines, loss_keys, run_dir / "plots" / "loss.png", title)
-    metrics["plots"] = [str(plot)] if plot else []
+    made = [runs.plot_curves(log_lines, keys, run_dir / "plots" / f"{name}.png", name) for name, keys in plots.items()]
+    metrics["plots"] = [str(p) for p in made if p is not None]
     runs.write_json(run_dir / runs.METRICS, metrics)
 
 
