@@ -4,7 +4,7 @@ in the loss / wall time), all tokens per second, and peak memory (CUDA max alloc
 process's max RSS on CPU). Random weights, shapes from Qwen2.5 or the demo model's; each shape
 and mode runs in its own process so peak memory is its own.
 
-    python bench/bench_sft.py [--shape demo,qwen2-0.5b] [--modes lora,full] [--seq 384]
+    python bench/bench_sft.py [--shape demo,qwen2-0.5b] [--modes lora,full] [--runs demo:lora,...] [--seq 384]
                               [--batch 8] [--steps 6] [--device cpu|cuda] [--dtype auto] [--write]
 """
 
@@ -101,8 +101,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
             stamps[state.global_step] = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        build_base(base, args.shape, args.vocab, args.hidden, args.dtype)
+        base = Path(args.base)
         record, n_tokens, n_loss = record_of_length(base, args.seq)
         total_steps = args.warmup_steps + args.steps
         config = SFTConfig(base_model=str(base), full=args.mode == "full", lora_r=16, batch_size=args.batch,
@@ -128,8 +127,10 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
-def run_child(args: argparse.Namespace, shape: str, mode: str) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--child", "--shape", shape, "--mode", mode, "--seq", str(args.seq),
+def run_child(args: argparse.Namespace, shape: str, mode: str, base: Path) -> dict[str, Any]:
+    """Measure in a fresh process, so its peak memory is training's alone (the base is built here)."""
+    argv = [sys.executable, __file__, "--child", "--base", str(base), "--shape", shape, "--mode", mode,
+            "--seq", str(args.seq),
             "--batch", str(args.batch), "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
             "--vocab", str(args.vocab), "--dtype", args.dtype]
     argv += ["--threads", str(args.threads)] if args.threads else []
@@ -159,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="demo", help=f"comma-separated: {', '.join(SHAPES)}")
     parser.add_argument("--modes", default="lora,full", help="comma-separated: lora, full")
+    parser.add_argument("--runs", help="shape:mode pairs instead, e.g. demo:lora,demo:full,qwen2-0.5b:lora")
     parser.add_argument("--seq", type=int, default=384, help="tokens per record")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps")
@@ -171,28 +173,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    parser.add_argument("--note", default="", help="a sentence added to the written section")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure_one(args)))
         return
     load = os.getloadavg()[0]
     results = []
-    for shape in args.shape.split(","):
-        for mode in args.modes.split(","):
-            results.append(run_child(args, shape, mode))
+    pairs = ([tuple(run.split(":")) for run in args.runs.split(",")] if args.runs else
+             [(shape, mode) for shape in args.shape.split(",") for mode in args.modes.split(",")])
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape, mode in pairs:
+            base = Path(tmp) / shape
+            if not base.exists():
+                build_base(base, shape, args.vocab, args.hidden, args.dtype)
+            results.append(run_child(args, shape, mode, base))
             print(json.dumps(results[-1]), file=sys.stderr)
     body = (f"Random-weight Qwen2 models through `training.sft.build_trainer` (template rendering, TRL "
             f"SFTTrainer, PEFT LoRA r=16 on all linear layers, or full), one repeated tool-call record of "
             f"{results[0]['seq']} tokens of which {results[0]['loss_tokens_per_row']} are in the loss (the "
-            f"assistant call + `<|im_end|>`), {args.warmup_steps} warm-up steps then {args.steps} timed. "
+            f"assistant call + `<|im_end|>`; the tokenizer is the demo's, {args.vocab} tokens, also for the Qwen "
+            f"shapes, whose models keep Qwen's 151936-row embeddings and head), {args.warmup_steps} warm-up steps "
+            f"then {args.steps} timed. "
             f"Supervised tok/s = loss tokens / wall time; total = every token. Peak memory: "
             f"{'CUDA max allocated' if args.device == 'cuda' else 'process max RSS'}. "
-            f"Load average before the run: {load:.2f}.\n\n{table(results)}\n")
+            f"Load average before the run: {load:.2f}.\n\n{table(results)}\n\n{args.note}\n")
     print(body)
     if args.write:
-        write_section(f"SFT throughput ({args.device})", body, ("torch", "transformers", "trl", "peft"))
+        shapes = ", ".join(dict.fromkeys(shape for shape, _ in pairs))
+        write_section(f"SFT throughput ({args.device}: {shapes})", body, ("torch", "transformers", "trl", "peft"))
 
 
 if __name__ == "__main__":
