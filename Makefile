@@ -4,12 +4,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODEL ?= models/tiny/model.gguf
 PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup serve test test-fast bench clean prometheus llama-server
+.PHONY: setup demo serve serve-tiny test test-fast bench clean prometheus llama-server
 
 setup: $(STAMP)
 
@@ -23,8 +22,19 @@ $(STAMP): pyproject.toml
 models/tiny/model.gguf: $(STAMP)
 	$(BIN)/python -m training init-tiny --out models/tiny
 
-serve: $(STAMP) $(if $(filter models/tiny/model.gguf,$(MODEL)),models/tiny/model.gguf)
-	$(BIN)/python -m server --model $(MODEL) --port $(PORT)
+# The demo model and its support adapter, trained here from nothing (~15 min on 2 cores, once).
+models/demo/model.gguf: $(STAMP)
+	$(BIN)/python -m training build-demo
+
+demo: models/demo/model.gguf
+
+# With no --model the gateway serves models/demo and the adapters in adapters/.
+serve: $(STAMP) models/demo/model.gguf
+	$(BIN)/python -m server --port $(PORT)
+
+# The random-weight tiny model instead: seconds to build, noise for text, valid tool calls.
+serve-tiny: $(STAMP) models/tiny/model.gguf
+	$(BIN)/python -m server --model models/tiny/model.gguf --port $(PORT)
 
 # Debian's Prometheus, for the test that scrapes a live gateway with a real server. Installed
 # once and quietly; if it cannot be installed, that test skips and says why.

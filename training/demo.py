@@ -55,6 +55,9 @@ class DemoConfig:
     support_records: int = 2000
     eval_records: int = 200  # held-out support prompts scored per model
     distractors: int = 1  # extra tools per example: each costs ~80 tokens of prompt
+    # Extra base-model conversations from the services catalogue, whose random ids can only be
+    # copied, never memorised: copying values from the request is the skill the adapter needs.
+    copy_records: int = 2000
     # tokenizer and base model shape (Qwen2)
     vocab_size: int = 2048
     hidden_size: int = 192
@@ -100,7 +103,7 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
     with _stage("data", "data", timings, say):
         general, support = _data(config, work, say)
     with _stage("tokenizer", "tokenizer and initial model", timings, say):
-        init_dir = _init_model(config, work, general.train)
+        init_dir = _init_model(config, work, general[0].train)
     with _stage("base", f"base model: {config.base_steps} steps from scratch", timings, say):
         model_dir = _train_base(config, work, init_dir, general)
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
@@ -135,12 +138,14 @@ def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[A
     synth = SynthConfig(max_distractors=config.distractors)
     general = build_dataset([GENERAL], work / "data-general", config.general_records, config.seed, synth,
                             fractions=(0.94, 0.03, 0.03), progress=say)  # fmt: skip
+    copying = build_dataset([GENERAL / "services.yaml"], work / "data-copy", config.copy_records, config.seed + 2,
+                            synth, fractions=(0.9, 0.05, 0.05), progress=say)  # fmt: skip
     # The support split keeps enough held-out prompts to score: eval_records of test.
     n = config.support_records + 2 * config.eval_records
     share = config.eval_records / n
     support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
                             fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
-    return general, support
+    return (general, copying), support
 
 
 def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
@@ -164,12 +169,13 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
     return out
 
 
-def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: Any) -> Path:
+def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: tuple[Any, ...]) -> Path:
     from training.gguf_export import export_gguf
     from training.runs import atomic_dir
     from training.sft import SFTConfig, run_sft
 
-    sft = SFTConfig(base_model=str(init_dir), train=(str(general.train),), val=str(general.val), full=True,
+    sft = SFTConfig(base_model=str(init_dir), train=tuple(str(g.train) for g in general), val=str(general[0].val),
+                    full=True,
                     loss_on="all", learning_rate=config.base_lr, warmup=30, max_steps=config.base_steps,
                     batch_size=config.base_batch, max_len=config.max_len, seed=config.seed,
                     save_steps=max(100, config.base_steps // 4), logging_steps=10,
