@@ -10,9 +10,7 @@ would parse, end-of-turn included. `run_dpo` is the in-process API; `add_command
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,23 +267,8 @@ def add_command(sub: Any) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from training.recipe import load_recipe
+    from training.sft import run_trainer_cli
 
     extra = {"base_model": args.base_model, "adapter": args.adapter, "pairs": args.pairs,
              "val": args.val, "max_steps": args.max_steps}
-    try:
-        config = load_recipe(DPOConfig, args.config, args.set, extra)
-    except (OSError, ValueError) as exc:  # RecipeError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.resume and args.out is None:
-        print("--resume needs --out (the run folder to continue)", file=sys.stderr)
-        return 2
-    try:
-        result = run_dpo(config, args.out, resume=args.resume)
-    except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"run_dir": str(result.run_dir), "output": str(result.output),
-                      **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}}, indent=2))
-    return 0
+    return run_trainer_cli(DPOConfig, run_dpo, args, extra)

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -398,12 +398,19 @@ def add_common_flags(parser: argparse.ArgumentParser, default_recipe: Path) -> N
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from training.recipe import load_recipe
-
     extra = {"base_model": args.base_model, "train": args.train, "val": args.val,
              "max_steps": args.max_steps, "full": args.full}
+    return run_trainer_cli(SFTConfig, run_sft, args, extra)
+
+
+def run_trainer_cli(config_cls: type[T], run: Callable[..., Any], args: argparse.Namespace,
+                    extra: Mapping[str, Any]) -> int:
+    """The sft / dpo command body: recipe + flags -> `run(config, out, resume=)`; bad recipes,
+    paths and data exit 2 with the reason; the result is printed as JSON."""
+    from training.recipe import load_recipe
+
     try:
-        config = load_recipe(SFTConfig, args.config, args.set, extra)
+        config = load_recipe(config_cls, args.config, args.set, extra)
     except (OSError, ValueError) as exc:  # RecipeError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -411,7 +418,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         print("--resume needs --out (the run folder to continue)", file=sys.stderr)
         return 2
     try:
-        result = run_sft(config, args.out, resume=args.resume)
+        result = run(config, args.out, resume=args.resume)
     except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
         print(f"error: {exc}", file=sys.stderr)
         return 2
