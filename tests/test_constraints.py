@@ -264,6 +264,17 @@ def test_unsupported_keyword_is_refused_naming_keyword_and_tool() -> None:
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize(("mode", "name"), [("auto", None), ("required", None), ("named", "get_weather"), ("none", None)])
+@pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder"])
+def test_a_tool_the_mode_never_calls_is_still_checked(mode: str, name: str | None, fmt: str) -> None:
+    """The same tools list is refused whatever tool_choice says: a named choice of another tool
+    or `none` leaves the bad tool out of the grammar, yet the request is still a 400."""
+    keys = Tool("keys", parameters={"type": "object", "propertyNames": {"maxLength": 3}})
+    with pytest.raises(UnsupportedFeature) as caught:
+        compile_constraint(spec(mode, name=name, tools=(keys, WEATHER)), get_format(fmt))
+    assert "'propertyNames'" in caught.value.message and caught.value.param == "tools[0].function.parameters"
+
+
 @pytest.mark.parametrize(
     ("schema", "error"),
     [

@@ -63,37 +63,16 @@ def requests(draw: st.DrawFn) -> tuple[dict[str, Any], bool]:
     return body, poisoned
 
 
-@pytest.fixture(scope="module")
-def own_gateway(tiny_model: Any) -> Any:
-    """A gateway that has served nothing else before these requests."""
-    from tests.live import live_gateway
-
-    yield from live_gateway(tiny_model.gguf, **{"model.served_name": "tiny"})
-
-
-GENERATED = settings(max_examples=25, deadline=None, database=None, derandomize=True,
+# 50 examples: the first 25 of the previous seed never drew a poisoned tool left out of a named
+# choice, and so missed that such a tool was accepted (fixed: every tool is compiled).
+GENERATED = settings(max_examples=50, deadline=None, database=None, derandomize=True,
                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.mark.slow
 @given(request=requests())
 @GENERATED
-def test_generated_tools_are_refused_or_enforced(own_gateway: Any, request: tuple[dict[str, Any], bool]) -> None:
-    _refused_or_enforced(own_gateway, request)
-
-
-# OPEN BUG, found at the end of a session and not yet explained: on the session-wide gateway,
-# after the tests before this module have used it (e.g. tests/test_constraints.py,
-# test_formats_gateway.py, test_engine_llamaserver.py), one generated request whose tool carries
-# an unsupported keyword was answered 200 with a call instead of 400, every time. On a fresh
-# gateway (above) it is refused. A long-lived gateway must never fail open: fix, then drop xfail.
-@pytest.mark.slow
-@pytest.mark.xfail(reason="open bug: a used gateway accepted an unsupported keyword once", strict=False)
-@given(request=requests())
-@GENERATED
-def test_generated_tools_are_refused_or_enforced_on_a_used_gateway(
-    gateway: Any, request: tuple[dict[str, Any], bool]
-) -> None:
+def test_generated_tools_are_refused_or_enforced(gateway: Any, request: tuple[dict[str, Any], bool]) -> None:
     _refused_or_enforced(gateway, request)
 
 

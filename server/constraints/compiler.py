@@ -31,6 +31,7 @@ from server.constraints.spec import (
 from server.errors import InvalidRequest, UnsupportedFeature
 from server.toolcalls.base import ToolFormat
 from server.toolcalls.validation import clear_schema_checks
+from server.types import Tool
 
 __all__ = [
     "GRAMMARS_DIR",
@@ -134,6 +135,7 @@ def compile_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> Constraint:
     if shape is not None:
         lark = emit_lark(shape, spec, fmt)
         validate_lark(lark, shape, spec, fmt)
+    check_left_out(shape, spec, fmt)
     ms = (time.perf_counter() - start) * 1e3
     built = Constraint(lark, lark_key(lark), ms, cached=False)
     _CACHE.put(key, built)
@@ -164,18 +166,31 @@ def validate_lark(lark: str, shape: Plan, spec: ConstraintSpec, fmt: ToolFormat)
     if reason is None:
         return
     for i, tool in enumerate(spec.tools):
-        if tool not in shape.tools:
-            continue
-        own = llguidance_problem(f"start: %json {layout_json(tool_schema(tool))}")
-        if own is None and fmt.args_rules(tool, "args_0") is not None:
-            own = llguidance_problem(emit_lark(Plan((tool,), False, False), spec, fmt))
-        if own is not None:
+        if tool in shape.tools and (own := _tool_problem(tool, spec, fmt)) is not None:
             raise _schema_error(f"tools[{i}].function.parameters", tool.name, own)
     if shape.text and spec.text.kind != "text":
         own = llguidance_problem(f"start: %json {layout_json(text_schema(spec.text))}")
         if own is not None:
             raise _schema_error(TEXT_PARAM, "response format", own)
     raise UnsupportedFeature(f"the tools cannot be compiled into one grammar: {reason}", param="tools")
+
+
+def check_left_out(shape: Plan | None, spec: ConstraintSpec, fmt: ToolFormat) -> None:
+    """Tools this mode leaves out of the grammar (a named choice of another tool, `none`) are
+    compiled alone all the same: a tools list is accepted or refused whatever tool_choice says,
+    so an agent loop never learns of a bad schema only when its tool_choice changes."""
+    planned = shape.tools if shape is not None else ()
+    for i, tool in enumerate(spec.tools):
+        if tool not in planned and (own := _tool_problem(tool, spec, fmt)) is not None:
+            raise _schema_error(f"tools[{i}].function.parameters", tool.name, own)
+
+
+def _tool_problem(tool: Tool, spec: ConstraintSpec, fmt: ToolFormat) -> str | None:
+    """llguidance's complaint about one tool's schema, alone and in the format's own rules."""
+    own = llguidance_problem(f"start: %json {layout_json(tool_schema(tool))}")
+    if own is None and fmt.args_rules(tool, "args_0") is not None:
+        own = llguidance_problem(emit_lark(Plan((tool,), False, False), spec, fmt))
+    return own
 
 
 def llguidance_problem(lark: str) -> str | None:
