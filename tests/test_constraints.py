@@ -264,7 +264,9 @@ def test_unsupported_keyword_is_refused_naming_keyword_and_tool() -> None:
     assert caught.value.status == 400
 
 
-@pytest.mark.parametrize(("mode", "name"), [("auto", None), ("required", None), ("named", "get_weather"), ("none", None)])
+@pytest.mark.parametrize(
+    ("mode", "name"), [("auto", None), ("required", None), ("named", "get_weather"), ("none", None)]
+)
 @pytest.mark.parametrize("fmt", ["hermes", "qwen3_coder"])
 def test_a_tool_the_mode_never_calls_is_still_checked(mode: str, name: str | None, fmt: str) -> None:
     """The same tools list is refused whatever tool_choice says: a named choice of another tool
