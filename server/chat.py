@@ -210,7 +210,8 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
             f"no_tool_threshold needs a format whose calls and text answers start differently; "
             f"{served.format.name!r} answers text with {served.format.envelope.reply[0]!r}",
             param="no_tool_threshold")
-    [p_open] = await served.engine.token_probabilities(prompt, [served.format.envelope.open], served.adapter)
+    [p_open] = await served.engine.token_probabilities(
+        prompt, [served.format.envelope.open], served.adapter, served.adapter_scale)
     metrics.tool_open_probability.labels(served.name).observe(p_open)
     return ToolChoice(ChoiceMode.REQUIRED if p_open >= threshold else ChoiceMode.NONE)
 

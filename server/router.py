@@ -130,9 +130,10 @@ class Router:
             raise
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
-        return await self._call(adapter, lambda engine: engine.token_probabilities(prompt, candidates, adapter))
+        return await self._call(
+            adapter, lambda engine: engine.token_probabilities(prompt, candidates, adapter, adapter_scale))
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:
         """Load on every replica that answers; the others get it when a request needs it there."""

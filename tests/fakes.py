@@ -46,7 +46,7 @@ class FakeEngine:
         yield Finish(reason, prompt_tokens=10, completion_tokens=len(pieces))
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         return [self.p_open for _ in candidates]
 

@@ -155,10 +155,12 @@ async def test_probabilities_and_lora_match_the_embedded_engine(
         await remote.load_adapter(files)
         await local.load_adapter(files)
     candidates = ["<tool_call>", "What", "Sure"]
-    for adapter in (None, "a", "b"):
-        want = await local.token_probabilities(PROMPT, candidates, adapter)
-        got = await remote.token_probabilities(PROMPT, candidates, adapter)
-        assert got == pytest.approx(want, abs=1e-3), adapter
+    for adapter, scale in ((None, 1.0), ("a", 1.0), ("b", 1.0), ("a", 0.5)):
+        want = await local.token_probabilities(PROMPT, candidates, adapter, scale)
+        got = await remote.token_probabilities(PROMPT, candidates, adapter, scale)
+        assert got == pytest.approx(want, abs=1e-3), (adapter, scale)
+    half = await local.token_probabilities(PROMPT, candidates, "a", 0.5)
+    assert half != pytest.approx(await local.token_probabilities(PROMPT, candidates, "a"), abs=1e-6)
     greedy = Sampling(max_tokens=16, temperature=0.0)
     texts = {}
     for adapter in (None, "a", "b"):

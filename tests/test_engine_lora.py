@@ -96,6 +96,9 @@ async def test_adapter_changes_the_output(engine: LlamaCppEngine) -> None:
     [p_base] = await engine.token_probabilities(PROMPT, ["<tool_call>"])
     [p_a] = await engine.token_probabilities(PROMPT, ["<tool_call>"], "a")
     assert abs(p_base - p_a) > 1e-6
+    # At scale 0 the adapter is off: the no-tool decision of a scaled adapter reads its own scale.
+    [p_off] = await engine.token_probabilities(PROMPT, ["<tool_call>"], "a", 0.0)
+    assert p_off == pytest.approx(p_base, abs=1e-6)
 
 
 async def test_switching_back_and_forth_matches_a_fresh_engine(

@@ -56,9 +56,9 @@ class FaultyEngine:
                 yield event
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
-        return await self.inner.token_probabilities(prompt, candidates, adapter)
+        return await self.inner.token_probabilities(prompt, candidates, adapter, adapter_scale)
 
     async def close(self) -> None:
         await self.inner.close()

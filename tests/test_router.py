@@ -48,8 +48,8 @@ class FakeReplica:
             raise UpstreamError("connection broke", replica=self.name, kind=DISCONNECT)
         yield Finish("stop", 1, 1)
 
-    async def token_probabilities(self, prompt: str, candidates: Sequence[str], adapter: str | None = None
-                                  ) -> list[float]:
+    async def token_probabilities(self, prompt: str, candidates: Sequence[str], adapter: str | None = None,
+                                  adapter_scale: float = 1.0) -> list[float]:
         if self.fail:
             raise UpstreamError("scripted", replica=self.name, kind=self.fail.pop(0))
         return [0.5 for _ in candidates]

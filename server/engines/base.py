@@ -95,9 +95,10 @@ class Engine(Protocol):
     def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]: ...
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
-        """P(first token of each candidate) as the next token after `prompt`."""
+        """P(first token of each candidate) as the next token after `prompt`, with the adapter
+        applied as generate() applies it (the no-tool decision must see the model that answers)."""
         ...
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:

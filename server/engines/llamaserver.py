@@ -122,13 +122,14 @@ class LlamaServerEngine:
         return body
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         """Exact for the candidates' first tokens among the top 100; below them, 0."""
         body: dict[str, Any] = {"prompt": self._prompt(prompt), "n_predict": 1, "n_probs": _TOP_PROBS,
                                 "temperature": 0.0, "cache_prompt": True}
         if self._facts.loras:
-            body["lora"] = self._lora(GenerateRequest(prompt, Sampling(max_tokens=1), adapter=adapter))
+            body["lora"] = self._lora(GenerateRequest(prompt, Sampling(max_tokens=1), adapter=adapter,
+                                                         adapter_scale=adapter_scale))
         answer = await post_json(self._client, "/completion", body, self.name)
         try:
             top = {int(t["id"]): float(t["logprob"]) for t in answer["completion_probabilities"][0]["top_logprobs"]}

@@ -74,10 +74,11 @@ class VllmEngine:
         yield Finish(reason, prompt_tokens, completion_tokens)
 
     async def token_probabilities(
-        self, prompt: str, candidates: Sequence[str], adapter: str | None = None
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         """From the top-20 logprobs of one generated token: a candidate whose first token is
         not among them reads as 0 (it is below the 20th most likely token)."""
+        check_scale(adapter, adapter_scale)
         body = probability_body(prompt, adapter or self.model)
         answer = await post_json(self._client, "/v1/completions", body, self.name)
         try:
@@ -147,10 +148,7 @@ def discover(
 
 def completion_body(request: GenerateRequest, model: str) -> dict[str, Any]:
     """The `/v1/completions` request for one generation (fields of vLLM's CompletionRequest)."""
-    if request.adapter is not None and request.adapter_scale != 1.0:
-        raise UnsupportedFeature(
-            f"vLLM applies LoRA adapters at scale 1; adapter scale {request.adapter_scale:g} cannot be honoured",
-            param="model")
+    check_scale(request.adapter, request.adapter_scale)
     s = request.sampling
     body: dict[str, Any] = {
         "model": request.adapter or model,
@@ -172,6 +170,12 @@ def completion_body(request: GenerateRequest, model: str) -> dict[str, Any]:
     if request.grammar is not None:
         body["structured_outputs"] = {"grammar": request.grammar}
     return body
+
+
+def check_scale(adapter: str | None, scale: float) -> None:
+    if adapter is not None and scale != 1.0:
+        raise UnsupportedFeature(
+            f"vLLM applies LoRA adapters at scale 1; adapter scale {scale:g} cannot be honoured", param="model")
 
 
 def probability_body(prompt: str, model: str) -> dict[str, Any]:
