@@ -54,3 +54,16 @@ def test_chunk_sequence_is_openai_shaped(gateway) -> None:  # type: ignore[no-un
     heads = [tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls", []) if "id" in tc]
     for head in heads:  # id, type and name come first, arguments after
         assert head["type"] == "function" and head["function"]["name"] == "get_weather"
+
+
+def test_a_line_separator_in_the_text_never_splits_an_event() -> None:
+    """U+2028, U+2029 and NEL are line breaks to str.splitlines (httpx's iter_lines): escaped in
+    the JSON, each event stays one `data:` line that parses back to the same text."""
+    from server.api.responses import ChunkWriter, Envelope
+    from server.chat import ContentEvent
+
+    text = "one\u2028two\u2029three\x85four"
+    raw = ChunkWriter(Envelope("tiny"), include_usage=False).event(ContentEvent(text)).decode()
+    lines = [line for line in raw.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("data: ")
+    assert json.loads(lines[0][len("data: "):])["choices"][0]["delta"]["content"] == text

@@ -84,8 +84,14 @@ class ChunkWriter:
                 "created": self.env.created, "model": self.env.model}
 
 
+# Characters str.splitlines() breaks on that JSON leaves raw: clients that split SSE lines that
+# way (httpx's iter_lines, hence LangChain and others) would cut an event in two. Escaped, the
+# JSON means the same and every data line stays one line.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json.dumps(body, ensure_ascii=False).translate(_LINE_BREAKS).encode() + b"\n\n"
 
 
 def _tool_call(event: CallEvent) -> dict[str, Any]:
