@@ -7,6 +7,7 @@ that lists the known ones. Knows nothing of what the fields mean.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,9 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+# YAML 1.1 (PyYAML) reads `1e-4` as a string: its floats need a dot. YAML 1.2's float form, so a
+# learning rate written the usual way is a float; "nan" and "inf" stay refused.
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
 class RecipeError(ValueError):
@@ -90,6 +94,8 @@ def _as(value: Any, option: Any) -> tuple[bool, Any]:
     if option is typing.Any:
         return True, value
     if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return True, float(value)
+    if option is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return True, float(value)
     if option is Path and isinstance(value, str | Path):
         return True, Path(value)
