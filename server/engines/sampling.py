@@ -25,8 +25,13 @@ def sample(
     return int(allowed[_sample(logits[allowed], temperature, top_p, rng)])
 
 
+# Below this a temperature is greedy, as in vLLM (_SAMPLING_EPS). Sampling at t = 5e-324 would
+# scale logits by 1/t = inf, and 0 * inf at the top logit is NaN: the draw would be garbage.
+GREEDY_BELOW = 1e-5
+
+
 def _sample(logits: NDArray[np.float32], temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    if temperature <= 0.0:
+    if temperature < GREEDY_BELOW:
         return int(np.argmax(logits))
     probs = np.exp((logits - logits.max()) * np.float32(1.0 / temperature))
     if top_p < 1.0:
