@@ -70,8 +70,9 @@ test: $(STAMP) prometheus llama-server
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
-	$(BIN)/python bench/run_all.py --write
+# Every bench script, each rewriting its own section of docs/benchmarks.md (long: an hour or more).
+bench: $(STAMP) llama-server
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --write || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache
