@@ -67,3 +67,11 @@ def test_an_unknown_template_stops_build_demo_before_training(tmp_path: Path) ->
     assert out.returncode == 2
     assert "nope.jinja" in out.stderr and "hermes_compact.jinja" in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_recipe_defaults_are_the_shipped_recipe() -> None:
+    # build-demo always loads demo.yaml; defaults that drift from it would describe another recipe.
+    from training.demo import RECIPE, DemoConfig
+    from training.recipe import load_recipe
+
+    assert load_recipe(DemoConfig, RECIPE) == DemoConfig()
