@@ -4,8 +4,10 @@
    customer-support catalogue (for the adapter; the base never sees it), each split with
    held-out phrasings and slot values, plus near-miss pairs for DPO.
 2. A byte-level BPE trained on the rendered general conversations (digits stay single tokens).
-3. A small Qwen2 trained from scratch (full fine-tune, loss on every token: it has to learn
-   the language of the conversations, not just the answers) -> models/demo (+ model.gguf).
+3. A small Qwen2 trained from scratch: first the copy curriculum (training/curriculum.py:
+   calls whose random ids can only be copied, tool lists shown to a growing share), then a full
+   fine-tune with loss on every token (it has to learn the language of the conversations, not
+   just the answers) -> models/demo (+ model.gguf).
 4. A LoRA adapter on the support catalogue (SFT, assistant-only loss), then DPO on its near-miss
    pairs from the SFT adapter.
 5. Evaluation on held-out support prompts, unconstrained and greedy: the base model, the SFT
@@ -69,9 +71,14 @@ class DemoConfig:
     kv_heads: int = 2
     intermediate_size: int = 576
     max_len: int = 512
+    # copy curriculum (training/curriculum.py): the base first learns to copy ids from requests,
+    # on the copy records' first calls, tool lists shown to a growing share; 0 steps skips it
+    copy_steps: int = 300
+    copy_lr: float = 5e-4
+    copy_batch: int = 32
     # base model: trained from scratch
     base_steps: int = 800
-    base_lr: float = 2e-3
+    base_lr: float = 5e-4  # after the copy curriculum: 2e-3 undid half of its copying (README)
     base_batch: int = 8
     # adapter: LoRA SFT, then DPO
     lora_r: int = 16
@@ -107,6 +114,9 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
         general, support = _data(config, work, say)
     with _stage("tokenizer", "tokenizer and initial model", timings, say):
         init_dir = _init_model(config, work, general[0].train)
+    if config.copy_steps:
+        with _stage("copy", f"copy curriculum: {config.copy_steps} steps", timings, say):
+            init_dir = _copy_curriculum(config, work, init_dir, general[1], say)
     with _stage("base", f"base model: {config.base_steps} steps from scratch", timings, say):
         model_dir = _train_base(config, work, init_dir, general)
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
@@ -169,6 +179,19 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     save_tokenizer(tokenizer, out, template)
     model.save_pretrained(out)
+    return out
+
+
+def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: Any,
+                     say: Callable[[str], None]) -> Path:  # fmt: skip
+    from training.curriculum import CurriculumConfig, train_copy
+    from training.tiny import TEMPLATE_PATH
+
+    template = (TEMPLATE_PATH.parent / config.template).read_text(encoding="utf-8")
+    curriculum = CurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_lr,
+                                  batch_size=config.copy_batch, seed=config.seed)  # fmt: skip
+    out = work / "copy-init"
+    train_copy(init_dir, copying.train, copying.test, template, work / "copy", out, curriculum, say)
     return out
 
 
