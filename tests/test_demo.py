@@ -53,7 +53,7 @@ def test_the_adapter_is_what_makes_the_support_tools_work(demo: Path) -> None:
 # Issue #3's targets, not met yet: with the copy curriculum the model copies most order ids
 # (argument match ~0.64), but it still confuses the support tools and calls too often. Measured in the README; kept here so that a recipe
 # that meets them turns these into passes (strict=False: they report XPASS then).
-NOT_MET = "issue #3 targets not met yet by the 15-minute recipe (README: The demo model)"
+NOT_MET = "issue #3 targets not met yet by the shipped recipe (README: The demo model)"
 
 
 @pytest.mark.xfail(reason=NOT_MET, strict=False)
