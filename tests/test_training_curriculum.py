@@ -74,7 +74,7 @@ def test_a_run_writes_a_loadable_model_its_log_and_metrics(tiny_model: Any, serv
     template = AutoTokenizer.from_pretrained(tiny_model.hf_dir).chat_template
     out = tmp_path / "model"
     config = CurriculumConfig(steps=4, batch_size=2, warmup=1, probe=2, learning_rate=1e-3)
-    metrics = train_copy(tiny_model.hf_dir, services, services, template, tmp_path / "run", out, config,
+    metrics = train_copy(tiny_model.hf_dir, services, services, tmp_path / "run", out, config,
                          say=lambda _: None)  # fmt: skip
     assert metrics["steps"] == 4 and 0.0 <= metrics["copy_rate_with_tools"] <= 1.0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final_loss"] == metrics["final_loss"]
@@ -93,4 +93,4 @@ def test_a_file_without_ids_to_copy_is_a_clear_error(tiny_model: Any, tmp_path: 
     record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}], "tools": []}
     path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no call with a value to copy"):
-        train_copy(tiny_model.hf_dir, path, None, "", tmp_path / "run", tmp_path / "out", CurriculumConfig())
+        train_copy(tiny_model.hf_dir, path, None, tmp_path / "run", tmp_path / "out", CurriculumConfig())

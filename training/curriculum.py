@@ -112,18 +112,22 @@ def copy_rate(model: Any, tokenizer: Any, template: str, probe: Sequence[Drill],
     return hits / len(probe)
 
 
-def train_copy(init_dir: Path, train: Path, test: Path | None, template: str, run_dir: Path, output: Path,
+def train_copy(init_dir: Path, train: Path, test: Path | None, run_dir: Path, output: Path,
                config: CurriculumConfig, say: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
-    """Train the model in `init_dir` on `train`'s drills; the whole model goes to `output`
-    (atomically), the loss log, metrics and a plot to `run_dir`. Returns the metrics."""
+    """Train the model in `init_dir` on `train`'s drills, rendered with its tokenizer's chat
+    template; the whole model goes to `output` (atomically), the loss log, metrics and a plot to
+    `run_dir`. Returns the metrics."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.sft import chat_template
 
     pool = drills(train)
     if not pool:
         raise ValueError(f"{train}: no call with a value to copy")
     probe = drills(test)[: config.probe] if test is not None else []
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    template = chat_template(None, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(init_dir)
     model.train()
     torch.manual_seed(config.seed)

@@ -185,13 +185,11 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
 def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: Any,
                      say: Callable[[str], None]) -> Path:  # fmt: skip
     from training.curriculum import CurriculumConfig, train_copy
-    from training.tiny import TEMPLATE_PATH
 
-    template = (TEMPLATE_PATH.parent / config.template).read_text(encoding="utf-8")
     curriculum = CurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_lr,
                                   batch_size=config.copy_batch, seed=config.seed)  # fmt: skip
     out = work / "copy-init"
-    train_copy(init_dir, copying.train, copying.test, template, work / "copy", out, curriculum, say)
+    train_copy(init_dir, copying.train, copying.test, work / "copy", out, curriculum, say)
     return out
 
 
