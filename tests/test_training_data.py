@@ -310,6 +310,8 @@ def test_support_has_25_phrasings_per_intent_and_the_demo_tools() -> None:
         (lambda s: s.replace('pattern: "^[0-9]{6,8}$", description: "The order number, 6 to 8 digits."}',
                              "pattern: 5}", 1), "invalid schema"),
         (lambda s: s + "\n  - [", "while parsing"),
+        (lambda s: s.replace("not_as_described, changed_mind]", "not_as_described, off]"),
+         "enum values [False] of 'reason' do not fit its own schema"),
     ],
 )  # fmt: skip
 def test_catalogue_mistakes_are_named(tmp_path: Path, edit: Any, message: str) -> None:

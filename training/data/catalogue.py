@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 from server.toolcalls.validation import check_schema
@@ -156,6 +157,13 @@ def _tool(raw: dict[str, Any], where: str) -> ToolDef:
     problem = check_schema(params)
     if problem:
         raise CatalogueError(f"{where}: tool {raw.get('name')!r} has an invalid schema {problem}")
+    for key, prop in (params.get("properties") or {}).items():
+        # YAML reads a bare off/on/yes/no as a boolean: an enum value no call could ever send
+        own = jsonschema.Draft202012Validator({k: sub for k, sub in prop.items() if k != "enum"})
+        wrong = [v for v in prop.get("enum", ()) if not own.is_valid(v)]
+        if wrong:
+            raise CatalogueError(f"{where}: tool {raw.get('name')!r}: enum values {wrong} of {key!r} do not fit its "
+                                 f"own schema (quote them in YAML)")  # fmt: skip
     return ToolDef(raw["name"], raw.get("description", ""), params, dict(raw.get("result") or {}))
 
 
