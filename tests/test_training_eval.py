@@ -66,6 +66,11 @@ def test_required_at_the_gateway_gives_only_valid_calls(gateway: Live) -> None:
     assert four.valid_call_rate == 1.0 and four.expected_call == 5
     assert four.false_call_rate == 1.0  # required forces a call on the three negatives too
     assert all(s.verdict.reward in (1.0, 0.5, 0.25) for s in scored if s.verdict.expected_call)
+    by_argument = summarize(scored)["by_argument"]  # get_weather has one argument, city
+    assert set(by_argument) <= {"get_weather.city"}
+    assert sum(row["n"] for row in by_argument.values()) == sum(bool(s.verdict.valid and s.verdict.name_ok) for s in scored)
+    right = [s for s in scored if s.verdict.args_ok]
+    assert not right or by_argument["get_weather.city"]["accuracy"] * by_argument["get_weather.city"]["n"] == len(right)
 
 
 def test_tool_choice_none_at_the_gateway_never_calls(gateway: Live) -> None:
@@ -203,7 +208,7 @@ def test_eval_cli_refuses_mixed_flags(tmp_path: Path) -> None:
 
 def test_summary_reports_bfcl_mean_over_categories() -> None:
     metrics = summarize([])
-    assert metrics["overall"]["records"] == 0 and "bfcl" not in metrics
+    assert metrics["overall"]["records"] == 0 and "bfcl" not in metrics and metrics["by_argument"] == {}
 
 
 @PEFT_WARNINGS[0]

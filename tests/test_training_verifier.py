@@ -18,6 +18,7 @@ from training.verifier import (
     ToolCallingVerifier,
     Verdict,
     aggregate,
+    argument_hits,
     canonical_json,
     expected_of,
 )
@@ -196,3 +197,17 @@ def test_aggregate_of_nothing_is_none_not_zero() -> None:
     assert four.valid_call_rate is None and four.false_call_rate is None and four.mean_reward is None
     only_negatives = aggregate([_v(1.0, valid=False, name=None, args=None, called=False, expected=False)])
     assert only_negatives.false_call_rate == 0.0 and only_negatives.valid_call_rate is None
+
+
+def test_argument_hits_tell_each_argument_apart() -> None:
+    expected = Expected(calls=(ExpectedCall("get_weather", {"city": "Paris", "days": 2}),
+                               ExpectedCall("track_order", {"order_id": "1234"}),
+                               ExpectedCall("track_order", {"order_id": "5678"})))  # fmt: skip
+    calls = (ParsedCall("track_order", '{"order_id": "1234"}'), ParsedCall("get_weather", '{"city": "Paris", "days": 2.0}'),
+             ParsedCall("track_order", '{"order_id": "5679"}'))  # fmt: skip
+    assert argument_hits(expected, calls) == [("get_weather.city", True), ("get_weather.days", True),
+                                              ("track_order.order_id", True), ("track_order.order_id", False)]  # fmt: skip
+    missing = argument_hits(expected, (ParsedCall("get_weather", '{"city": "Oslo"}'),))
+    assert missing == [("get_weather.city", False), ("get_weather.days", False),
+                       ("track_order.order_id", False), ("track_order.order_id", False)]  # fmt: skip
+    assert argument_hits(Expected(possible=({"f": {"x": [1]}},)), calls) == []

@@ -31,6 +31,11 @@ def markdown(metrics: dict[str, Any]) -> str:
              f"input lines skipped: {metrics['skipped']['count']}, {metrics['seconds']:.1f} s", "",
              "## The four numbers", "", *_four_table(metrics), "",
              "![The four numbers](plots/four_numbers.png)", "", "![By group](plots/by_group.png)", ""]  # fmt: skip
+    if metrics.get("by_argument"):
+        lines += ["## Arguments", "", "On valid calls with the right names: how often each expected argument has its "
+                  "expected value.", "", "| argument | n | accuracy |", "|---|---:|---:|"]  # fmt: skip
+        lines += [f"| `{k}` | {row['n']} | {_pct(row['accuracy'])} |" for k, row in metrics["by_argument"].items()]
+        lines.append("")
     if metrics.get("bfcl"):
         lines += ["## BFCL (AST)", "", "| category | n | accuracy |", "|---|---:|---:|"]
         for name, row in metrics["bfcl"]["categories"].items():

@@ -54,13 +54,20 @@ def score_items(items: Sequence[EvalItem], backend: Backend, settings: SampleSet
 
 
 def summarize(scored: Sequence[Scored]) -> dict[str, Any]:
-    """The four numbers overall and by group, and BFCL accuracy by category (with their mean)."""
-    from training.verifier import aggregate
+    """The four numbers overall and by group, accuracy per argument, and BFCL accuracy by
+    category (with their mean)."""
+    from training.verifier import aggregate, argument_hits
 
     groups = sorted({s.item.group for s in scored})
     by_group = {g: aggregate(s.verdict for s in scored if s.item.group == g).to_json() for g in groups}
     out: dict[str, Any] = {"overall": aggregate(s.verdict for s in scored).to_json(), "by_group": by_group,
                            "errors": sum(s.sample.error is not None for s in scored)}  # fmt: skip
+    hits: dict[str, list[bool]] = {}
+    for s in scored:
+        if s.verdict.valid and s.verdict.name_ok:  # argument match's own denominator
+            for key, right in argument_hits(s.item.expected, s.verdict.calls):
+                hits.setdefault(key, []).append(right)
+    out["by_argument"] = {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(hits.items())}
     bfcl = {}
     for group in groups:
         flags = [s.bfcl_pass for s in scored if s.item.group == group and s.bfcl_pass is not None]

@@ -22,6 +22,11 @@ The four numbers over a set of records:
   names, the share with `args_ok`.
 - false-tool-call rate: among records where no call is expected, the share with `called`.
 
+Per argument (`argument_hits`), on those same valid, right-named answers: whether each
+expected argument of each expected call has its expected value, calls of one name paired in
+order. It tells a value the model could copy from the request (an order id) from one it has to
+infer (a reason chosen from an enum).
+
 Graded reward (RAFT): 1.0 right names and arguments; 0.5 right names, wrong (or invalid)
 arguments; 0.25 valid calls of the wrong functions; 0.0 no call, or invalid calls of the wrong
 functions, when calls were expected; -0.25 any call when none should be made; 1.0 no call
@@ -163,6 +168,26 @@ def _arguments_match(declared: Mapping[str, Tool], expected: Expected, calls: Se
         return match_calls(declared, decoded, expected.possible).ok
     got = Counter((name, canonical_json(args)) for name, args in decoded)
     return got == Counter((c.name, canonical_json(c.arguments)) for c in expected.calls)
+
+
+def argument_hits(expected: Expected, calls: Sequence[ParsedCall]) -> list[tuple[str, bool]]:
+    """("tool.argument", right) for every argument of every expected call, the answer's calls of
+    the same name taken in order; a missing call or argument is wrong. BFCL-style expectations
+    (several acceptable values) give nothing."""
+    answered: dict[str, list[Any]] = {}
+    for call in calls:
+        try:
+            arguments = json.loads(call.arguments)
+        except json.JSONDecodeError:
+            arguments = None
+        answered.setdefault(call.name, []).append(arguments if isinstance(arguments, dict) else {})
+    hits = []
+    for call in expected.calls:
+        same = answered.get(call.name) or [{}]
+        got = same.pop(0)
+        for key, value in call.arguments.items():
+            hits.append((f"{call.name}.{key}", key in got and canonical_json(got[key]) == canonical_json(value)))
+    return hits
 
 
 def canonical_json(value: Any) -> str:
