@@ -60,6 +60,9 @@ class DemoConfig:
     # Extra base-model conversations from the services catalogue, whose random ids can only be
     # copied, never memorised: copying values from the request is the skill the adapter needs.
     copy_records: int = 2000
+    # share of the base model's records with their tools renamed (training/data/rename.py), so
+    # that names and argument keys are copied from the tool list, not learned by heart; 0: none
+    rename_share: float = 0.0
     # chat template, a file in training/templates/: hermes_compact.jinja lists each tool on one
     # line instead of its JSON schema (prompts about 40% shorter; README: The demo model)
     template: str = "hermes.jinja"
@@ -158,7 +161,21 @@ def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[A
     share = config.eval_records / n
     support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
                             fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
+    if config.rename_share:
+        general = _renamed(general, config.rename_share, config.seed + 3, say)
+        copying = _renamed(copying, config.rename_share, config.seed + 4, say)
     return (general, copying), support
+
+
+def _renamed(data: Any, share: float, seed: int, say: Callable[[str], None]) -> Any:
+    """`data` whose train split has a `share` of its records' tools renamed (in a new file)."""
+    from training.data.rename import rename_file
+    from training.tokenizer import word
+
+    target = data.train.with_name("train-renamed.jsonl")
+    n = rename_file(data.train, target, share, seed, word)
+    say(f"{data.train.parent.name}: {n} training records with their tools renamed")
+    return replace(data, train=target)
 
 
 def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
@@ -245,7 +262,7 @@ def _evaluate(config: DemoConfig, out: Path, model_dir: Path, adapter: Path | No
     backend = TransformersBackend(model_dir, adapter, batch_size=16, threads=config.threads)
     metrics = run_eval(items, backend, SampleSettings(max_tokens=96, seed=config.seed), out, skipped)
     overall = metrics["overall"]
-    return {key: overall.get(key) for key in (*FOUR, "records")}
+    return {**{key: overall.get(key) for key in (*FOUR, "records")}, "by_argument": metrics["by_argument"]}
 
 
 def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str, Any], support: Any) -> Path:
@@ -283,11 +300,22 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key in FOUR:
         cells = ["-" if s.get(key) is None else f"{s[key]:.3f}" for s in scores.values()]
         lines.append(f"| {names[key]} | " + " | ".join(cells) + f" | {targets[key]} |")
+    arguments = sorted({k for s in scores.values() for k in s.get("by_argument", {})})
+    if arguments:
+        lines += ["", "| argument (valid calls, right names) | " + " | ".join(scores) + " |",
+                  "|---|" + "---:|" * len(scores)]  # fmt: skip
+        for key in arguments:
+            cells = [_argument_cell(s.get("by_argument", {}).get(key)) for s in scores.values()]
+            lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     total = sum(report["seconds"].values())
     lines.append("")
     lines.append(f"Exported: the {report['exported']} adapter. Build time {total / 60:.1f} min: "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ".")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _argument_cell(row: dict[str, Any] | None) -> str:
+    return "-" if not row else f"{row['accuracy']:.2f} ({row['n']})"
 
 
 @contextmanager

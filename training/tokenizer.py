@@ -165,7 +165,7 @@ def sample_corpus(seed: int, size: int = CORPUS_SIZE) -> list[str]:
     return [rng.choice(makers)(rng) for _ in range(size)]
 
 
-def _word(rng: random.Random) -> str:
+def word(rng: random.Random) -> str:
     """A real word most of the time, else an English-looking invented one."""
     if rng.random() < 0.6:
         return rng.choice(_WORDS)
@@ -176,7 +176,7 @@ def _word(rng: random.Random) -> str:
 
 
 def _sentence(rng: random.Random) -> str:
-    words = [_word(rng) for _ in range(rng.randint(3, 16))]
+    words = [word(rng) for _ in range(rng.randint(3, 16))]
     if rng.random() < 0.3:
         words.insert(rng.randrange(len(words)), rng.choice(_CITIES))
     if rng.random() < 0.3:
@@ -199,7 +199,7 @@ def _json_value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 3:
         return rng.choice(_CITIES + _UNICODE_BITS[:8])
     if kind == 4:
-        return " ".join(_word(rng) for _ in range(rng.randint(1, 5))) + rng.choice(
+        return " ".join(word(rng) for _ in range(rng.randint(1, 5))) + rng.choice(
             ("", "\n", "\t", '"', "\\", "/")
         )
     if kind == 5:
