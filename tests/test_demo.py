@@ -71,6 +71,13 @@ def test_preference_training_improves_argument_match_over_sft_alone(demo: Path) 
     assert scores["dpo"]["argument_match"] > scores["sft"]["argument_match"]
 
 
+def test_the_adapter_copies_order_ids_from_the_request(demo: Path) -> None:
+    # The copy curriculum's job: order ids are random, so a right one was copied, not recalled.
+    exported = _report(demo)["scores"][_report(demo)["exported"]]
+    ids = exported["by_argument"]["track_order.order_id"]
+    assert ids["n"] >= 10 and ids["accuracy"] >= 0.5
+
+
 def test_demo_outputs_are_where_the_gateway_looks(demo: Path) -> None:
     model = demo / "models" / "demo"
     assert (model / "model.gguf").is_file() and (model / "config.json").is_file()

@@ -2,7 +2,9 @@
 
 1. Data: synthetic conversations over the general catalogues (for the base model) and over the
    customer-support catalogue (for the adapter; the base never sees it), each split with
-   held-out phrasings and slot values, plus near-miss pairs for DPO.
+   held-out phrasings and slot values, plus near-miss pairs for DPO. Half of the general
+   records get their tools renamed (training/data/rename.py), so the base learns to copy a
+   tool's name and argument keys from the tool list instead of knowing them by heart.
 2. A byte-level BPE trained on the rendered general conversations (digits stay single tokens).
 3. A small Qwen2 trained from scratch: first the copy curriculum (training/curriculum.py:
    calls whose random ids can only be copied, tool lists shown to a growing share), then a full
@@ -60,12 +62,12 @@ class DemoConfig:
     # Extra base-model conversations from the services catalogue, whose random ids can only be
     # copied, never memorised: copying values from the request is the skill the adapter needs.
     copy_records: int = 2000
-    # share of the base model's records with their tools renamed (training/data/rename.py), so
-    # that names and argument keys are copied from the tool list, not learned by heart; 0: none
-    rename_share: float = 0.0
+    # share of the general records with their tools renamed (training/data/rename.py), so that
+    # names and argument keys are copied from the tool list, not learned by heart; 0: none
+    rename_share: float = 0.5
     # chat template, a file in training/templates/: hermes_compact.jinja lists each tool on one
     # line instead of its JSON schema (prompts about 40% shorter; README: The demo model)
-    template: str = "hermes.jinja"
+    template: str = "hermes_compact.jinja"
     # tokenizer and base model shape (Qwen2)
     vocab_size: int = 2048
     hidden_size: int = 192
@@ -78,7 +80,7 @@ class DemoConfig:
     # on the copy records' first calls, tool lists shown to a growing share; 0 steps skips it
     copy_steps: int = 300
     copy_lr: float = 5e-4
-    copy_batch: int = 32
+    copy_batch: int = 16
     # base model: trained from scratch
     base_steps: int = 800
     base_lr: float = 5e-4  # after the copy curriculum: 2e-3 undid half of its copying (README)
@@ -86,7 +88,7 @@ class DemoConfig:
     # adapter: LoRA SFT, then DPO
     lora_r: int = 16
     lora_alpha: int = 32
-    sft_steps: int = 200
+    sft_steps: int = 400
     sft_lr: float = 2e-3
     sft_batch: int = 8
     dpo_steps: int = 40
@@ -161,9 +163,8 @@ def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[A
     share = config.eval_records / n
     support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
                             fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
-    if config.rename_share:
+    if config.rename_share:  # not the copy records: renamed, their drills stopped copying ids
         general = _renamed(general, config.rename_share, config.seed + 3, say)
-        copying = _renamed(copying, config.rename_share, config.seed + 4, say)
     return (general, copying), support
 
 
