@@ -1,6 +1,6 @@
 """`python -m training build-demo` with the shipped recipe, as a user runs it: the demo model
 trained from scratch, its support adapter, the targets on held-out prompts, and the gateway
-serving both with no --model. About 25 minutes on 2 cores: the slowest test, run once."""
+serving both with no --model. About 15 minutes on 2 cores: the slowest test, run once."""
 
 from __future__ import annotations
 
@@ -50,10 +50,19 @@ def test_the_adapter_is_what_makes_the_support_tools_work(demo: Path) -> None:
     assert exported["tool_name_accuracy"] - (base["tool_name_accuracy"] or 0) >= 0.25
 
 
-# Issue #3's targets, not met yet: with the copy curriculum the model copies most order ids
-# (argument match ~0.64), but it still confuses the support tools and calls too often. Measured in the README; kept here so that a recipe
-# that meets them turns these into passes (strict=False: they report XPASS then).
+# Issue #3's targets, not all met yet: valid calls and false calls are, but tool names (parallel
+# requests that mix tools) and arguments (reasons worded as training never saw) are not. Measured
+# in the README; kept here so that a recipe that meets them turns these into passes (strict=False:
+# they report XPASS then).
 NOT_MET = "issue #3 targets not met yet by the shipped recipe (README: The demo model)"
+
+
+def test_the_adapter_holds_validity_and_false_calls_near_their_targets(demo: Path) -> None:
+    # Three seeds at 1 thread gave valid 0.91-0.94 and false calls 0.02-0.03 (README); the
+    # margin is for a 2-thread build's other rounding, not for a worse recipe.
+    exported = _report(demo)["scores"][_report(demo)["exported"]]
+    assert exported["valid_call_rate"] >= 0.85
+    assert exported["false_call_rate"] <= 0.1
 
 
 @pytest.mark.xfail(reason=NOT_MET, strict=False)

@@ -68,7 +68,8 @@ def test_required_at_the_gateway_gives_only_valid_calls(gateway: Live) -> None:
     assert all(s.verdict.reward in (1.0, 0.5, 0.25) for s in scored if s.verdict.expected_call)
     by_argument = summarize(scored)["by_argument"]  # get_weather has one argument, city
     assert set(by_argument) <= {"get_weather.city"}
-    assert sum(row["n"] for row in by_argument.values()) == sum(bool(s.verdict.valid and s.verdict.name_ok) for s in scored)
+    checked = sum(bool(s.verdict.valid and s.verdict.name_ok) for s in scored)
+    assert sum(row["n"] for row in by_argument.values()) == checked
     right = [s for s in scored if s.verdict.args_ok]
     assert not right or by_argument["get_weather.city"]["accuracy"] * by_argument["get_weather.city"]["n"] == len(right)
 

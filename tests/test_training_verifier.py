@@ -203,10 +203,12 @@ def test_argument_hits_tell_each_argument_apart() -> None:
     expected = Expected(calls=(ExpectedCall("get_weather", {"city": "Paris", "days": 2}),
                                ExpectedCall("track_order", {"order_id": "1234"}),
                                ExpectedCall("track_order", {"order_id": "5678"})))  # fmt: skip
-    calls = (ParsedCall("track_order", '{"order_id": "1234"}'), ParsedCall("get_weather", '{"city": "Paris", "days": 2.0}'),
+    calls = (ParsedCall("track_order", '{"order_id": "1234"}'),
+             ParsedCall("get_weather", '{"city": "Paris", "days": 2.0}'),
              ParsedCall("track_order", '{"order_id": "5679"}'))  # fmt: skip
-    assert argument_hits(expected, calls) == [("get_weather.city", True), ("get_weather.days", True),
-                                              ("track_order.order_id", True), ("track_order.order_id", False)]  # fmt: skip
+    assert argument_hits(expected, calls) == [
+        ("get_weather.city", True), ("get_weather.days", True),
+        ("track_order.order_id", True), ("track_order.order_id", False)]  # fmt: skip
     missing = argument_hits(expected, (ParsedCall("get_weather", '{"city": "Oslo"}'),))
     assert missing == [("get_weather.city", False), ("get_weather.days", False),
                        ("track_order.order_id", False), ("track_order.order_id", False)]  # fmt: skip
