@@ -1,6 +1,6 @@
 """`python -m training build-demo` with the shipped recipe, as a user runs it: the demo model
 trained from scratch, its support adapter, the targets on held-out prompts, and the gateway
-serving both with no --model. About 15 minutes on 2 cores: the slowest test, run once."""
+serving both with no --model. About 10 minutes on 2 cores: the slowest test, run once."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ class DemoConfig:
     general_records: int = 8000
     support_records: int = 2000
     eval_records: int = 200  # held-out support prompts scored per model
-    distractors: int = 1  # extra tools per example: each costs ~80 tokens of prompt
+    distractors: int = 1  # extra tools per example: ~20 tokens of prompt each (compact template)
     # Extra base-model conversations from the services catalogue, whose random ids can only be
     # copied, never memorised: copying values from the request is the skill the adapter needs.
     copy_records: int = 2000
@@ -337,7 +337,7 @@ def _stderr(message: str) -> None:
 def add_command(sub: SubParsers) -> None:
     parser = sub.add_parser(
         "build-demo",
-        help="build the demo model and its support adapter from nothing (offline, ~15 min on 2 cores)",
+        help="build the demo model and its support adapter from nothing (offline, ~10 min on 2 cores)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--config", type=Path, default=RECIPE, help="recipe YAML (default: %(default)s)")
