@@ -89,7 +89,7 @@ class DemoConfig:
     # adapter: LoRA SFT, then DPO
     lora_r: int = 16
     lora_alpha: int = 32
-    sft_steps: int = 400
+    sft_steps: int = 800
     sft_lr: float = 2e-3
     sft_batch: int = 8
     dpo_steps: int = 40
