@@ -1,6 +1,6 @@
 """`python -m training build-demo` with the shipped recipe, as a user runs it: the demo model
 trained from scratch, its support adapter, the targets on held-out prompts, and the gateway
-serving both with no --model. About 10 minutes on 2 cores: the slowest test, run once."""
+serving both with no --model. About 12 minutes on 2 cores: the slowest test, run once."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ NOT_MET = "issue #3 targets not met yet by the shipped recipe (README: The demo 
 
 
 def test_the_adapter_holds_validity_and_false_calls_near_their_targets(demo: Path) -> None:
-    # Three seeds at 1 thread gave valid 0.91-0.94 and false calls 0.02-0.03 (README); the
-    # margin is for a 2-thread build's other rounding, not for a worse recipe.
+    # Three seeds at 1 thread gave valid 0.94-0.96 and false calls 0.01-0.04, CI's 2-thread
+    # build 0.94 and 0.07 (README); the margin is for that drift, not for a worse recipe.
     exported = _report(demo)["scores"][_report(demo)["exported"]]
     assert exported["valid_call_rate"] >= 0.85
     assert exported["false_call_rate"] <= 0.1

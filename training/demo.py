@@ -337,7 +337,7 @@ def _stderr(message: str) -> None:
 def add_command(sub: SubParsers) -> None:
     parser = sub.add_parser(
         "build-demo",
-        help="build the demo model and its support adapter from nothing (offline, ~10 min on 2 cores)",
+        help="build the demo model and its support adapter from nothing (offline, ~12 min on 2 cores)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--config", type=Path, default=RECIPE, help="recipe YAML (default: %(default)s)")
