@@ -33,3 +33,13 @@ def test_the_export_goes_to_the_higher_mean_reward() -> None:
     sft = {"argument_match": 0.50, "false_call_rate": 0.06, "mean_reward": 0.78}
     dpo = {"argument_match": 0.48, "false_call_rate": 0.02, "mean_reward": 0.80}
     assert _better(dpo, sft) and not _better(sft, dpo) and not _better(sft, dict(sft))
+
+
+def test_a_reward_tie_goes_to_fewer_false_calls() -> None:
+    from training.demo import _better
+
+    # the CI build of 258e853: SFT and DPO tied at 0.786, and SFT (0.071 false calls) was exported
+    sft = {"argument_match": 0.515, "false_call_rate": 0.071, "mean_reward": 0.786}
+    dpo = {"argument_match": 0.567, "false_call_rate": 0.045, "mean_reward": 0.786 + 1e-12}
+    assert _better(dpo, sft) and not _better(sft, dpo)
+    assert not _better(dict(sft), sft)  # a full tie keeps SFT

@@ -283,8 +283,13 @@ def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str
 
 def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """`a` earns a higher mean verifier reward than `b` (the issue's graded reward, RAFT's too:
-    it weighs wrong arguments, wrong tools, missed calls and false calls in one number)."""
-    return float(a.get("mean_reward") or 0) > float(b.get("mean_reward") or 0)
+    it weighs wrong arguments, wrong tools, missed calls and false calls in one number). On a tie,
+    fewer false calls wins: a call nobody asked for is the error an agent loop cannot undo."""
+
+    def key(s: dict[str, Any]) -> tuple[float, float]:
+        return round(float(s.get("mean_reward") or 0), 9), -float(s.get("false_call_rate") or 0)
+
+    return key(a) > key(b)
 
 
 def report_markdown(report: dict[str, Any]) -> str:
