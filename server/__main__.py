@@ -1,5 +1,6 @@
 """`python -m server`: run the gateway (flags override the YAML file and the environment);
-`python -m server selftest`: check every tool_choice mode of a gateway (see server/selftest.py)."""
+`python -m server selftest`: check every tool_choice mode of a gateway (see server/selftest.py);
+`python -m server fetch NAME`: download a catalogue model, verified (see server/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from server.errors import ConfigError
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m server", description="callgate gateway",
-        epilog="`python -m server selftest --help`: check every tool_choice mode of a gateway")
+        epilog="`python -m server selftest --help`: check every tool_choice mode of a gateway; "
+               "`python -m server fetch --help`: download a catalogue model")
     _model_flags(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -39,7 +41,8 @@ def parse_selftest_args(argv: list[str]) -> argparse.Namespace:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML settings file")
-    p.add_argument("--model", type=Path, help="GGUF model file (default: the demo model)")
+    p.add_argument("--model", type=Path, help="GGUF model file, or a catalogue name (`python -m server fetch "
+                   "--list`), fetched on first use (default: the demo model)")
     p.add_argument("--served-model-name", help="the model id clients send")
     p.add_argument("--chat-template", type=Path, help="Jinja chat template overriding the model's")
     p.add_argument("--tool-format", help="tool-call format (default: auto, detected from the chat template)")
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv[:1] == ["selftest"]:
         return _selftest(parse_selftest_args(argv[1:]))
+    if argv[:1] == ["fetch"]:
+        from server.fetch import main as fetch_main
+
+        return fetch_main(argv[1:])
     args = parse_args(argv)
     try:
         app, settings = _build(args)

@@ -282,6 +282,9 @@ class _Run:
         return out
 
     def _call(self, parsed: ParsedCall, state: _AttemptState) -> list[ChatEvent]:
+        if parsed.raw is not None and not self._loose_is_call(parsed, state):
+            state.sent = True
+            return [ContentEvent(parsed.raw)]
         error = validate_call(parsed, self.tools)
         if error is not None:
             state.invalid.append(InvalidCall(parsed.name, parsed.arguments, error))
@@ -294,6 +297,13 @@ class _Run:
         state.sent = True
         state.calls += 1
         return [CallEvent(index=state.calls - 1, call=call)]
+
+    def _loose_is_call(self, parsed: ParsedCall, state: _AttemptState) -> bool:
+        """A call written outside the format's markers (a ```json block, a bare object) is a call
+        only if it names a declared tool in a mode that allows it; else it is the text it was."""
+        if parsed.name not in self.tools or self.choice.mode is ChoiceMode.NONE:
+            return False
+        return self.request.parallel or state.calls == 0
 
     def _done(self, state: _AttemptState) -> DoneEvent:
         finish = state.finish

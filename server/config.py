@@ -28,7 +28,8 @@ class ServerSection(BaseModel):
 
 
 class ModelSection(BaseModel):
-    path: Path | None = Field(None, description="GGUF file; default: the demo model")
+    path: Path | None = Field(None, description="GGUF file or catalogue name; default: the demo model")
+    models_dir: Path = Field(Path("models"), description="where catalogue models are fetched to and found")
     served_name: str | None = Field(None, description="the id clients send; default: file stem")
     chat_template: Path | None = Field(None, description="a Jinja file overriding the model's")
     tool_format: str = Field(

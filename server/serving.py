@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from server import catalogue, fetch
 from server.adapters import open_adapters
 from server.admission import Admission
 from server.chat import FormatSource, Served
@@ -24,17 +25,19 @@ AUTO = "auto"
 DEMO_MODEL = Path("models/demo/model.gguf")
 HOW_TO_GET_A_MODEL = (
     "no --model given and the demo model is not built at models/demo/model.gguf. Either pass "
-    "--model PATH.gguf, or build a model first: `python -m training init-tiny --out models/tiny` "
-    "(seconds; random weights, for trying the API) then `--model models/tiny/model.gguf`"
+    "--model PATH.gguf, or a catalogue name (fetched on first use; `python -m server fetch --list`), "
+    "e.g. --model qwen2.5-coder-0.5b-instruct"
 )
 _log = logging.getLogger("callgate")
 
 
 def resolve_model_path(settings: Settings) -> Path:
-    path = settings.model.path or DEMO_MODEL
-    if not path.is_file():
-        raise ConfigError(HOW_TO_GET_A_MODEL if settings.model.path is None else f"model file not found: {path}")
-    return path
+    """model.path as a file, or a catalogue name (fetched on first use), or the demo model."""
+    if settings.model.path is not None:
+        return fetch.resolve(settings.model.path, settings.model.models_dir)
+    if not DEMO_MODEL.is_file():
+        raise ConfigError(HOW_TO_GET_A_MODEL)
+    return DEMO_MODEL
 
 
 def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None = None) -> ModelRegistry:
@@ -46,7 +49,8 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     engine = engine or make_engine(settings, metrics)
     info = engine.info()
     # models/<name>/model.gguf is served as <name>; any other file by its stem.
-    name = settings.model.served_name or (
+    known = catalogue.of_file(path) if path is not None else None
+    name = settings.model.served_name or (known.name if known else
         info.model if remote or path is None else path.parent.name if path.stem == "model" else path.stem)
     template, template_source = _template(settings, info.chat_template)
     tool_format, format_source = resolve_format(settings.model.tool_format, template)
@@ -61,7 +65,7 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
         format=tool_format,
         template=template,
         admission=_admission(settings, metrics, name, getattr(engine, "parallelism", 1)),
-        no_tool_threshold=settings.model.no_tool_threshold,
+        no_tool_threshold=_threshold(settings, known),
         validation_retries=settings.generation.validation_retries,
         format_source=format_source,
         template_source=template_source,
@@ -69,6 +73,13 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     registry.add(base)
     registry.adapters = open_adapters(settings, base, path)
     return registry
+
+
+def _threshold(settings: Settings, known: catalogue.CatalogueModel | None) -> float | None:
+    """The configured no-tool threshold, else the catalogue's calibrated one for this model."""
+    if settings.model.no_tool_threshold is not None:
+        return settings.model.no_tool_threshold
+    return known.no_tool_threshold if known else None
 
 
 def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSource]:

@@ -19,12 +19,15 @@ class ParsedCall:
     """One call as found in model output.
 
     `arguments` is the raw JSON text of the arguments object ("{}" when the model wrote none);
-    `error` says why the call could not be read (then `name` may be empty).
+    `error` says why the call could not be read (then `name` may be empty). `raw`: the text the
+    call was read from when the model wrote it outside the format's own markers (loose.py); such
+    a "call" naming no declared tool is that text, not a call.
     """
 
     name: str
     arguments: str
     error: str | None = None
+    raw: str | None = None
 
 
 @dataclass(frozen=True)
