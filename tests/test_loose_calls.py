@@ -28,7 +28,8 @@ CALLS = [
     ('```\n{"name": "f", "parameters": {"x": 1}}\n```', "", [("f", '{"x": 1}')]),
     ('Let me check.\n' + BARE + "\n" + BARE.replace("Paris", "Rome"), "Let me check.",
      [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]),
-    ('[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"k": "v"}}]', "", [("a", "{}"), ("b", '{"k": "v"}')]),
+    ('[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"k": "v"}}]', "",
+     [("a", "{}"), ("b", '{"k": "v"}')]),
     (BARE + "\nDone.", "\nDone.", [("get_weather", '{"city": "Paris"}')]),
 ]
 TEXTS = [
