@@ -23,8 +23,8 @@ from server.constraints.native import native_constraint
 from server.engines.base import Cancel, Engine, EngineInfo, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
-from server.templates import render
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
+from server.toolcalls.prompting import render_chat
 from server.toolcalls.validation import validate_call
 from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
@@ -95,8 +95,9 @@ ChatEvent = ContentEvent | CallEvent | DoneEvent
 
 
 def prompt_for(served: Served, request: ChatRequest) -> str:
-    return render(
+    return render_chat(
         served.template,
+        served.format,
         request.messages,
         request.tools,
         add_generation_prompt=True,

@@ -17,6 +17,7 @@ from server.errors import GatewayError
 from server.manifest import read_manifest
 from server.toolcalls import Parsed, ParsedCall, ToolFormat, get_format
 from server.toolcalls.detect import detect_format
+from server.toolcalls.prompting import render_chat
 from server.types import Message, Tool
 
 if TYPE_CHECKING:
@@ -135,8 +136,8 @@ class TransformersBackend:
     def render(self, prompt: Prompt) -> str:
         """The prompt text, exactly as the gateway renders it for this template."""
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
-        return templates.render(self.template, prompt.messages, prompt.tools, add_generation_prompt=True,
-                                bos_token=str(bos), eos_token=str(eos))  # fmt: skip
+        return render_chat(self.template, self.format, prompt.messages, prompt.tools, add_generation_prompt=True,
+                           bos_token=str(bos), eos_token=str(eos))  # fmt: skip
 
     def _generate(self, texts: list[str], settings: SampleSettings, seed: int) -> list[Sample]:
         """n answers per text, texts batched (left-padded), in order."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from server.errors import GatewayError
-from server.templates import render
+from server.toolcalls.prompting import detected_format, render_chat
 from server.types import Message, Tool, ToolCall
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -120,8 +120,9 @@ def to_tools(raw: Sequence[Any]) -> list[Tool]:
 def template_render(template: str, messages: Sequence[Message], tools: Sequence[Tool], tokenizer: Tokenizer,
                     *, add_generation_prompt: bool) -> str:
     try:
-        return render(template, messages, tools, add_generation_prompt=add_generation_prompt,
-                      bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+        return render_chat(template, detected_format(template), messages, tools,
+                           add_generation_prompt=add_generation_prompt,
+                           bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
     except GatewayError as exc:
         raise RecordError("template_refused", str(exc)) from None
 

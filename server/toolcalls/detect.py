@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from server.templates import render
 from server.types import Message, Tool, ToolCall
@@ -92,6 +93,12 @@ def detect_format(template: str) -> Detection:
             return Detection(found.format, f"the assistant's tool-call turn renders as {_snippet(call_text)} "
                                            f"({found.label}; the call itself is not rendered)")
     return _from_instructions(template) or _fallback(call_text, call_error)
+
+
+@lru_cache(maxsize=32)
+def renders_tools(template: str) -> bool:
+    """Whether `template` writes the tools into the prompt (else they must be put there for it)."""
+    return _instructions(template) is not None
 
 
 def _match(text: str, *, distinctive_only: bool) -> _Rule | None:
