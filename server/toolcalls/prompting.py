@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from server.templates import render
+from server.toolcalls import get_format
 from server.toolcalls.base import ToolFormat
 from server.toolcalls.detect import detect_format, renders_tools
-from server.toolcalls import get_format
 from server.types import Message, Tool, ToolCall
 
 EXAMPLE = ToolCall(name="TOOL_NAME", arguments='{"ARGUMENT": "VALUE"}')
@@ -57,7 +57,8 @@ def with_tool_prompt(messages: Sequence[Message], tools: Sequence[Tool], fmt: To
 
 
 def tool_prompt(tools: tuple[Tool, ...], fmt: ToolFormat) -> str:
-    return _tool_prompt(tuple((t.name, t.description, json.dumps(t.parameters, ensure_ascii=False)) for t in tools), fmt)
+    keys = tuple((t.name, t.description, json.dumps(t.parameters, ensure_ascii=False)) for t in tools)
+    return _tool_prompt(keys, fmt)
 
 
 @lru_cache(maxsize=256)
