@@ -91,6 +91,9 @@ class LlamaCppEngine:
             with contextlib.suppress(BaseException):
                 await work
 
+    async def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))  # the vocabulary only: safe beside a running decode
+
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
