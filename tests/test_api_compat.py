@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from server.api.translate import to_chat_request
@@ -19,10 +18,17 @@ from tests.live import TOOLS
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 
-def test_model_dump_of_a_real_response_is_valid_history(client: openai.OpenAI) -> None:
+def test_model_dump_of_a_real_response_is_valid_history(client: Any) -> None:
     for seed in range(6):  # the random model may run out of tokens inside a call; the first seed with one
-        first = client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS[:1], tool_choice="required",
-                                               parallel_tool_calls=False, seed=seed, max_tokens=80)
+        first = client.chat.completions.create(
+            model="tiny",
+            messages=ASK,
+            tools=TOOLS[:1],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            seed=seed,
+            max_tokens=80,
+        )
         if first.choices[0].message.tool_calls:
             break
     assistant = first.choices[0].message.model_dump()
@@ -31,27 +37,40 @@ def test_model_dump_of_a_real_response_is_valid_history(client: openai.OpenAI) -
     calls = first.choices[0].message.tool_calls or []
     assert calls
     history += [{"role": "tool", "tool_call_id": c.id, "content": "pong"} for c in calls]
-    second = client.chat.completions.create(model="tiny", messages=history, tools=TOOLS, tool_choice="none",
-                                            max_tokens=8)
+    second = client.chat.completions.create(
+        model="tiny", messages=history, tools=TOOLS, tool_choice="none", max_tokens=8
+    )
     assert second.choices[0].message.content
 
 
-def test_bookkeeping_and_hint_fields_are_accepted(client: openai.OpenAI) -> None:
+def test_bookkeeping_and_hint_fields_are_accepted(client: Any) -> None:
     r = client.chat.completions.create(
-        model="tiny", messages=ASK, max_tokens=4, prompt_cache_key="k1", safety_identifier="user-hash",
-        user="u", store=False, reasoning_effort="low", verbosity="low")
+        model="tiny",
+        messages=ASK,
+        max_tokens=4,
+        prompt_cache_key="k1",
+        safety_identifier="user-hash",
+        user="u",
+        store=False,
+        reasoning_effort="low",
+        verbosity="low",
+    )
     assert r.choices[0].message.content is not None
 
 
 def test_a_null_field_with_a_value_is_still_refused(gateway: Any) -> None:
-    body = {"model": "tiny", "max_tokens": 4, "messages": [
-        *ASK, {"role": "assistant", "content": "x", "audio": {"id": "audio_1"}}]}
+    body = {
+        "model": "tiny",
+        "max_tokens": 4,
+        "messages": [*ASK, {"role": "assistant", "content": "x", "audio": {"id": "audio_1"}}],
+    }
     r = httpx.post(gateway.v1 + "/chat/completions", json=body, timeout=60)
     assert r.status_code == 400 and "audio" in r.json()["error"]["param"]
 
 
-@pytest.mark.parametrize(("effort", "thinking"), [(None, None), ("none", False), ("minimal", False),
-                                                  ("low", True), ("high", True)])
+@pytest.mark.parametrize(
+    ("effort", "thinking"), [(None, None), ("none", False), ("minimal", False), ("low", True), ("high", True)]
+)
 def test_reasoning_effort_sets_a_thinking_switch_only_where_there_is_one(effort: str | None, thinking: Any) -> None:
     wire = ChatCompletionRequest(model="m", messages=ASK, reasoning_effort=effort)
     assert to_chat_request(wire, LimitsSection(), thinking_switch=True).thinking is thinking

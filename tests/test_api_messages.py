@@ -15,12 +15,22 @@ import pytest
 
 from tests.live import TOOLS, live_gateway
 
-ATOOLS = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
-           "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}} for t in TOOLS]
+ATOOLS = [
+    {
+        "name": t["function"]["name"],
+        "description": t["function"].get("description", ""),
+        "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+    }
+    for t in TOOLS
+]
 SCHEMAS = {t["name"]: t["input_schema"] for t in ATOOLS}
-ASK = [{"role": "user", "content": "What's the weather in Paris, and where is order 42?"}]
-MODES: dict[str, Any] = {"auto": {"type": "auto"}, "any": {"type": "any"}, "none": {"type": "none"},
-                         "tool": {"type": "tool", "name": "get_weather"}}
+ASK: Any = [{"role": "user", "content": "What's the weather in Paris, and where is order 42?"}]
+MODES: dict[str, Any] = {
+    "auto": {"type": "auto"},
+    "any": {"type": "any"},
+    "none": {"type": "none"},
+    "tool": {"type": "tool", "name": "get_weather"},
+}
 
 
 @pytest.fixture()
@@ -31,8 +41,14 @@ def ac(gateway: Any) -> Iterator[anthropic.Anthropic]:
 
 def _kw(mode: str, seed: int) -> dict[str, Any]:
     # This client version has no `temperature` argument; the gateway still takes it in the body.
-    return dict(model="tiny", max_tokens=80, messages=ASK, tools=ATOOLS, tool_choice=MODES[mode],
-                extra_body={"seed": seed, "temperature": 0.8})
+    return dict(
+        model="tiny",
+        max_tokens=80,
+        messages=ASK,
+        tools=ATOOLS,
+        tool_choice=MODES[mode],
+        extra_body={"seed": seed, "temperature": 0.8},
+    )
 
 
 def _uses(message: Any) -> list[Any]:
@@ -41,8 +57,9 @@ def _uses(message: Any) -> list[Any]:
 
 def _shape(message: Any) -> list[tuple[Any, ...]]:
     """The content without the random tool_use ids."""
-    return [(b.type, getattr(b, "text", None), getattr(b, "name", None), getattr(b, "input", None))
-            for b in message.content]
+    return [
+        (b.type, getattr(b, "text", None), getattr(b, "name", None), getattr(b, "input", None)) for b in message.content
+    ]
 
 
 def _check_mode(mode: str, message: Any) -> None:
@@ -60,7 +77,7 @@ def _check_mode(mode: str, message: Any) -> None:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_every_mode_streamed_and_not(ac: anthropic.Anthropic, mode: str) -> None:
+def test_every_mode_streamed_and_not(ac: Any, mode: str) -> None:
     whole = ac.messages.create(**_kw(mode, seed=1))
     assert whole.type == "message" and whole.role == "assistant" and whole.id.startswith("msg_")
     _check_mode(mode, whole)
@@ -73,34 +90,43 @@ def test_every_mode_streamed_and_not(ac: anthropic.Anthropic, mode: str) -> None
     assert final.usage.input_tokens == whole.usage.input_tokens > 0
 
 
-def test_disable_parallel_tool_use_at_most_one(ac: anthropic.Anthropic) -> None:
+def test_disable_parallel_tool_use_at_most_one(ac: Any) -> None:
     for seed in range(3):
         kw = {**_kw("any", seed), "tool_choice": {"type": "any", "disable_parallel_tool_use": True}}
         m = ac.messages.create(**kw)
         assert len(_uses(m)) <= 1
 
 
-def test_tool_result_history_and_count_tokens(ac: anthropic.Anthropic) -> None:
+def test_tool_result_history_and_count_tokens(ac: Any) -> None:
     first = ac.messages.create(**_kw("any", seed=2))
     uses = _uses(first)
     assert uses
-    history = [*ASK, {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-               {"role": "user", "content": [
-                   *({"type": "tool_result", "tool_use_id": u.id, "content": "sunny"} for u in uses),
-                   {"type": "text", "text": "Thanks. Summarise."}]}]
-    second = ac.messages.create(model="tiny", max_tokens=10, system="Be brief.", messages=history, tools=ATOOLS,
-                                tool_choice={"type": "none"})
+    history = [
+        *ASK,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [
+                *({"type": "tool_result", "tool_use_id": u.id, "content": "sunny"} for u in uses),
+                {"type": "text", "text": "Thanks. Summarise."},
+            ],
+        },
+    ]
+    second = ac.messages.create(
+        model="tiny", max_tokens=10, system="Be brief.", messages=history, tools=ATOOLS, tool_choice={"type": "none"}
+    )
     assert not _uses(second) and second.content
     counted = ac.messages.count_tokens(model="tiny", system="Be brief.", messages=history, tools=ATOOLS)
     assert counted.input_tokens == second.usage.input_tokens
 
 
-def test_errors_are_anthropic_shaped(ac: anthropic.Anthropic, gateway: Any) -> None:
+def test_errors_are_anthropic_shaped(ac: Any, gateway: Any) -> None:
     with pytest.raises(anthropic.NotFoundError):
         ac.messages.create(model="nope", max_tokens=5, messages=ASK)
     with pytest.raises(anthropic.BadRequestError, match="server tool"):
-        ac.messages.create(model="tiny", max_tokens=5, messages=ASK, tools=[{"type": "web_search_20250305",
-                                                                             "name": "web_search"}])
+        ac.messages.create(
+            model="tiny", max_tokens=5, messages=ASK, tools=[{"type": "web_search_20250305", "name": "web_search"}]
+        )
     r = httpx.post(gateway.base_url + "/v1/messages", json={"model": "tiny", "messages": ASK}, timeout=60)
     assert r.status_code == 400
     body = r.json()
@@ -109,9 +135,12 @@ def test_errors_are_anthropic_shaped(ac: anthropic.Anthropic, gateway: Any) -> N
 
 
 def test_x_api_key_authenticates(tiny_model: Any) -> None:
-    for live in live_gateway(tiny_model.gguf, **{"model.served_name": "tiny", "auth.api_keys": ["sk-test"]}):
+    flags: dict[str, Any] = {"model.served_name": "tiny", "auth.api_keys": ["sk-test"]}
+    for live in live_gateway(tiny_model.gguf, **flags):
         with anthropic.Anthropic(base_url=live.base_url, api_key="sk-test", max_retries=0) as good:
             assert good.messages.count_tokens(model="tiny", messages=ASK).input_tokens > 0
-        with anthropic.Anthropic(base_url=live.base_url, api_key="wrong", max_retries=0) as bad, \
-                pytest.raises(anthropic.AuthenticationError):
+        with (
+            anthropic.Anthropic(base_url=live.base_url, api_key="wrong", max_retries=0) as bad,
+            pytest.raises(anthropic.AuthenticationError),
+        ):
             bad.messages.count_tokens(model="tiny", messages=ASK)

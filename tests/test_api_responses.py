@@ -18,8 +18,12 @@ from tests.live import TOOLS
 RTOOLS = [{"type": "function", **t["function"]} for t in TOOLS]
 SCHEMAS = {t["name"]: t.get("parameters") or {"type": "object"} for t in RTOOLS}
 ASK = "What's the weather in Paris, and where is order 42?"
-MODES: dict[str, Any] = {"auto": "auto", "required": "required", "none": "none",
-                         "named": {"type": "function", "name": "get_weather"}}
+MODES: dict[str, Any] = {
+    "auto": "auto",
+    "required": "required",
+    "none": "none",
+    "named": {"type": "function", "name": "get_weather"},
+}
 
 
 def _calls(response: Any) -> list[Any]:
@@ -27,8 +31,16 @@ def _calls(response: Any) -> list[Any]:
 
 
 def _kw(mode: str, seed: int, **extra: Any) -> dict[str, Any]:
-    return dict(model="tiny", input=ASK, tools=RTOOLS, tool_choice=MODES[mode], max_output_tokens=80,
-                temperature=0.8, extra_body={"seed": seed}, **extra)
+    return dict(
+        model="tiny",
+        input=ASK,
+        tools=RTOOLS,
+        tool_choice=MODES[mode],
+        max_output_tokens=80,
+        temperature=0.8,
+        extra_body={"seed": seed},
+        **extra,
+    )
 
 
 def _check_mode(mode: str, response: Any) -> None:
@@ -46,12 +58,19 @@ def _check_mode(mode: str, response: Any) -> None:
 
 def _shape(response: Any) -> list[tuple[Any, ...]]:
     """The output without its random ids."""
-    return [(i.type, getattr(i, "name", None), getattr(i, "arguments", None),
-             [c.text for c in getattr(i, "content", None) or []]) for i in response.output]
+    return [
+        (
+            i.type,
+            getattr(i, "name", None),
+            getattr(i, "arguments", None),
+            [c.text for c in getattr(i, "content", None) or []],
+        )
+        for i in response.output
+    ]
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_every_mode_streamed_and_not(client: openai.OpenAI, mode: str) -> None:
+def test_every_mode_streamed_and_not(client: Any, mode: str) -> None:
     whole = client.responses.create(**_kw(mode, seed=1))
     assert whole.object == "response" and whole.id.startswith("resp_") and whole.store is False
     assert whole.status in ("completed", "incomplete")
@@ -69,13 +88,13 @@ def test_every_mode_streamed_and_not(client: openai.OpenAI, mode: str) -> None:
     _check_mode(mode, final)
 
 
-def test_parallel_false_at_most_one_call(client: openai.OpenAI) -> None:
+def test_parallel_false_at_most_one_call(client: Any) -> None:
     for seed in range(3):
         r = client.responses.create(**_kw("required", seed), parallel_tool_calls=False)
         assert len(_calls(r)) <= 1
 
 
-def test_text_deltas_add_up_to_the_text(client: openai.OpenAI) -> None:
+def test_text_deltas_add_up_to_the_text(client: Any) -> None:
     kw = dict(model="tiny", input="tell me a story", max_output_tokens=30, extra_body={"seed": 4})
     whole = client.responses.create(**kw)
     stream = client.responses.create(stream=True, **kw)
@@ -84,23 +103,38 @@ def test_text_deltas_add_up_to_the_text(client: openai.OpenAI) -> None:
     assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
 
 
-def test_history_round_trips(client: openai.OpenAI) -> None:
+def test_history_round_trips(client: Any) -> None:
     """The output items of one response, plus function_call_output items, as the next input."""
     first = client.responses.create(**_kw("required", seed=2))
     calls = _calls(first)
     assert calls
     history: list[Any] = [{"role": "user", "content": ASK}, *[i.model_dump() for i in first.output]]
     history += [{"type": "function_call_output", "call_id": c.call_id, "output": '{"ok": true}'} for c in calls]
-    second = client.responses.create(model="tiny", input=history, tools=RTOOLS, tool_choice="none",
-                                     instructions="Answer briefly.", max_output_tokens=10)
+    second = client.responses.create(
+        model="tiny",
+        input=history,
+        tools=RTOOLS,
+        tool_choice="none",
+        instructions="Answer briefly.",
+        max_output_tokens=10,
+    )
     assert not _calls(second) and second.output_text
 
 
-def test_json_schema_text_format(client: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-              "additionalProperties": False}
-    r = client.responses.create(model="tiny", input="a city", max_output_tokens=60, extra_body={"seed": 0},
-                                text={"format": {"type": "json_schema", "name": "city", "schema": schema}})
+def test_json_schema_text_format(client: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    r = client.responses.create(
+        model="tiny",
+        input="a city",
+        max_output_tokens=60,
+        extra_body={"seed": 0},
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema}},
+    )
     if r.status == "completed":
         jsonschema.validate(json.loads(r.output_text), schema)
 
@@ -108,8 +142,11 @@ def test_json_schema_text_format(client: openai.OpenAI) -> None:
 REFUSED = [
     ("previous_response_id", {"previous_response_id": "resp_x"}, "stateless"),
     ("hosted tool", {"tools": [{"type": "web_search"}]}, "function tools only"),
-    ("image part", {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-     "input_image"),
+    (
+        "image part",
+        {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        "input_image",
+    ),
     ("bad call item", {"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
     ("unknown field", {"best_of": 2}, "best_of"),
     ("orphan output", {"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]}, "c9"),
@@ -125,6 +162,6 @@ def test_refusals_are_openai_shaped_400s(gateway: Any, name: str, extra: dict[st
     assert set(err) == {"message", "type", "param", "code"} and needle in err["message"]
 
 
-def test_unknown_model_raises_in_the_client(client: openai.OpenAI) -> None:
+def test_unknown_model_raises_in_the_client(client: Any) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="hi")

@@ -77,8 +77,9 @@ def to_chat_wire(body: CountTokensRequest) -> ChatCompletionRequest:
             tools=tools or None,
             tool_choice=_tool_choice(choice),
             parallel_tool_calls=False if choice and choice.disable_parallel_tool_use else None,
-            response_format=ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(schema=fmt.schema_))
-            if fmt else None,
+            response_format=ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(schema_=fmt.schema_))
+            if fmt
+            else None,
             reasoning_effort=_effort(body.thinking),
             max_tokens=full.max_tokens if full else None,
             stop=full.stop_sequences if full else None,
@@ -94,8 +95,11 @@ def to_chat_wire(body: CountTokensRequest) -> ChatCompletionRequest:
 def _system(system: str | list[dict[str, Any]] | None) -> list[MessageWire]:
     if system is None:
         return []
-    text = system if isinstance(system, str) else "".join(
-        parse_as(TextBlock, block, f"system[{j}]").text for j, block in enumerate(system))
+    text = (
+        system
+        if isinstance(system, str)
+        else "".join(parse_as(TextBlock, block, f"system[{j}]").text for j, block in enumerate(system))
+    )
     return [MessageWire(role="system", content=text)]
 
 
@@ -118,16 +122,22 @@ def _turn(i: int, message: AnthropicMessage) -> list[MessageWire]:
         elif kind == "tool_result" and message.role == "user":
             results.append(_result(parse_as(ToolResultBlock, block, where), where))
         elif kind not in ("thinking", "redacted_thinking"):  # callgate never returns them; replays are dropped
-            raise UnsupportedFeature(f"{where} is a {kind!r} block in a {message.role} turn; callgate takes text, "
-                                     "tool_use (assistant) and tool_result (user) blocks", param=f"{where}.type")
+            raise UnsupportedFeature(
+                f"{where} is a {kind!r} block in a {message.role} turn; callgate takes text, "
+                "tool_use (assistant) and tool_result (user) blocks",
+                param=f"{where}.type",
+            )
     if message.role == "assistant":
         return [MessageWire(role="assistant", content="".join(texts) or None, tool_calls=calls or None)]
     return results + [MessageWire(role="user", content="".join(texts))] if texts or not results else results
 
 
 def _result(block: ToolResultBlock, where: str) -> MessageWire:
-    content = block.content if isinstance(block.content, str) else "".join(
-        parse_as(TextBlock, part, f"{where}.content[{k}]").text for k, part in enumerate(block.content))
+    content = (
+        block.content
+        if isinstance(block.content, str)
+        else "".join(parse_as(TextBlock, part, f"{where}.content[{k}]").text for k, part in enumerate(block.content))
+    )
     if block.is_error:
         content = "Error: " + content  # the model sees that the call failed
     return MessageWire(role="tool", tool_call_id=block.tool_use_id, content=content)
@@ -136,11 +146,16 @@ def _result(block: ToolResultBlock, where: str) -> MessageWire:
 def _tool(i: int, raw: dict[str, Any]) -> ToolDef:
     kind = raw.get("type")
     if kind not in (None, "custom"):
-        raise UnsupportedFeature(f"tools[{i}] is a {kind!r} server tool; callgate serves custom tools only",
-                                 param=f"tools[{i}].type")
+        raise UnsupportedFeature(
+            f"tools[{i}] is a {kind!r} server tool; callgate serves custom tools only", param=f"tools[{i}].type"
+        )
     tool = parse_as(CustomTool, raw, f"tools[{i}]")
-    return ToolDef(type="function", function=FunctionDef(
-        name=tool.name, description=tool.description, parameters=tool.input_schema, strict=tool.strict))
+    return ToolDef(
+        type="function",
+        function=FunctionDef(
+            name=tool.name, description=tool.description, parameters=tool.input_schema, strict=tool.strict
+        ),
+    )
 
 
 def _tool_choice(choice: ToolChoiceParam | None) -> str | NamedToolChoice | None:

@@ -29,15 +29,26 @@ class MessagesRender:
 
     def body(self, events: list[ChatEvent]) -> dict[str, Any]:
         done = next(e for e in events if isinstance(e, DoneEvent))
-        return {**self.head(), "content": content_blocks(events), "stop_reason": stop_reason(done),
-                "usage": usage(done)}
+        return {
+            **self.head(),
+            "content": content_blocks(events),
+            "stop_reason": stop_reason(done),
+            "usage": usage(done),
+        }
 
     def writer(self) -> MessagesWriter:
         return MessagesWriter(self)
 
     def head(self) -> dict[str, Any]:
-        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                "stop_reason": None, "stop_sequence": None}
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+        }
 
 
 def content_blocks(events: list[ChatEvent]) -> list[dict[str, Any]]:
@@ -66,8 +77,12 @@ def stop_reason(done: DoneEvent) -> str:
 
 
 def usage(done: DoneEvent) -> dict[str, int]:
-    return {"input_tokens": done.prompt_tokens, "output_tokens": done.completion_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    return {
+        "input_tokens": done.prompt_tokens,
+        "output_tokens": done.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
 
 
 class MessagesWriter:
@@ -82,21 +97,30 @@ class MessagesWriter:
 
     def event(self, event: ChatEvent) -> bytes:
         if isinstance(event, ContentEvent):
-            return self._open_text() + _event("content_block_delta", index=self.blocks - 1,
-                                              delta={"type": "text_delta", "text": event.text})
+            return self._open_text() + _event(
+                "content_block_delta", index=self.blocks - 1, delta={"type": "text_delta", "text": event.text}
+            )
         if isinstance(event, CallEvent):
             closed = self._close_text()
             index = self.blocks
             self.blocks += 1
-            return (closed
-                    + _event("content_block_start", index=index, content_block=tool_use(event, {}))
-                    + _event("content_block_delta", index=index,
-                             delta={"type": "input_json_delta", "partial_json": event.call.arguments})
-                    + _event("content_block_stop", index=index))
-        return (self._close_text()
-                + _event("message_delta", delta={"stop_reason": stop_reason(event), "stop_sequence": None},
-                         usage=usage(event))
-                + _event("message_stop"))
+            return (
+                closed
+                + _event("content_block_start", index=index, content_block=tool_use(event, {}))
+                + _event(
+                    "content_block_delta",
+                    index=index,
+                    delta={"type": "input_json_delta", "partial_json": event.call.arguments},
+                )
+                + _event("content_block_stop", index=index)
+            )
+        return (
+            self._close_text()
+            + _event(
+                "message_delta", delta={"stop_reason": stop_reason(event), "stop_sequence": None}, usage=usage(event)
+            )
+            + _event("message_stop")
+        )
 
     def error(self, exc: GatewayError) -> bytes:
         return b"event: error\n" + sse_json(anthropic_error(exc))

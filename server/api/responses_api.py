@@ -85,8 +85,10 @@ def _refuse_unsupported(body: ResponsesRequest) -> None:
     refused = {
         "prompt": (body.prompt is not None, "stored prompts are not served; send instructions and input"),
         "background": (bool(body.background), "background responses need a store; omit background"),
-        "max_tool_calls": (body.max_tool_calls is not None,
-                           "not enforced; use parallel_tool_calls: false for at most one call"),
+        "max_tool_calls": (
+            body.max_tool_calls is not None,
+            "not enforced; use parallel_tool_calls: false for at most one call",
+        ),
         "top_logprobs": (bool(body.top_logprobs), "logprobs are not returned; omit top_logprobs"),
     }
     for field, (bad, why) in refused.items():
@@ -105,16 +107,22 @@ def _messages(body: ResponsesRequest) -> list[MessageWire]:
             out.append(MessageWire(role=item.role, content=_text(item.content, f"input[{i}].content")))
         elif kind == "function_call":
             call = parse_as(FunctionCallItem, raw, f"input[{i}]")
-            out = _with_call(out, ToolCallWire(id=call.call_id, function=FunctionCall(
-                name=call.name, arguments=call.arguments)))
+            out = _with_call(
+                out, ToolCallWire(id=call.call_id, function=FunctionCall(name=call.name, arguments=call.arguments))
+            )
         elif kind == "function_call_output":
             result = parse_as(FunctionCallOutputItem, raw, f"input[{i}]")
-            out.append(MessageWire(role="tool", tool_call_id=result.call_id,
-                                   content=_text(result.output, f"input[{i}].output")))
+            out.append(
+                MessageWire(
+                    role="tool", tool_call_id=result.call_id, content=_text(result.output, f"input[{i}].output")
+                )
+            )
         elif kind != "reasoning":  # callgate never returns reasoning items; replayed ones are dropped
             raise UnsupportedFeature(
                 f"input[{i}] is a {kind!r} item; callgate takes message, function_call, "
-                "function_call_output (and ignores reasoning) items", param=f"input[{i}].type")
+                "function_call_output (and ignores reasoning) items",
+                param=f"input[{i}].type",
+            )
     return out
 
 
@@ -137,19 +145,25 @@ def _text(content: str | list[Part], param: str) -> str:
         elif part.type == "refusal" and part.refusal is not None:
             texts.append(part.refusal)
         else:
-            raise UnsupportedFeature(f"{param}[{j}] is a {part.type!r} part; only text parts are served",
-                                     param=f"{param}[{j}]")
+            raise UnsupportedFeature(
+                f"{param}[{j}] is a {part.type!r} part; only text parts are served", param=f"{param}[{j}]"
+            )
     return "".join(texts)
 
 
 def _tool(i: int, raw: dict[str, Any]) -> ToolDef:
     kind = raw.get("type")
     if kind != "function":
-        raise UnsupportedFeature(f"tools[{i}] is a {kind!r} tool; callgate serves function tools only",
-                                 param=f"tools[{i}].type")
+        raise UnsupportedFeature(
+            f"tools[{i}] is a {kind!r} tool; callgate serves function tools only", param=f"tools[{i}].type"
+        )
     tool = parse_as(FunctionTool, raw, f"tools[{i}]")
-    return ToolDef(type="function", function=FunctionDef(
-        name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict))
+    return ToolDef(
+        type="function",
+        function=FunctionDef(
+            name=tool.name, description=tool.description, parameters=tool.parameters, strict=tool.strict
+        ),
+    )
 
 
 def _tool_choice(choice: object) -> str | NamedToolChoice | None:
@@ -159,8 +173,10 @@ def _tool_choice(choice: object) -> str | NamedToolChoice | None:
         named = parse_as(NamedFunction, choice, "tool_choice")
         return NamedToolChoice(type="function", function=ChatNamedFunction(name=named.name))
     kind = choice.get("type") if isinstance(choice, dict) else type(choice).__name__
-    raise UnsupportedFeature(f"tool_choice of type {kind!r} is not served; use auto, none, required or "
-                             '{"type": "function", "name": ...}', param="tool_choice")
+    raise UnsupportedFeature(
+        f'tool_choice of type {kind!r} is not served; use auto, none, required or {{"type": "function", "name": ...}}',
+        param="tool_choice",
+    )
 
 
 def _format(text: TextParam | None) -> ResponseFormat | None:
@@ -169,5 +185,9 @@ def _format(text: TextParam | None) -> ResponseFormat | None:
         return ResponseFormat(type=fmt.type) if fmt else None
     if fmt.schema_ is None:
         raise InvalidRequest("text.format of type json_schema needs a schema", param="text.format.schema")
-    return ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(
-        name=fmt.name or "response", description=fmt.description, schema=fmt.schema_, strict=fmt.strict))
+    return ResponseFormat(
+        type="json_schema",
+        json_schema=JsonSchemaFormat(
+            name=fmt.name or "response", description=fmt.description, schema_=fmt.schema_, strict=fmt.strict
+        ),
+    )

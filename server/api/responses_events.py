@@ -41,18 +41,30 @@ class ResponsesRender:
     def response(self, status: str, output: list[dict[str, Any]], done: DoneEvent | None) -> dict[str, Any]:
         req = self.request
         return {
-            "id": self.id, "object": "response", "created_at": self.created_at, "model": self.model,
-            "status": status, "error": None,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "model": self.model,
+            "status": status,
+            "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-            "instructions": req.instructions, "output": output,
-            "tools": req.tools or [], "tool_choice": req.tool_choice or "auto",
+            "instructions": req.instructions,
+            "output": output,
+            "tools": req.tools or [],
+            "tool_choice": req.tool_choice or "auto",
             "parallel_tool_calls": req.parallel_tool_calls is not False,
-            "max_output_tokens": req.max_output_tokens, "temperature": req.temperature, "top_p": req.top_p,
-            "text": {"format": {"type": "text"}} if req.text is None or req.text.format is None
+            "max_output_tokens": req.max_output_tokens,
+            "temperature": req.temperature,
+            "top_p": req.top_p,
+            "text": {"format": {"type": "text"}}
+            if req.text is None or req.text.format is None
             else {"format": req.text.format.model_dump(by_alias=True, exclude_none=True)},
             "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
-            "previous_response_id": None, "store": False, "truncation": "disabled",
-            "metadata": req.metadata or {}, "user": req.user,
+            "previous_response_id": None,
+            "store": False,
+            "truncation": "disabled",
+            "metadata": req.metadata or {},
+            "user": req.user,
             "usage": _usage(done) if done is not None else None,
         }
 
@@ -76,14 +88,19 @@ def output_items(token: str, events: list[ChatEvent]) -> list[dict[str, Any]]:
 
 def message_item(token: str, index: int, text: str, status: str = "completed") -> dict[str, Any]:
     content = [_text_part(text)] if status == "completed" else []
-    return {"type": "message", "id": f"msg_{token}_{index}", "status": status, "role": "assistant",
-            "content": content}
+    return {"type": "message", "id": f"msg_{token}_{index}", "status": status, "role": "assistant", "content": content}
 
 
 def call_item(token: str, index: int, event: CallEvent, status: str = "completed") -> dict[str, Any]:
     call = event.call
-    return {"type": "function_call", "id": f"fc_{token}_{index}", "call_id": call.id, "name": call.name,
-            "arguments": call.arguments if status == "completed" else "", "status": status}
+    return {
+        "type": "function_call",
+        "id": f"fc_{token}_{index}",
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments if status == "completed" else "",
+        "status": status,
+    }
 
 
 def _text_part(text: str) -> dict[str, Any]:
@@ -91,9 +108,13 @@ def _text_part(text: str) -> dict[str, Any]:
 
 
 def _usage(done: DoneEvent) -> dict[str, Any]:
-    return {"input_tokens": done.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": done.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
+    return {
+        "input_tokens": done.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": done.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
 
 
 class ResponsesWriter:
@@ -109,8 +130,7 @@ class ResponsesWriter:
 
     def start(self) -> bytes:
         snapshot = self.render.response("in_progress", [], None)
-        return self._emit("response.created", response=snapshot) + self._emit("response.in_progress",
-                                                                              response=snapshot)
+        return self._emit("response.created", response=snapshot) + self._emit("response.in_progress", response=snapshot)
 
     def event(self, event: ChatEvent) -> bytes:
         self.events.append(event)
@@ -118,8 +138,13 @@ class ResponsesWriter:
             opened = self._open_text()
             self.text.append(event.text)
             return opened + self._emit(
-                "response.output_text.delta", item_id=self._item_id("msg"), output_index=self.items - 1,
-                content_index=0, delta=event.text, logprobs=[])
+                "response.output_text.delta",
+                item_id=self._item_id("msg"),
+                output_index=self.items - 1,
+                content_index=0,
+                delta=event.text,
+                logprobs=[],
+            )
         if isinstance(event, CallEvent):
             return self._close_text() + self._call(event)
         out = self._close_text()
@@ -136,34 +161,61 @@ class ResponsesWriter:
         self.items += 1
         index, token = self.items - 1, self.render.token
         item_id = self._item_id("msg")
-        return (self._emit("response.output_item.added", output_index=index,
-                           item=message_item(token, index, "", "in_progress"))
-                + self._emit("response.content_part.added", item_id=item_id, output_index=index,
-                             content_index=0, part=_text_part("")))
+        return self._emit(
+            "response.output_item.added", output_index=index, item=message_item(token, index, "", "in_progress")
+        ) + self._emit(
+            "response.content_part.added", item_id=item_id, output_index=index, content_index=0, part=_text_part("")
+        )
 
     def _close_text(self) -> bytes:
         if not self.open:
             return b""
         index, item_id, text = self.items - 1, self._item_id("msg"), "".join(self.text)
         self.open = False
-        return (self._emit("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
-                           text=text, logprobs=[])
-                + self._emit("response.content_part.done", item_id=item_id, output_index=index, content_index=0,
-                             part=_text_part(text))
-                + self._emit("response.output_item.done", output_index=index,
-                             item=message_item(self.render.token, index, text)))
+        return (
+            self._emit(
+                "response.output_text.done",
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            )
+            + self._emit(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                part=_text_part(text),
+            )
+            + self._emit(
+                "response.output_item.done", output_index=index, item=message_item(self.render.token, index, text)
+            )
+        )
 
     def _call(self, event: CallEvent) -> bytes:
         index, token = self.items, self.render.token
         self.items += 1
         item_id = self._item_id("fc")
-        return (self._emit("response.output_item.added", output_index=index,
-                           item=call_item(token, index, event, "in_progress"))
-                + self._emit("response.function_call_arguments.delta", item_id=item_id, output_index=index,
-                             delta=event.call.arguments)
-                + self._emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                             name=event.call.name, arguments=event.call.arguments)
-                + self._emit("response.output_item.done", output_index=index, item=call_item(token, index, event)))
+        return (
+            self._emit(
+                "response.output_item.added", output_index=index, item=call_item(token, index, event, "in_progress")
+            )
+            + self._emit(
+                "response.function_call_arguments.delta",
+                item_id=item_id,
+                output_index=index,
+                delta=event.call.arguments,
+            )
+            + self._emit(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                name=event.call.name,
+                arguments=event.call.arguments,
+            )
+            + self._emit("response.output_item.done", output_index=index, item=call_item(token, index, event))
+        )
 
     def _item_id(self, prefix: str) -> str:
         return f"{prefix}_{self.render.token}_{self.items - 1}"
@@ -172,4 +224,3 @@ class ResponsesWriter:
         body = {"type": kind, "sequence_number": self.seq, **fields}
         self.seq += 1
         return f"event: {kind}\n".encode() + sse_json(body)
-
