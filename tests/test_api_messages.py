@@ -127,6 +127,9 @@ def test_errors_are_anthropic_shaped(ac: Any, gateway: Any) -> None:
         ac.messages.create(
             model="tiny", max_tokens=5, messages=ASK, tools=[{"type": "web_search_20250305", "name": "web_search"}]
         )
+    prefill = [*ASK, {"role": "assistant", "content": "The weather is"}]
+    with pytest.raises(anthropic.BadRequestError, match="prefill"):
+        ac.messages.create(model="tiny", max_tokens=5, messages=prefill)
     r = httpx.post(gateway.base_url + "/v1/messages", json={"model": "tiny", "messages": ASK}, timeout=60)
     assert r.status_code == 400
     body = r.json()

@@ -46,7 +46,7 @@ from server.api.wire import (
     ToolDef,
 )
 from server.chat import count_prompt_tokens
-from server.errors import UnsupportedFeature
+from server.errors import InvalidRequest, UnsupportedFeature
 
 router = APIRouter(dependencies=[InferenceDep])
 
@@ -67,6 +67,12 @@ def to_chat_wire(body: CountTokensRequest) -> ChatCompletionRequest:
     full = body if isinstance(body, MessagesRequest) else None
     if full is not None and full.top_k is not None:
         raise UnsupportedFeature("top_k is not supported by callgate; omit it (top_p is)", param="top_k")
+    if body.messages[-1].role == "assistant":  # read as a finished turn, it would answer something else
+        raise UnsupportedFeature(
+            "a final assistant message (prefill) is not supported: callgate answers with a new assistant "
+            "turn; end with a user message",
+            param=f"messages[{len(body.messages) - 1}]",
+        )
     choice = body.tool_choice
     tools = [_tool(i, t) for i, t in enumerate(body.tools or [])]
     fmt = body.output_config.format if body.output_config else None
@@ -163,7 +169,7 @@ def _tool_choice(choice: ToolChoiceParam | None) -> str | NamedToolChoice | None
         return None
     if choice.type == "tool":
         if not choice.name:
-            raise UnsupportedFeature('tool_choice of type "tool" needs a name', param="tool_choice.name")
+            raise InvalidRequest('tool_choice of type "tool" needs a name', param="tool_choice.name")
         return NamedToolChoice(type="function", function=NamedFunction(name=choice.name))
     return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
 

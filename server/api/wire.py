@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _STRICT = ConfigDict(extra="forbid")
 # OpenAI allows [a-zA-Z0-9_-]{1,64}; dots are admitted too because BFCL's functions use them.
 TOOL_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class FunctionDef(BaseModel):
