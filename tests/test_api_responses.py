@@ -149,6 +149,7 @@ REFUSED = [
     ),
     ("bad call item", {"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
     ("unknown field", {"best_of": 2}, "best_of"),
+    ("empty input", {"input": []}, "no items"),
     ("orphan output", {"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]}, "c9"),
 ]
 

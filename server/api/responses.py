@@ -1,4 +1,5 @@
-"""ChatEvents -> OpenAI response bodies and SSE chunks. Serialization happens only here."""
+"""ChatEvents -> Chat Completions bodies and SSE chunks, and `sse_json`, the one SSE data-line
+encoder every API's writer uses (responses_events.py, messages_events.py hold the other two)."""
 
 from __future__ import annotations
 

@@ -56,10 +56,13 @@ async def create_response(body: ResponsesRequest, request: Request, gw: GatewayD
 
 def to_chat_wire(body: ResponsesRequest) -> ChatCompletionRequest:
     _refuse_unsupported(body)
+    messages = _messages(body)
+    if not messages:
+        raise InvalidRequest("input has no items; send at least one message", param="input")
     try:
         return ChatCompletionRequest(
             model=body.model,
-            messages=_messages(body),
+            messages=messages,
             tools=[_tool(i, t) for i, t in enumerate(body.tools or [])] or None,
             tool_choice=_tool_choice(body.tool_choice),
             parallel_tool_calls=body.parallel_tool_calls,
