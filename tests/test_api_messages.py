@@ -5,6 +5,7 @@ come in Anthropic's shape (so the client raises its own exception types)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,3 +148,27 @@ def test_x_api_key_authenticates(tiny_model: Any) -> None:
             pytest.raises(anthropic.AuthenticationError),
         ):
             bad.messages.count_tokens(model="tiny", messages=ASK)
+
+
+def _tool_calls_in_mode(base_url: str, mode: str) -> float:
+    text = httpx.get(base_url + "/metrics").text
+    pattern = rf'^callgate_tool_calls_total\{{[^}}]*mode="{mode}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_both_apis_are_in_the_metrics(ac: Any, client: Any, gateway: Any) -> None:
+    named, required = (_tool_calls_in_mode(gateway.base_url, m) for m in ("named", "required"))
+    ac.messages.create(**_kw("tool", seed=3))
+    client.responses.create(
+        model="tiny",
+        input="hi",
+        tools=[{"type": "function", "name": "ping"}],
+        tool_choice="required",
+        max_output_tokens=40,
+    )
+    text = httpx.get(gateway.base_url + "/metrics").text
+    for endpoint in ("/v1/messages", "/v1/responses"):
+        assert f'endpoint="{endpoint}"' in text
+    # tool-call outcomes counted by mode, as for chat: Anthropic's `tool` is named, `required` is required
+    assert _tool_calls_in_mode(gateway.base_url, "named") > named
+    assert _tool_calls_in_mode(gateway.base_url, "required") > required
