@@ -128,6 +128,9 @@ def test_errors_are_anthropic_shaped(ac: Any, gateway: Any) -> None:
         ac.messages.create(
             model="tiny", max_tokens=5, messages=ASK, tools=[{"type": "web_search_20250305", "name": "web_search"}]
         )
+    orphan = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": "x"}]}]
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\[0\].content\[0\].tool_use_id"):
+        ac.messages.create(model="tiny", max_tokens=5, messages=orphan)
     prefill = [*ASK, {"role": "assistant", "content": "The weather is"}]
     with pytest.raises(anthropic.BadRequestError, match="prefill"):
         ac.messages.create(model="tiny", max_tokens=5, messages=prefill)

@@ -150,7 +150,16 @@ REFUSED = [
     ("bad call item", {"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
     ("unknown field", {"best_of": 2}, "best_of"),
     ("empty input", {"input": []}, "no items"),
-    ("orphan output", {"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]}, "c9"),
+    (
+        "orphan output",
+        {"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]},
+        "input[0].call_id",
+    ),
+    (
+        "arguments not JSON",
+        {"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{"}]},
+        "input[0].arguments",
+    ),
 ]
 
 

@@ -32,7 +32,7 @@ from server.api.messages_wire import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from server.api.translate import parse_as
+from server.api.translate import check_answers, parse_as
 from server.api.wire import (
     ChatCompletionRequest,
     FunctionCall,
@@ -73,6 +73,7 @@ def to_chat_wire(body: CountTokensRequest) -> ChatCompletionRequest:
             "turn; end with a user message",
             param=f"messages[{len(body.messages) - 1}]",
         )
+    _check_results(body.messages)
     choice = body.tool_choice
     tools = [_tool(i, t) for i, t in enumerate(body.tools or [])]
     fmt = body.output_config.format if body.output_config else None
@@ -136,6 +137,18 @@ def _turn(i: int, message: AnthropicMessage) -> list[MessageWire]:
     if message.role == "assistant":
         return [MessageWire(role="assistant", content="".join(texts) or None, tool_calls=calls or None)]
     return results + [MessageWire(role="user", content="".join(texts))] if texts or not results else results
+
+
+def _check_results(messages: list[AnthropicMessage]) -> None:
+    """Every tool_result answers an earlier tool_use: checked here, so a 400 names the block."""
+    made: set[str] = set()
+    for i, message in enumerate(messages):
+        for j, block in enumerate(message.content if isinstance(message.content, list) else []):
+            if message.role == "assistant" and block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                made.add(block["id"])
+            elif message.role == "user" and block.get("type") == "tool_result":
+                use_id = block.get("tool_use_id")
+                check_answers(str(use_id), made, f"messages[{i}].content[{j}].tool_use_id")
 
 
 def _result(block: ToolResultBlock, where: str) -> MessageWire:

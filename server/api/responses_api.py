@@ -29,7 +29,7 @@ from server.api.responses_wire import (
     ResponsesRequest,
     TextParam,
 )
-from server.api.translate import parse_as
+from server.api.translate import check_answers, check_arguments, parse_as
 from server.api.wire import (
     ChatCompletionRequest,
     FunctionCall,
@@ -103,6 +103,7 @@ def _messages(body: ResponsesRequest) -> list[MessageWire]:
     out = [MessageWire(role="system", content=body.instructions)] if body.instructions else []
     if isinstance(body.input, str):
         return [*out, MessageWire(role="user", content=body.input)]
+    made: set[str] = set()  # call ids so far: checked here, so a 400 names the input item
     for i, raw in enumerate(body.input):
         kind = raw.get("type", "message")
         if kind == "message":
@@ -110,11 +111,14 @@ def _messages(body: ResponsesRequest) -> list[MessageWire]:
             out.append(MessageWire(role=item.role, content=_text(item.content, f"input[{i}].content")))
         elif kind == "function_call":
             call = parse_as(FunctionCallItem, raw, f"input[{i}]")
+            check_arguments(call.arguments, f"input[{i}].arguments")
+            made.add(call.call_id)
             out = _with_call(
                 out, ToolCallWire(id=call.call_id, function=FunctionCall(name=call.name, arguments=call.arguments))
             )
         elif kind == "function_call_output":
             result = parse_as(FunctionCallOutputItem, raw, f"input[{i}]")
+            check_answers(result.call_id, made, f"input[{i}].call_id")
             out.append(
                 MessageWire(
                     role="tool", tool_call_id=result.call_id, content=_text(result.output, f"input[{i}].output")

@@ -57,10 +57,8 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
         calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments)
                       for j, c in enumerate(m.tool_calls or []))
         open_calls.update(c.id for c in calls)
-        if m.role == "tool" and m.tool_call_id not in open_calls:
-            raise InvalidRequest(
-                f"messages[{i}] is a tool result for call id {m.tool_call_id!r}, but no earlier "
-                "assistant message made a call with that id", param=f"messages[{i}].tool_call_id")
+        if m.role == "tool":
+            check_answers(str(m.tool_call_id), open_calls, f"messages[{i}].tool_call_id")
         if m.content is None and m.role != "assistant":
             raise InvalidRequest(f"messages[{i}] ({m.role}) has no content", param=f"messages[{i}].content")
         role = "system" if m.role == "developer" else m.role
@@ -88,12 +86,7 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
 
 
 def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:
-    try:
-        json.loads(arguments or "{}")
-    except json.JSONDecodeError:
-        raise InvalidRequest(
-            f"messages[{i}].tool_calls[{j}] has arguments that are not JSON",
-            param=f"messages[{i}].tool_calls[{j}].function.arguments") from None
+    check_arguments(arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
     return ToolCall(name=name, arguments=arguments or "{}", id=call_id)
 
 
@@ -172,3 +165,18 @@ def parse_as(model: type[M], raw: object, param: str) -> M:
         first = exc.errors()[0]
         where = ".".join([param, *(str(p) for p in first["loc"])])
         raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+
+
+def check_answers(call_id: str, made: set[str], param: str) -> None:
+    """A tool result must answer a call made earlier in the conversation."""
+    if call_id not in made:
+        raise InvalidRequest(
+            f"{param} is a tool result for call id {call_id!r}, but no earlier assistant turn made a call "
+            "with that id", param=param)
+
+
+def check_arguments(arguments: str, param: str) -> None:
+    try:
+        json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        raise InvalidRequest(f"{param} is not JSON", param=param) from None
