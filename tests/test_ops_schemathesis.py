@@ -36,8 +36,9 @@ def openai_error_shape(status: int, body: Any) -> None:
     assert err["code"] is None or isinstance(err["code"], str)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def schema(tiny_model: Any) -> Any:
+    """A fresh app per test: the in-process client runs the app's lifespan, whose end closes the engine."""
     limits = {"limits.default_max_tokens": 4, "limits.max_tokens": 8, "limits.compile_timeout_s": 10}
     cfg = load_settings(None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny",
                                  "auth.api_keys": [KEY], **limits})
