@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
 from server.constraints.native import native_constraint
-from server.engines.base import Cancel, Engine, EngineInfo, Finish, Gbnf, GenerateRequest, Piece
+from server.engines.base import Cancel, CountsTokens, Engine, EngineInfo, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
@@ -41,6 +41,7 @@ class ChatRequest:
     text: TextFormat = TextFormat()
     sampling: Sampling = Sampling(max_tokens=256)
     no_tool_threshold: float | None = None  # overrides the model's, when set
+    thinking: bool | None = None  # the template's enable_thinking switch; None leaves its default
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,17 @@ def prompt_for(served: Served, request: ChatRequest) -> str:
         add_generation_prompt=True,
         bos_token=served.info.bos_token,
         eos_token=served.info.eos_token,
+        enable_thinking=request.thinking,
     )
+
+
+async def count_prompt_tokens(served: Served, request: ChatRequest) -> int:
+    """Tokens of the prompt `request` renders to (tools included), as the engine counts them."""
+    if not isinstance(served.engine, CountsTokens):
+        raise UnsupportedFeature(
+            f"model {served.name!r} is served by an engine that cannot count tokens; "
+            "count_tokens needs the embedded llama.cpp engine", param="model")
+    return await served.engine.count_tokens(prompt_for(served, request))
 
 
 async def constraint_for(

@@ -29,8 +29,11 @@ def render(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    enable_thinking: bool | None = None,
 ) -> str:
-    """The prompt text for `messages` (and `tools`, when any) under `template`."""
+    """The prompt text for `messages` (and `tools`, when any) under `template`.
+    `enable_thinking` reaches templates that have that switch (Qwen3's); None leaves their default."""
+    switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     try:
         return _compile(template).render(
             messages=[message_dict(m) for m in messages],
@@ -38,10 +41,16 @@ def render(
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,
+            **switch,
         )
     except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
         # Templates reject conversations they cannot express (e.g. roles out of order).
         raise InvalidRequest(f"the chat template refused these messages: {exc}", param="messages") from None
+
+
+def thinking_switch(template: str) -> bool:
+    """Whether the template reads the `enable_thinking` switch (Qwen3-style `<think>` models)."""
+    return "enable_thinking" in template
 
 
 def message_dict(message: Message) -> dict[str, Any]:

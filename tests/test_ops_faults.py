@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import threading
 import time
@@ -162,3 +163,33 @@ def test_engine_error_before_the_answer_is_502(faulty: Live) -> None:
             "tools": [WEATHER], "tool_choice": "none", "max_tokens": 50, "seed": 2}
     r = httpx.post(faulty.v1 + "/chat/completions", json=body, timeout=60)
     assert r.status_code == 502 and r.json()["error"]["code"] == "engine_error"
+
+
+def _sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in filter(None, text.split("\n\n")):
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_engine_error_mid_stream_in_the_responses_and_messages_grammars(faulty: Live) -> None:
+    """The same failure after the first token, as each API's own final error event."""
+    ask = [{"role": "user", "content": "FAULT_GATEWAY please"}]
+    responses = httpx.post(faulty.v1 + "/responses", timeout=60, json={
+        "model": "tiny", "input": ask, "stream": True, "max_output_tokens": 50, "seed": 2})
+    events = _sse_events(responses.text)
+    assert events[0][0] == "response.created" and events[-1][0] == "error"
+    assert events[-1][1]["code"] == "engine_error" and "engine" in events[-1][1]["message"]
+    messages = httpx.post(faulty.base_url + "/v1/messages", timeout=60, json={
+        "model": "tiny", "messages": ask, "stream": True, "max_tokens": 50, "seed": 2})
+    events = _sse_events(messages.text)
+    assert events[0][0] == "message_start" and events[-1][0] == "error"
+    assert events[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "injected engine failure"}}
+    import anthropic
+
+    with anthropic.Anthropic(base_url=faulty.base_url, api_key="unused", max_retries=0) as ac, \
+            pytest.raises(anthropic.APIError, match="injected engine failure"):
+        for _ in ac.messages.create(model="tiny", max_tokens=50, messages=ask, stream=True,  # type: ignore[arg-type]
+                                    extra_body={"seed": 2}):
+            pass

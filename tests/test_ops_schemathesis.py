@@ -36,8 +36,9 @@ def openai_error_shape(status: int, body: Any) -> None:
     assert err["code"] is None or isinstance(err["code"], str)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def schema(tiny_model: Any) -> Any:
+    """A fresh app per test: the in-process client runs the app's lifespan, whose end closes the engine."""
     limits = {"limits.default_max_tokens": 4, "limits.max_tokens": 8, "limits.compile_timeout_s": 10}
     cfg = load_settings(None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny",
                                  "auth.api_keys": [KEY], **limits})
@@ -60,7 +61,30 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_errors(schema: Any) -> Non
     assert statuses[200] > 0 and statuses[400] > 0  # both valid and invalid requests were made
 
 
-def _fuzz(operation: Any, examples: int, statuses: Counter[int], failures: dict[str, str]) -> None:
+def anthropic_error_shape(status: int, body: Any) -> None:
+    """The check under /v1/messages: no 5xx; an error is {"type": "error", "error": {type, message}}."""
+    assert status < 500, f"server error {status}: {body}"
+    if status < 400:
+        return
+    assert isinstance(body, dict) and body.get("type") == "error" and set(body) == {"type", "error"}, body
+    assert set(body["error"]) == {"type", "message"} and body["error"]["message"], body
+
+
+@pytest.mark.slow
+def test_fuzzed_responses_and_messages_get_no_5xx_and_their_own_error_shapes(schema: Any) -> None:
+    statuses: Counter[int] = Counter()
+    failures: dict[str, str] = {}
+    _fuzz(schema["/v1/responses"]["POST"], 300, statuses, failures)
+    _fuzz(schema["/v1/messages"]["POST"], 300, statuses, failures, anthropic_error_shape)
+    _fuzz(schema["/v1/messages/count_tokens"]["POST"], 100, statuses, failures, anthropic_error_shape)
+    print(f"\nschemathesis (responses, messages): statuses {dict(sorted(statuses.items()))}")
+    assert not failures, "\n".join(f"{problem}\n    {repro}" for problem, repro in failures.items())
+    assert statuses[400] > 0
+
+
+def _fuzz(
+    operation: Any, examples: int, statuses: Counter[int], failures: dict[str, str], check: Any = openai_error_shape
+) -> None:
     @given(case=operation.as_strategy(), authorized=st.sampled_from([True] * 9 + [False]),
            served=st.sampled_from([True] * 4 + [False]))
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
@@ -72,7 +96,7 @@ def _fuzz(operation: Any, examples: int, statuses: Counter[int], failures: dict[
         try:
             response = case.call(headers=headers)
             statuses[response.status_code] += 1
-            openai_error_shape(response.status_code, _json(response))
+            check(response.status_code, _json(response))
         except Exception as exc:  # noqa: BLE001 - collected, so one run reports every distinct problem
             statuses[500] += 0 if isinstance(exc, AssertionError) else 1
             problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -41,12 +41,21 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
+def credential(request: Request) -> str | None:
+    """The Authorization header, or Anthropic's `x-api-key` (what its SDK sends) as a Bearer key."""
+    authorization = request.headers.get("authorization")
+    api_key = request.headers.get("x-api-key")
+    if authorization is None and api_key is not None:
+        return "Bearer " + api_key
+    return authorization
+
+
 def require_inference(request: Request, gw: GatewayDep) -> None:
-    gw.keys.authorize(request.headers.get("authorization"), Scope.INFERENCE)
+    gw.keys.authorize(credential(request), Scope.INFERENCE)
 
 
 def require_admin(request: Request, gw: GatewayDep) -> None:
-    gw.keys.authorize(request.headers.get("authorization"), Scope.ADMIN)
+    gw.keys.authorize(credential(request), Scope.ADMIN)
 
 
 def require_health_access(request: Request, gw: GatewayDep) -> None:
@@ -67,7 +76,7 @@ MetricsDep = Depends(require_metrics_access)
 
 
 def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | None = None) -> FastAPI:
-    from server.api import admin_routes, chat_routes, errors, info_routes
+    from server.api import admin_routes, chat_routes, errors, info_routes, messages_api, responses_api
 
     metrics = metrics or Metrics()
     lifecycle = Lifecycle(settings.server.shutdown_timeout_s, metrics)
@@ -88,6 +97,8 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     app.state.gateway = gateway
     errors.install(app)
     app.include_router(chat_routes.router)
+    app.include_router(responses_api.router)
+    app.include_router(messages_api.router)
     app.include_router(info_routes.router)
     app.include_router(admin_routes.router)
     app.add_middleware(BodyLimit, max_bytes=settings.server.max_body_bytes)

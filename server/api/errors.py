@@ -1,4 +1,6 @@
-"""Rendering of every error to OpenAI's error shape, in one place."""
+"""Rendering of every error, in one place: OpenAI's shape `{"error": {...}}` (chat completions,
+Responses), Anthropic's `{"type": "error", "error": {...}}` under /v1/messages. Every 4xx is
+logged at INFO with its message and param (never the prompt, never a key)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,34 @@ from server.errors import GatewayError, InvalidRequest, Overloaded, Unauthorized
 log = logging.getLogger("callgate")
 
 
-def error_response(exc: GatewayError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=_headers(exc))
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error", 504: "timeout_error"}
+
+
+def error_response(exc: GatewayError, request: Request) -> JSONResponse:
+    log_refusal(request.method, request.url.path, exc)
+    return JSONResponse(error_body(exc, request.url.path), status_code=exc.status, headers=_headers(exc))
+
+
+def error_body(exc: GatewayError, path: str) -> dict[str, object]:
+    """The error in the shape of the API that `path` belongs to."""
+    return anthropic_error(exc) if is_messages_api(path) else exc.to_dict()
+
+
+def is_messages_api(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+def anthropic_error(exc: GatewayError) -> dict[str, object]:
+    kind = _ANTHROPIC_TYPES.get(exc.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def log_refusal(method: str, path: str, exc: GatewayError) -> None:
+    """Why a request got a 4xx, for the operator: the message and param only."""
+    if 400 <= exc.status < 500:
+        log.info("%s %s -> %d %s: %s (param: %s)", method, path, exc.status, exc.code, exc.message, exc.param)
 
 
 def _headers(exc: GatewayError) -> dict[str, str] | None:
@@ -28,23 +56,23 @@ def _headers(exc: GatewayError) -> dict[str, str] | None:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
-    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
-        return error_response(exc)
+    async def _gateway(request: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc), request)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         err = GatewayError(str(exc.detail))
         err.status, err.type, err.code = exc.status_code, "invalid_request_error", None
-        return error_response(err)
+        return error_response(err, request)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(GatewayError("internal error; the request was not completed"))
+        return error_response(GatewayError("internal error; the request was not completed"), request)
 
 
 def validation_error(exc: RequestValidationError) -> InvalidRequest:

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.errors import error_body, log_refusal
 from server.engines.base import Cancel
 from server.errors import GatewayError, PayloadTooLarge
 from server.metrics import Metrics
@@ -42,7 +43,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         body, more = b"", True
         while more:
@@ -52,17 +53,20 @@ class BodyLimit:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
                 return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _refuse(self, send: Send) -> None:
-        await send_error(send, PayloadTooLarge(f"request body is over the {self.max_bytes}-byte limit"))
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        await send_error(scope, send, PayloadTooLarge(f"request body is over the {self.max_bytes}-byte limit"))
 
 
-async def send_error(send: Send, err: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+async def send_error(
+    scope: Scope, send: Send, err: GatewayError, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     """An error response written below the app (its exception handlers cannot see it)."""
-    payload = json.dumps(err.to_dict()).encode()
+    log_refusal(scope["method"], scope["path"], err)
+    payload = json.dumps(error_body(err, scope["path"])).encode()
     await send({"type": "http.response.start", "status": err.status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()), *headers]})
@@ -173,7 +177,7 @@ class Drain:
             return
         if self.lifecycle.draining:
             err = ShuttingDown("the gateway is shutting down; retry (another replica will answer)")
-            await send_error(send, err, ((b"connection", b"close"), (b"retry-after", b"1")))
+            await send_error(scope, send, err, ((b"connection", b"close"), (b"retry-after", b"1")))
             return
         if scope["path"] in _NOT_WORK:
             await self.app(scope, receive, send)

@@ -1,4 +1,5 @@
-"""ChatEvents -> OpenAI response bodies and SSE chunks. Serialization happens only here."""
+"""ChatEvents -> Chat Completions bodies and SSE chunks, and `sse_json`, the one SSE data-line
+encoder every API's writer uses (responses_events.py, messages_events.py hold the other two)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class ChunkWriter:
         self.env = env
         self.include_usage = include_usage
 
-    def role(self) -> bytes:
+    def start(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""})
 
     def event(self, event: ChatEvent) -> bytes:
@@ -61,7 +62,7 @@ class ChunkWriter:
         return self._done(event)
 
     def error(self, exc: GatewayError) -> bytes:
-        return _sse(exc.to_dict()) + b"data: [DONE]\n\n"
+        return sse_json(exc.to_dict()) + b"data: [DONE]\n\n"
 
     def _done(self, done: DoneEvent) -> bytes:
         delta: dict[str, Any] = {}
@@ -69,7 +70,7 @@ class ChunkWriter:
             delta["invalid_tool_calls"] = [_invalid(c) for c in done.invalid_calls]
         out = self._chunk(delta, finish_reason=done.finish_reason)
         if self.include_usage:
-            out += _sse({**self._head(), "choices": [], "usage": _usage(done)})
+            out += sse_json({**self._head(), "choices": [], "usage": _usage(done)})
         return out + b"data: [DONE]\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -77,7 +78,7 @@ class ChunkWriter:
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
         if self.include_usage:
             body["usage"] = None
-        return _sse(body)
+        return sse_json(body)
 
     def _head(self) -> dict[str, Any]:
         return {"id": self.env.id, "object": "chat.completion.chunk",
@@ -90,7 +91,7 @@ class ChunkWriter:
 _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
-def _sse(body: dict[str, Any]) -> bytes:
+def sse_json(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, ensure_ascii=False).translate(_LINE_BREAKS).encode() + b"\n\n"
 
 

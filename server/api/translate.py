@@ -5,6 +5,9 @@ and where request-level rules (limits, history coherence, neutral-only fields) a
 from __future__ import annotations
 
 import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice, ResponseFormat, ToolDef
 from server.chat import ChatRequest
@@ -14,12 +17,17 @@ from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
 _EMPTY_OBJECT = {"type": "object", "properties": {}}
+M = TypeVar("M", bound=BaseModel)
 
 
 def to_chat_request(
-    wire: ChatCompletionRequest, limits: LimitsSection, default_choice: ChoiceMode = ChoiceMode.AUTO
+    wire: ChatCompletionRequest,
+    limits: LimitsSection,
+    default_choice: ChoiceMode = ChoiceMode.AUTO,
+    thinking_switch: bool = False,
 ) -> ChatRequest:
-    """`default_choice` applies when tools come without tool_choice (an adapter's manifest sets it)."""
+    """`default_choice` applies when tools come without tool_choice (an adapter's manifest sets it);
+    `thinking_switch`: the model's template has one, which reasoning_effort then sets."""
     _refuse_unsupported(wire)
     tools = to_tools(wire.tools or [], limits)
     return ChatRequest(
@@ -30,7 +38,14 @@ def to_chat_request(
         text=_text_format(wire.response_format),
         sampling=_sampling(wire, limits),
         no_tool_threshold=wire.no_tool_threshold,
+        thinking=_thinking(wire.reasoning_effort) if thinking_switch else None,
     )
+
+
+def _thinking(effort: str | None) -> bool | None:
+    """Effort on a model with a thinking switch: "none" / "minimal" turn thinking off, any other
+    effort on; unset keeps the template's default. Models without one have no effort to set."""
+    return None if effort is None else effort not in ("none", "minimal")
 
 
 def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message, ...]:
@@ -42,10 +57,8 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
         calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments)
                       for j, c in enumerate(m.tool_calls or []))
         open_calls.update(c.id for c in calls)
-        if m.role == "tool" and m.tool_call_id not in open_calls:
-            raise InvalidRequest(
-                f"messages[{i}] is a tool result for call id {m.tool_call_id!r}, but no earlier "
-                "assistant message made a call with that id", param=f"messages[{i}].tool_call_id")
+        if m.role == "tool":
+            check_answers(str(m.tool_call_id), open_calls, f"messages[{i}].tool_call_id")
         if m.content is None and m.role != "assistant":
             raise InvalidRequest(f"messages[{i}] ({m.role}) has no content", param=f"messages[{i}].content")
         role = "system" if m.role == "developer" else m.role
@@ -73,12 +86,7 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
 
 
 def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:
-    try:
-        json.loads(arguments or "{}")
-    except json.JSONDecodeError:
-        raise InvalidRequest(
-            f"messages[{i}].tool_calls[{j}] has arguments that are not JSON",
-            param=f"messages[{i}].tool_calls[{j}].function.arguments") from None
+    check_arguments(arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
     return ToolCall(name=name, arguments=arguments or "{}", id=call_id)
 
 
@@ -146,3 +154,29 @@ def _refuse_unsupported(wire: ChatCompletionRequest) -> None:
     for field, ok in neutral.items():
         if not ok:
             raise UnsupportedFeature(f"{field} is not supported by callgate; omit it", param=field)
+
+
+def parse_as(model: type[M], raw: object, param: str) -> M:
+    """One part of a body (an input item, a content block, a tool) parsed by its type; a 400
+    naming where it is wrong, instead of a union's guess at what it meant."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join([param, *(str(p) for p in first["loc"])])
+        raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+
+
+def check_answers(call_id: str, made: set[str], param: str) -> None:
+    """A tool result must answer a call made earlier in the conversation."""
+    if call_id not in made:
+        raise InvalidRequest(
+            f"{param} is a tool result for call id {call_id!r}, but no earlier assistant turn made a call "
+            "with that id", param=param)
+
+
+def check_arguments(arguments: str, param: str) -> None:
+    try:
+        json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        raise InvalidRequest(f"{param} is not JSON", param=param) from None

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 _STRICT = ConfigDict(extra="forbid")
 # OpenAI allows [a-zA-Z0-9_-]{1,64}; dots are admitted too because BFCL's functions use them.
 TOOL_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class FunctionDef(BaseModel):
@@ -56,6 +57,12 @@ class MessageWire(BaseModel):
     tool_calls: list[ToolCallWire] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    # What `message.model_dump()` of a response carries back as history: nulls that ask for
+    # nothing (OpenAI accepts them), and annotations / invalid calls, which prompts never show.
+    annotations: list[Any] | None = None
+    audio: None = None
+    function_call: None = None
+    invalid_tool_calls: list[Any] | None = None
 
 
 class NamedFunction(BaseModel):
@@ -117,6 +124,12 @@ class ChatCompletionRequest(BaseModel):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # Hints: effort drives the template's thinking switch where it has one (translate.py);
+    # verbosity is accepted and not acted on (a length hint; max_tokens is the bound).
+    reasoning_effort: Effort | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
     # callgate extension (send with the openai client's extra_body).
     no_tool_threshold: float | None = Field(
         None, ge=0, le=1,

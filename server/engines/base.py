@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from server.types import Sampling
 
@@ -110,3 +110,10 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class CountsTokens(Protocol):
+    """An engine that can count a prompt's tokens without generating (count_tokens routes)."""
+
+    async def count_tokens(self, text: str) -> int: ...

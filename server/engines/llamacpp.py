@@ -66,6 +66,7 @@ class LlamaCppEngine:
         self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
         self._active: AdapterKey = _BASE  # what the context (and its cached prefix) was computed with
         self._info = self._read_info(path)
+        self._closed = False
 
     def info(self) -> EngineInfo:
         return self._info
@@ -91,6 +92,13 @@ class LlamaCppEngine:
             with contextlib.suppress(BaseException):
                 await work
 
+    async def count_tokens(self, text: str) -> int:
+        # The vocabulary only: safe beside a running decode (llama-server tokenizes in its HTTP
+        # threads too), so a count never waits for a generation. Never on a freed model.
+        if self._closed:
+            raise EngineError("the llama.cpp engine is closed")
+        return len(self._tokenize(text))
+
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
@@ -108,6 +116,7 @@ class LlamaCppEngine:
         return frozenset(self._adapters)
 
     async def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=True)
         for name in list(self._adapters):
             self._unload_adapter(name)  # before the model: an adapter lives on its model
