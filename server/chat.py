@@ -211,21 +211,28 @@ async def run_chat(
 
 
 async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Metrics) -> ToolChoice:
-    """The calibrated no-tool decision: in `auto`, call a tool only if P(open) >= threshold."""
+    """The calibrated no-tool decision in `auto`, from the next token's probabilities: below the
+    threshold summed over every opener (the format's own and the loose ones its models write,
+    such as a ```json block), no call (`none`); at or above it on the format's own opener alone,
+    a call (`required`); else the model's own answer decides, as in plain `auto`."""
     threshold = request.no_tool_threshold
     if threshold is None:
         threshold = served.no_tool_threshold
     if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
         return request.choice
-    if not served.format.envelope.decision_point:
+    env = served.format.envelope
+    if not env.decision_point:
         raise UnsupportedFeature(
             f"no_tool_threshold needs a format whose calls and text answers start differently; "
-            f"{served.format.name!r} answers text with {served.format.envelope.reply[0]!r}",
+            f"{served.format.name!r} answers text with {env.reply[0]!r}",
             param="no_tool_threshold")
-    [p_open] = await served.engine.token_probabilities(
-        prompt, [served.format.envelope.open], served.adapter, served.adapter_scale)
-    metrics.tool_open_probability.labels(served.name).observe(p_open)
-    return ToolChoice(ChoiceMode.REQUIRED if p_open >= threshold else ChoiceMode.NONE)
+    p_open, *p_loose = await served.engine.token_probabilities(
+        prompt, [env.open, *env.loose_openers], served.adapter, served.adapter_scale)
+    p_any = min(1.0, p_open + sum(p_loose))
+    metrics.tool_open_probability.labels(served.name).observe(p_any)
+    if p_any < threshold:
+        return ToolChoice(ChoiceMode.NONE)
+    return ToolChoice(ChoiceMode.REQUIRED) if p_open >= threshold else request.choice
 
 
 class _Run:
@@ -265,23 +272,34 @@ class _Run:
         start = time.perf_counter()
         first: float | None = None
         attempt_cancel = Cancel()
+        produced = 0
         async for item in self.served.engine.generate(request, attempt_cancel):
             if cancel.is_set():
                 attempt_cancel.set()
                 return
             if isinstance(item, Piece):
                 first = first or time.perf_counter()
+                produced += item.tokens
                 for event in self._handle(parser.feed(item.text), state):
                     yield event
                 if state.retry_wanted:
                     attempt_cancel.set()  # a bad first call: stop this attempt and regenerate
                     return
+                if state.repeated:  # the answer is complete: what follows would only repeat it
+                    attempt_cancel.set()
+                    state.finish = Finish("stop", await self._prompt_tokens(request.prompt), produced)
+                    break
             elif isinstance(item, Finish):
                 state.finish = item
-        for event in self._handle(parser.close(), state):
-            yield event
-        state.unclosed = parser.unclosed
+        if not state.repeated:
+            for event in self._handle(parser.close(), state):
+                yield event
+            state.unclosed = parser.unclosed
         self._record_timing(start, first, state)
+
+    async def _prompt_tokens(self, prompt: str) -> int:
+        engine = self.served.engine
+        return await engine.count_tokens(prompt) if isinstance(engine, CountsTokens) else 0
 
     def _handle(self, events: list[StreamEvent], state: _AttemptState) -> list[ChatEvent]:
         out: list[ChatEvent] = []
@@ -304,6 +322,12 @@ class _Run:
             if not state.retry_wanted:
                 self._count(Outcome.INVALID, parsed.name)
             return []
+        if (parsed.name, parsed.arguments) in state.made:
+            # Small models loop on a call (SmolLM2 wrote the same one until max_tokens): an
+            # identical call adds nothing to the answer, so it ends the answer instead.
+            state.repeated = True
+            return []
+        state.made.add((parsed.name, parsed.arguments))
         call = ToolCall(name=parsed.name, arguments=parsed.arguments, id=_call_id())
         self._count(Outcome.REPAIRED if state.repaired else Outcome.VALID, call.name)
         state.sent = True
@@ -360,11 +384,13 @@ class _AttemptState:
     sent: bool = False
     calls: int = 0
     retry_wanted: bool = False
+    repeated: bool = False  # a call repeated an earlier one: the answer ends there
     unclosed: bool = False
     finish: Finish | None = None
 
     def __post_init__(self) -> None:
         self.invalid: list[InvalidCall] = []
+        self.made: set[tuple[str, str]] = set()
 
 
 def _call_id() -> str:

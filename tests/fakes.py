@@ -18,7 +18,8 @@ INFO = EngineInfo(model="fake", context_length=4096, chat_template=(
 @dataclass
 class FakeEngine:
     scripts: list[tuple[list[str], str]] = field(default_factory=list)  # (pieces, finish reason)
-    p_open: float = 0.5
+    p_open: float = 0.5  # of the format's own opener (the first candidate)
+    p_loose: float = 0.0  # of each loose opener after it
     requests: list[GenerateRequest] = field(default_factory=list)
     cancelled: int = 0
     # Adapters: what was loaded and unloaded, in order; a load waits on `load_gate` when set
@@ -48,7 +49,7 @@ class FakeEngine:
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
-        return [self.p_open for _ in candidates]
+        return [self.p_open if i == 0 else self.p_loose for i, _ in enumerate(candidates)]
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:
         self.loads.append(adapter.name)

@@ -101,6 +101,20 @@ def test_no_tool_threshold_decides_from_the_opening_probability(p_open: float, t
     assert metrics.tool_open_probability.collect()[0].samples  # observed for calibration
 
 
+@pytest.mark.parametrize("p_loose,expected", [(0.05, "none"), (0.2, "auto")])
+def test_the_threshold_sums_the_loose_openers_and_leaves_their_calls_to_the_model(p_loose: float, expected: str) -> None:
+    """P(<tool_call>) 0.1 alone is under 0.5; with three loose openers (```, {", {\n) at 0.2 each
+    the sum passes, yet no call is forced: the model writes its own (a ```json block)."""
+    engine = FakeEngine([(["Hello."], "stop")], p_open=0.1, p_loose=p_loose)
+    metrics = Metrics()
+    _run(_served(engine, threshold=0.5), _request(), metrics)
+    grammar = engine.requests[0].grammar or ""
+    assert "start: calls" not in grammar
+    assert ("start: reply | calls" in grammar) == (expected == "auto")
+    [sample] = [s for s in metrics.tool_open_probability.collect()[0].samples if s.name.endswith("_sum")]
+    assert sample.value == pytest.approx(min(1.0, 0.1 + 3 * p_loose))
+
+
 def test_request_threshold_overrides_the_models() -> None:
     engine = FakeEngine([(["Hi."], "stop")], p_open=0.6)
     _run(_served(engine, threshold=0.5), _request(threshold=0.9))
@@ -137,3 +151,17 @@ def test_threshold_is_refused_where_text_and_calls_start_alike() -> None:
     assert not get_format("functionary_v3").envelope.decision_point and get_format("hermes").envelope.decision_point
     with pytest.raises(UnsupportedFeature, match="no_tool_threshold"):
         _run(served, _request())
+
+
+def test_a_repeated_call_ends_the_answer() -> None:
+    """SmolLM2 repeated one call until max_tokens: the repeat stops generation, the answer keeps one."""
+    other = GOOD.replace("7", "8")
+    engine = FakeEngine([([GOOD, "\n", other, "\n", GOOD, "\n", GOOD, "\n", "text never read"], "length")])
+    metrics = Metrics()
+    events = _run(_served(engine), _request(ChoiceMode.REQUIRED), metrics)
+    calls = [e.call.arguments for e in events if isinstance(e, CallEvent)]
+    assert calls == ['{"order_id": 7}', '{"order_id": 8}']
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and done.finish_reason == "tool_calls"
+    assert done.completion_tokens == 5  # pieces up to the repeat, not the whole script
+    assert _outcomes(metrics) == {"valid": 2}

@@ -78,6 +78,8 @@ class Envelope:
     first call, or is None when a call section is the whole output (no text before calls).
     Free text never contains an opener (`bans`, default `open`) or, when `text_sep` is None,
     never starts with one after whitespace. `json_reply`: the text itself is a JSON string.
+    `loose_openers`: how the family's models also open calls outside the markers (loose.py), for
+    the no-tool threshold's sum; each should start with a token of its own.
     """
 
     grammar_file: str
@@ -88,6 +90,7 @@ class Envelope:
     json_reply: bool = False
     bans: tuple[str, ...] = ()
     args_open: str = ""
+    loose_openers: tuple[str, ...] = ()
 
     @property
     def decision_point(self) -> bool:

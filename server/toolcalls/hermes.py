@@ -22,7 +22,8 @@ CLOSE = "</tool_call>"
 
 class HermesFormat(FormatBase):
     name = "hermes"
-    envelope = Envelope(grammar_file="hermes.lark", open=OPEN, close=CLOSE)
+    # Qwen2.5's first tokens of a ```json block and of a bare object (`{"` and `{\n` are tokens).
+    envelope = Envelope(grammar_file="hermes.lark", open=OPEN, close=CLOSE, loose_openers=("```", '{"', "{\n"))
 
     def render(self, content: str | None, calls: Sequence[ToolCall]) -> str:
         blocks = [f"{OPEN}\n{call_object(call)}\n{CLOSE}" for call in calls]

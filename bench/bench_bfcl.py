@@ -1,0 +1,209 @@
+"""BFCL on real models, three arms side by side on the same model file and prompts:
+
+- `raw`: the model unconstrained (llama.cpp's llama-server `/completion`, the gateway's own
+  prompt, greedy), its calls read strictly in the template's format (`<tool_call>` tags for Qwen);
+- `llama-server`: llama-server `--jinja` `/v1/chat/completions` with the tools, its own parser;
+- `callgate`: the gateway, `tool_choice` auto.
+
+Scored with BFCL's AST matching (training/bfcl_ast.py, checked against bfcl_eval's checker), per
+category: AST accuracy, valid-call rate (entries whose every returned call names a declared tool
+with schema-valid arguments, over entries with calls), calls lost as text (answers with no
+`tool_calls` whose text holds a call-shaped block naming a declared tool), false calls on
+irrelevance. Answers are saved under .cache/bench-bfcl/, so a long run resumes where it stopped.
+
+    python bench/bench_bfcl.py --models smollm2-135m-instruct qwen2.5-coder-0.5b-instruct --per-category 40 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import jsonschema  # noqa: E402
+
+from bench.common import write_section  # noqa: E402
+from server import catalogue, fetch  # noqa: E402
+from server.toolcalls import get_format  # noqa: E402
+from server.toolcalls.detect import detect_format  # noqa: E402
+from server.toolcalls.prompting import render_chat  # noqa: E402
+from server.types import Message, Tool  # noqa: E402
+from training import bfcl, bfcl_ast  # noqa: E402
+
+CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple"]
+ARMS = ["raw", "llama-server", "callgate"]
+OUT = Path(__file__).resolve().parent.parent / ".cache" / "bench-bfcl"
+MAX_TOKENS = 256
+Answer = dict[str, Any]  # {"id", "calls": [[name, arguments text]], "content", "finish"}
+
+
+def entries(category: str, n: int) -> list[tuple[str, list[Tool], list[Message]]]:
+    out = []
+    for entry in bfcl.load_category(category)[:n]:
+        tools = [bfcl.to_tool(doc) for doc in entry["function"]]
+        turn = entry["question"][0]
+        out.append((entry["id"], tools, [Message(m["role"], m["content"]) for m in turn]))
+    return out
+
+
+def wire_tools(tools: list[Tool]) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                              "parameters": t.parameters}} for t in tools]  # fmt: skip
+
+
+def chat_answer(url: str, model: str, tools: list[Tool], messages: list[Message]) -> Answer:
+    body = {"model": model, "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "tools": wire_tools(tools), "tool_choice": "auto", "temperature": 0, "max_tokens": MAX_TOKENS}
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+    if r.status_code != 200:
+        return {"calls": [], "content": "", "finish": f"http {r.status_code}: {r.text[:200]}"}
+    choice = r.json()["choices"][0]
+    calls = [[c["function"]["name"], c["function"]["arguments"]] for c in choice["message"].get("tool_calls") or []]
+    return {"calls": calls, "content": choice["message"].get("content") or "", "finish": choice["finish_reason"]}
+
+
+def raw_answer(url: str, template: str, fmt_name: str, tools: list[Tool], messages: list[Message]) -> Answer:
+    fmt = get_format(fmt_name)
+    prompt = render_chat(template, fmt, messages, tools)
+    body = {"prompt": prompt, "n_predict": MAX_TOKENS, "temperature": 0, "cache_prompt": True}
+    text = httpx.post(url + "/completion", json=body, timeout=600).json()["content"]
+    parsed = strict_parse(fmt_name, text)
+    return {"calls": [[c.name, c.arguments] for c in parsed.calls if c.error is None], "content": parsed.content,
+            "finish": "raw", "text": text}
+
+
+def strict_parse(fmt_name: str, text: str) -> Any:
+    """The template's own syntax only: for hermes, `<tool_call>` tags without the loose reading."""
+    fmt = get_format(fmt_name)
+    if fmt_name != "hermes":
+        return fmt.parse(text)
+    from server.toolcalls.hermes import CLOSE, OPEN, _parse_body
+    from server.toolcalls.scan import MarkerScan
+    from server.toolcalls.streaming import MarkerStreamParser, parse_with, without_think
+
+    return parse_with(without_think(MarkerStreamParser(OPEN, lambda: MarkerScan(CLOSE), _parse_body)), text)
+
+
+def score(category: str, entry_id: str, tools: list[Tool], answer: Answer, fmt_name: str) -> dict[str, int]:
+    by_name = {t.name: t for t in tools}
+    calls = answer["calls"]
+    decoded = []
+    valid = bool(calls)
+    for name, arguments in calls:
+        try:
+            args = json.loads(arguments)
+            jsonschema.validate(args, by_name[name].parameters)
+            decoded.append((name, args))
+        except (KeyError, ValueError, jsonschema.ValidationError):
+            valid = False
+    lost = not calls and any(c.name in by_name for c in get_format(fmt_name).parse(answer["content"]).calls)
+    if category == "irrelevance":
+        return {"n": 1, "ok": int(not calls), "called": int(bool(calls)), "valid": int(valid), "lost": 0,
+                "false": int(bool(calls))}
+    possible = bfcl.load_possible_answers(category)[entry_id]
+    ok = valid and bfcl_ast.match_calls(by_name, decoded, possible).ok
+    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0}
+
+
+def run_arm(arm: str, ask: Callable[[list[Tool], list[Message]], Answer], model_dir: Path,
+            categories: list[str], n: int) -> None:
+    for category in categories:
+        path = model_dir / arm / f"{category}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.exists() else set()
+        for entry_id, tools, messages in entries(category, n):
+            if entry_id in done:
+                continue
+            answer = {"id": entry_id, **ask(tools, messages)}
+            with path.open("a") as f:
+                f.write(json.dumps(answer, ensure_ascii=False) + "\n")
+            print(f"{arm} {category} {entry_id}: {len(answer['calls'])} call(s), {answer['finish']}", flush=True)
+
+
+def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: str) -> str:
+    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text | false calls |",
+            "|---|---|---:|---:|---:|---:|---:|"]
+    for category in categories:
+        wanted = {entry_id: tools for entry_id, tools, _ in entries(category, n)}
+        for arm in ARMS:
+            path = model_dir / arm / f"{category}.jsonl"
+            answers = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+            totals: dict[str, int] = {"n": 0, "ok": 0, "called": 0, "valid": 0, "lost": 0, "false": 0}
+            for a in answers:
+                if a["id"] in wanted:
+                    for k, v in score(category, a["id"], wanted[a["id"]], a, fmt_name).items():
+                        totals[k] += v
+            if not totals["n"]:
+                continue
+            valid = f"{totals['valid'] / totals['called']:.2f}" if totals["called"] else "-"
+            false = f"{totals['false']}/{totals['n']}" if category == "irrelevance" else "-"
+            lost = "-" if category == "irrelevance" else str(totals["lost"])
+            rows.append(f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "
+                        f"| {false} |")
+    return f"### {model}\n\n" + "\n".join(rows) + "\n"
+
+
+@contextmanager
+def servers(path: Path, threads: int) -> Iterator[tuple[str, str]]:
+    from tests.live import live_gateway
+    from tests.upstreams import llama_server
+
+    with tempfile.TemporaryDirectory() as logs, \
+            llama_server(path, Path(logs), slots=1, ctx=4096, extra=("--jinja", "-t", str(threads))) as upstream:
+        gateway = live_gateway(path, **{"model.threads": threads})
+        live = next(gateway)
+        try:
+            yield upstream.url, live.base_url
+        finally:
+            gateway.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
+    p.add_argument("--categories", nargs="+", default=CATEGORIES)
+    p.add_argument("--per-category", type=int, default=40)
+    p.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    p.add_argument("--threads", type=int, default=1, help="llama.cpp threads, the same in every arm")
+    p.add_argument("--score-only", action="store_true", help="score the saved answers, ask nothing")
+    p.add_argument("--write", action="store_true", help="rewrite this section of docs/benchmarks.md")
+    args = p.parse_args()
+    sections = []
+    for name in args.models:
+        model = catalogue.find(name)
+        if model is None:
+            raise SystemExit(f"unknown catalogue model {name}")
+        path = fetch.fetch(model)
+        from gguf import GGUFReader
+
+        field = GGUFReader(path).fields["tokenizer.chat_template"]
+        template = bytes(field.parts[field.data[0]]).decode()
+        fmt_name = detect_format(template).format
+        model_dir = OUT / name
+        if not args.score_only:
+            with servers(path, args.threads) as (upstream, gateway):
+                asks: dict[str, Callable[[list[Tool], list[Message]], Answer]] = {
+                    "raw": lambda tools, msgs: raw_answer(upstream, template, fmt_name, tools, msgs),
+                    "llama-server": lambda tools, msgs: chat_answer(upstream, name, tools, msgs),
+                    "callgate": lambda tools, msgs: chat_answer(gateway, name, tools, msgs),
+                }
+                for arm in args.arms:
+                    run_arm(arm, asks[arm], model_dir, args.categories, args.per_category)
+        sections.append(table(name, model_dir, args.categories, args.per_category, fmt_name))
+    body = "\n".join(sections)
+    print(body)
+    if args.write:
+        write_section("BFCL on real models: unconstrained vs llama-server --jinja vs callgate", body,
+                      ("llama-cpp-python", "llguidance"))
+
+
+if __name__ == "__main__":
+    main()
