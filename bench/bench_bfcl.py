@@ -6,8 +6,8 @@
 - `callgate`: the gateway, `tool_choice` auto.
 
 Scored with BFCL's AST matching (training/bfcl_ast.py, checked against bfcl_eval's checker), per
-category: AST accuracy, valid-call rate (entries whose every returned call names a declared tool
-with schema-valid arguments, over entries with calls), calls lost as text (answers with no
+category: AST accuracy, valid-call rate (entries answered with calls that all name a declared tool
+with schema-valid arguments, over the entries that need a call), calls lost as text (answers with no
 `tool_calls` whose text holds a call-shaped block naming a declared tool), false calls on
 irrelevance. Answers are saved under .cache/bench-bfcl/, so a long run resumes where it stopped.
 
@@ -143,7 +143,7 @@ def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: 
                         totals[k] += v
             if not totals["n"]:
                 continue
-            valid = f"{totals['valid'] / totals['called']:.2f}" if totals["called"] else "-"
+            valid = "-" if category == "irrelevance" else f"{totals['valid'] / totals['n']:.2f}"
             false = f"{totals['false']}/{totals['n']}" if category == "irrelevance" else "-"
             lost = "-" if category == "irrelevance" else str(totals["lost"])
             rows.append(f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "

@@ -197,7 +197,7 @@ async def run_chat(
             if choice != request.choice:  # the no-tool threshold settled the mode
                 constraint = await constraint_for(served, request, choice, metrics, compile_timeout_s)
                 gbnf = await gbnf_for(served, request, choice, compile_timeout_s)
-            run = _Run(served, request, choice, metrics, gbnf)
+            run = _Run(served, request, choice, metrics, gbnf, compile_timeout_s)
             async for event in run.attempts(prompt, constraint, cancel):
                 yield event
         except EngineError:
@@ -239,9 +239,11 @@ class _Run:
     """The attempts of one request: generate, parse, validate; retry while nothing was sent."""
 
     def __init__(
-        self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics, gbnf: Gbnf | None = None
+        self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics, gbnf: Gbnf | None = None,
+        compile_timeout_s: float = 5.0,
     ):
         self.served = served
+        self.compile_timeout_s = compile_timeout_s
         self.gbnf = gbnf
         self.request = request
         self.choice = choice
@@ -263,6 +265,13 @@ class _Run:
             if not state.retry_wanted:
                 break
             self._count(Outcome.INVALID, state.invalid[-1].name)
+            if state.loose_failed:
+                # The model meant a call of a declared tool but wrote it outside the grammar (a
+                # ```json block): the retry writes it under the grammar, where it cannot fail.
+                required = ToolChoice(ChoiceMode.REQUIRED)
+                constraint = await constraint_for(self.served, self.request, required, self.metrics,
+                                                  self.compile_timeout_s)
+                self.gbnf = await gbnf_for(self.served, self.request, required, self.compile_timeout_s)
         yield self._done(state)
 
     async def _generate(
@@ -318,6 +327,7 @@ class _Run:
         error = validate_call(parsed, self.tools)
         if error is not None:
             state.invalid.append(InvalidCall(parsed.name, parsed.arguments, error))
+            state.loose_failed = parsed.raw is not None
             state.retry_wanted = not state.sent
             if not state.retry_wanted:
                 self._count(Outcome.INVALID, parsed.name)
@@ -385,6 +395,7 @@ class _AttemptState:
     calls: int = 0
     retry_wanted: bool = False
     repeated: bool = False  # a call repeated an earlier one: the answer ends there
+    loose_failed: bool = False  # the failed call was written outside the format's markers
     unclosed: bool = False
     finish: Finish | None = None
 

@@ -124,3 +124,21 @@ def test_parallel_tool_calls_false_keeps_one_loose_call() -> None:
     content, calls, reason = _answer(two, parallel=False)
     assert calls == ['{"city": "Paris"}'] and reason == "tool_calls"
     assert content == BARE.replace("Paris", "Rome")
+
+
+def test_a_loose_call_that_fails_validation_is_retried_under_the_grammar() -> None:
+    """The model meant a call of a declared tool but its ```json block misses `city`: the retry
+    runs under the `required` grammar, which writes the call in the format's markers."""
+    bad = '```json\n{"name": "get_weather", "arguments": {"town": "Paris"}}\n```'
+    good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    engine = FakeEngine([([bad], "stop"), ([good], "stop")])
+    served = Served("fake", engine, INFO, HERMES, INFO.chat_template or "", Admission(1, 4, 5.0))
+    request = ChatRequest(messages=(Message("user", "weather?"),), tools=(WEATHER,), sampling=Sampling(max_tokens=64))
+
+    async def collect() -> list[object]:
+        return [e async for e in run_chat(served, request, Metrics(), Cancel())]
+
+    events = asyncio.run(collect())
+    assert [e.call.arguments for e in events if isinstance(e, CallEvent)] == ['{"city": "Paris"}']
+    first, retry = (r.grammar or "" for r in engine.requests)
+    assert "start: reply | calls" in first and "start: calls" in retry
