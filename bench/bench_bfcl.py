@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,9 +192,9 @@ def main() -> None:
         if not args.score_only:
             with servers(path, args.threads) as (upstream, gateway):
                 asks: dict[str, Callable[[list[Tool], list[Message]], Answer]] = {
-                    "raw": lambda tools, msgs: raw_answer(upstream, template, fmt_name, tools, msgs),
-                    "llama-server": lambda tools, msgs: chat_answer(upstream, name, tools, msgs),
-                    "callgate": lambda tools, msgs: chat_answer(gateway, name, tools, msgs),
+                    "raw": partial(raw_answer, upstream, template, fmt_name),
+                    "llama-server": partial(chat_answer, upstream, name),
+                    "callgate": partial(chat_answer, gateway, name),
                 }
                 for arm in args.arms:
                     run_arm(arm, asks[arm], model_dir, args.categories, args.per_category)

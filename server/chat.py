@@ -24,6 +24,7 @@ from server.engines.base import Cancel, CountsTokens, Engine, EngineInfo, Finish
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
+from server.toolcalls.loose import reads_as_text
 from server.toolcalls.prompting import render_chat
 from server.toolcalls.validation import validate_call
 from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
@@ -347,7 +348,7 @@ class _Run:
     def _loose_is_call(self, parsed: ParsedCall, state: _AttemptState) -> bool:
         """A call written outside the format's markers (a ```json block, a bare object) is a call
         only if it names a declared tool in a mode that allows it; else it is the text it was."""
-        if parsed.name not in self.tools or self.choice.mode is ChoiceMode.NONE:
+        if reads_as_text(parsed, self.tools) or self.choice.mode is ChoiceMode.NONE:
             return False
         return self.request.parallel or state.calls == 0
 

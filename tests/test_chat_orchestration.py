@@ -102,7 +102,7 @@ def test_no_tool_threshold_decides_from_the_opening_probability(p_open: float, t
 
 
 @pytest.mark.parametrize("p_loose,expected", [(0.05, "none"), (0.2, "auto")])
-def test_the_threshold_sums_the_loose_openers_and_leaves_their_calls_to_the_model(p_loose: float, expected: str) -> None:
+def test_the_threshold_sums_loose_openers_and_leaves_their_calls_to_the_model(p_loose: float, expected: str) -> None:
     """P(<tool_call>) 0.1 alone is under 0.5; with three loose openers (```, {", {\n) at 0.2 each
     the sum passes, yet no call is forced: the model writes its own (a ```json block)."""
     engine = FakeEngine([(["Hello."], "stop")], p_open=0.1, p_loose=p_loose)

@@ -142,3 +142,12 @@ def test_a_loose_call_that_fails_validation_is_retried_under_the_grammar() -> No
     assert [e.call.arguments for e in events if isinstance(e, CallEvent)] == ['{"city": "Paris"}']
     first, retry = (r.grammar or "" for r in engine.requests)
     assert "start: reply | calls" in first and "start: calls" in retry
+
+
+def test_training_scores_loose_blocks_as_the_gateway_serves_them() -> None:
+    from training.verifier import Expected, ToolCallingVerifier
+
+    verifier = ToolCallingVerifier("hermes")
+    expected = Expected(calls=())
+    assert not verifier.score([WEATHER], expected, NOT_A_CALL).called  # text, as served
+    assert verifier.score([WEATHER], expected, FENCED).called  # a call, as served

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from server.toolcalls import Parsed, ParsedCall, ToolFormat, get_format
+from server.toolcalls.loose import reads_as_text
 from server.toolcalls.validation import validate_call
 from server.types import Tool
 from training.bfcl_ast import PossibleAnswer, bfcl_name, match_calls
@@ -131,7 +132,7 @@ class ToolCallingVerifier:
 
 def verdict(tools: Sequence[Tool], expected: Expected, parsed: Parsed) -> Verdict:
     declared = {t.name: t for t in tools}
-    calls = parsed.calls
+    calls = tuple(c for c in parsed.calls if not reads_as_text(c, declared))
     called = bool(calls) or parsed.unclosed
     problems = [p for p in (validate_call(c, declared) for c in calls) if p]
     if parsed.unclosed:

@@ -12,6 +12,7 @@ is not call-shaped passes through byte for byte, held back only while it may sti
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import replace
 
 from server.toolcalls.base import CallDone, ParsedCall, StreamEvent, StreamParser, TextDelta
@@ -154,6 +155,12 @@ class LooseCalls:
         if self._space:
             out.append(TextDelta(self._space))
             self._space = ""
+
+
+def reads_as_text(call: ParsedCall, declared: Container[str]) -> bool:
+    """Whether a parsed call is text after all: written loose and naming no declared tool. The
+    gateway's rule, shared with training's verifier so served and scored answers agree."""
+    return call.raw is not None and call.name not in declared
 
 
 def _calls(value: str) -> list[ParsedCall] | None:
