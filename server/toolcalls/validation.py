@@ -11,8 +11,9 @@ from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from referencing.exceptions import Unresolvable
 
-from server.patterns import SafeValidator
+from server.patterns import linear_problem, safe_validator
 from server.toolcalls.base import ParsedCall
 from server.types import Tool
 
@@ -28,7 +29,10 @@ def validate_call(call: ParsedCall, tools: Mapping[str, Tool]) -> str | None:
         arguments = json.loads(call.arguments)
     except json.JSONDecodeError as exc:
         return f"arguments are not JSON: {exc}"
-    error = next(iter(_validator(_schema_key(tool)).iter_errors(arguments)), None)
+    try:
+        error = next(iter(_validator(_schema_key(tool)).iter_errors(arguments)), None)
+    except Unresolvable as exc:  # a `$ref` to a URL or to nothing: never fetched
+        return f"the tool's schema has a reference that cannot be resolved: {exc}"
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         return f"arguments do not match the schema at {where}: {error.message}"
@@ -39,7 +43,7 @@ def check_schema(schema: object) -> str | None:
     """None if `schema` is a valid Draft 2020-12 JSON Schema, else where and why not."""
     if not isinstance(schema, (dict, bool)):
         return "a JSON Schema must be an object"
-    return _meta_problem(json.dumps(schema, sort_keys=True, default=repr))
+    return _meta_problem(json.dumps(schema, sort_keys=True, default=repr)) or linear_problem(schema)
 
 
 def clear_schema_checks() -> None:
@@ -66,5 +70,4 @@ def _schema_key(tool: Tool) -> str:
 @lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Draft202012Validator:
     # RE2 for `pattern` & co.: a model-written string must not backtrack `re` for minutes.
-    validator: Draft202012Validator = SafeValidator(json.loads(schema_json))
-    return validator
+    return safe_validator(json.loads(schema_json))

@@ -1,0 +1,63 @@
+"""Issue #18 through HTTP on a real gateway (tiny model): what a client with a valid key sends
+to stall, crash or open the gateway gets a 4xx (or is served), never a 5xx or a frozen loop."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import time
+from typing import Any
+
+import httpx
+
+from tests.live import Live
+
+USER = [{"role": "user", "content": "hi"}]
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _health_while(live: Live, work: concurrent.futures.Future[Any], budget_s: float) -> float:
+    """The slowest /health answer while `work` runs (at most `budget_s`)."""
+    slowest, deadline = 0.0, time.monotonic() + budget_s
+    while not work.done() and time.monotonic() < deadline:
+        start = time.perf_counter()
+        httpx.get(live.base_url + "/health", timeout=budget_s)
+        slowest = max(slowest, time.perf_counter() - start)
+        time.sleep(0.02)
+    return slowest
+
+
+def _chat(live: Live, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
+    return httpx.post(live.v1 + "/chat/completions", json={"model": "tiny", "messages": USER, **body},
+                      timeout=timeout)
+
+
+def test_backtracking_pattern_below_a_nested_schema_is_matched_in_linear_time(gateway: Live) -> None:
+    # The model is forced to write the const; validating it with Python's `re` takes 2^27 steps.
+    value = "a" * 27 + "b"
+    prop = {"$schema": DRAFT, "type": "string", "const": value, "pattern": "^(?:(a+)+c|a*b)$"}
+    tool = {"type": "function", "function": {"name": "echo", "parameters": {
+        "type": "object", "properties": {"s": prop}, "required": ["s"], "additionalProperties": False}}}
+    body = {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "echo"}}, "max_tokens": 60}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        work = pool.submit(_chat, gateway, body, 15)
+        slowest = _health_while(gateway, work, 15)
+        r = work.result()
+    assert r.status_code == 200, r.text
+    call = r.json()["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert json.loads(call["arguments"]) == {"s": value}
+    assert slowest < 1.0
+
+
+def test_meta_schema_checks_run_off_the_event_loop(gateway: Live) -> None:
+    # 15,000 empty subschemas (45 KB, under limits.max_schema_bytes): seconds of meta-schema
+    # checks in Python; /health must keep answering meanwhile. Unique, so no cache helps.
+    schema = {"type": "object", "description": secrets.token_hex(8), "anyOf": [{}] * 15_000}
+    tool = {"type": "function", "function": {"name": "wide", "parameters": schema}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        work = pool.submit(_chat, gateway, {"tools": [tool], "tool_choice": "none", "max_tokens": 1})
+        slowest = _health_while(gateway, work, 60)
+        r = work.result()
+    assert r.status_code in (200, 400), r.text
+    assert slowest < 0.5
