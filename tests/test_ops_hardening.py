@@ -61,3 +61,36 @@ def test_meta_schema_checks_run_off_the_event_loop(gateway: Live) -> None:
         r = work.result()
     assert r.status_code in (200, 400), r.text
     assert slowest < 0.5
+
+
+def _post_raw(live: Live, path: str, text: str) -> httpx.Response:
+    return httpx.post(live.base_url + path, content=text.encode(), timeout=60,
+                      headers={"content-type": "application/json"})
+
+
+def _error(r: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = r.json()["error"]
+    return error
+
+
+def test_lone_surrogates_are_400_naming_the_field(gateway: Live) -> None:
+    before = _engine_errors(gateway)
+    content = '{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
+    r = _post_raw(gateway, "/v1/chat/completions", content)
+    assert r.status_code == 400 and _error(r)["param"] == "messages[0].content", r.text
+    tool = ('{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], "tools": '
+            '[{"type": "function", "function": {"name": "f", "description": "x \\udfff y"}}]}')
+    r = _post_raw(gateway, "/v1/chat/completions", tool)
+    assert r.status_code == 400 and _error(r)["param"] == "tools[0].function.description", r.text
+    r = _post_raw(gateway, "/apply-template", content)
+    assert r.status_code == 400, r.text
+    # A proper pair (an emoji written as two escapes) is text like any other.
+    pair = '{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "\\ud83d\\ude00 hi"}]}'
+    assert _post_raw(gateway, "/v1/chat/completions", pair).status_code == 200
+    assert _engine_errors(gateway) == before
+
+
+def _engine_errors(live: Live) -> float:
+    text = httpx.get(live.base_url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("callgate_engine_errors_total{"))
