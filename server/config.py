@@ -51,6 +51,7 @@ class LimitsSection(BaseModel):
     max_tools: int = Field(128, ge=1)
     max_schema_bytes: int = Field(65_536, ge=256, description="per tool, as compact JSON")
     max_schema_depth: int = Field(24, ge=2)
+    max_json_depth: int = Field(64, ge=2, description="nesting of the JSON in a history's tool-call arguments")
     max_tools_bytes: int = Field(
         262_144, ge=1024, description="all of a request's schemas together, as compact JSON"
     )

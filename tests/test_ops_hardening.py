@@ -94,3 +94,23 @@ def _engine_errors(live: Live) -> float:
     text = httpx.get(live.base_url + "/metrics", timeout=30).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("callgate_engine_errors_total{"))
+
+
+def test_any_nesting_depth_is_a_400(gateway: Live) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 50_000}}
+    for arguments in ("[" * 50_000, "[" * 500 + "]" * 500, '{"a": ' * 100 + "1" + "}" * 100):
+        call["function"]["arguments"] = arguments
+        history = [*USER, {"role": "assistant", "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+        r = _chat(gateway, {"messages": history, "max_tokens": 2})
+        assert r.status_code == 400, r.text[:300]
+        assert _error(r)["param"] == "messages[1].tool_calls[0].function.arguments"
+    deep_body = '{"model": "tiny", "messages": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    assert _post_raw(gateway, "/v1/chat/completions", deep_body).status_code == 400
+    deep_schema: Any = {"type": "string"}
+    for _ in range(400):
+        deep_schema = {"type": "array", "items": deep_schema}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": deep_schema}}}}
+    r = _post_raw(gateway, "/v1/chat/completions", json.dumps({"model": "tiny", "messages": USER, "tools": [tool]}))
+    assert r.status_code == 400, r.text[:300]

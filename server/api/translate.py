@@ -10,6 +10,7 @@ from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice,
 from server.chat import ChatRequest
 from server.config import LimitsSection
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.limits import depth
 from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
@@ -39,7 +40,7 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
     open_calls: set[str] = set()
     out = []
     for i, m in enumerate(wire):
-        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments)
+        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments, limits.max_json_depth)
                       for j, c in enumerate(m.tool_calls or []))
         open_calls.update(c.id for c in calls)
         if m.role == "tool" and m.tool_call_id not in open_calls:
@@ -72,13 +73,17 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
     return tuple(tools)
 
 
-def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:
+def _call(i: int, j: int, call_id: str, name: str, arguments: str, max_depth: int) -> ToolCall:
+    param = f"messages[{i}].tool_calls[{j}].function.arguments"
     try:
-        json.loads(arguments or "{}")
+        nesting = depth(json.loads(arguments or "{}"))
     except json.JSONDecodeError:
-        raise InvalidRequest(
-            f"messages[{i}].tool_calls[{j}] has arguments that are not JSON",
-            param=f"messages[{i}].tool_calls[{j}].function.arguments") from None
+        raise InvalidRequest(f"messages[{i}].tool_calls[{j}] has arguments that are not JSON", param=param) from None
+    except RecursionError:  # json's decoder recurses: past ~1000 levels it gives up at once
+        nesting = max_depth + 1
+    if nesting > max_depth:
+        raise InvalidRequest(f"{param} nests deeper than {max_depth} levels (limits.max_json_depth); flatten it",
+                             param=param, code="json_too_deep")
     return ToolCall(name=name, arguments=arguments or "{}", id=call_id)
 
 
