@@ -102,6 +102,7 @@ def prompt_for(served: Served, request: ChatRequest) -> str:
         add_generation_prompt=True,
         bos_token=served.info.bos_token,
         eos_token=served.info.eos_token,
+        specials=served.info.special_tokens,  # client text stays plain text (server/plaintext.py)
     )
 
 

@@ -24,6 +24,7 @@ from server.config import LimitsSection
 from server.engines.base import Cancel
 from server.errors import GatewayError
 from server.limits import Schemas, check_schema_budget
+from server.plaintext import unmarked
 from server.types import ChoiceMode
 
 router = APIRouter(dependencies=[InferenceDep])
@@ -159,4 +160,4 @@ async def apply_template(body: ApplyTemplateRequest, gw: GatewayDep) -> dict[str
         check_schema_budget(_schemas(body.tools, None), limits)
         return ChatRequest(messages=to_messages(body.messages, limits), tools=to_tools(body.tools or [], limits))
 
-    return {"prompt": prompt_for(served, await anyio.to_thread.run_sync(translate))}
+    return {"prompt": unmarked(prompt_for(served, await anyio.to_thread.run_sync(translate)))}
