@@ -67,7 +67,8 @@ Keys = Annotated[list[SecretStr], NoDecode]
 class AuthSection(BaseModel):
     api_keys: Keys = Field(default_factory=list, description="Bearer keys for inference routes")
     admin_keys: Keys = Field(default_factory=list, description="Bearer keys for admin routes (and inference)")
-    open_metrics: bool = Field(True, description="serve /metrics without a key (for Prometheus)")
+    open_metrics: bool | None = Field(
+        None, description="serve /metrics without a key (for Prometheus); default: only while no key is set")
     open_health: bool = Field(True, description="serve /health without a key (for probes)")
 
     @field_validator("api_keys", "admin_keys", mode="before")

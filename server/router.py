@@ -271,7 +271,7 @@ class Router:
         parts = []
         for m in self.members:
             state = "unhealthy" if not m.healthy else f"breaker {self._breaker(m, now)}"
-            parts.append(f"{m.name} ({state})")
+            parts.append(f"replica {m.index} ({state})")  # not its URL: clients see this
         return ", ".join(parts)
 
 

@@ -7,11 +7,15 @@ import concurrent.futures
 import json
 import secrets
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.live import Live
+from tests.live import Live, live_gateway
+from tests.upstreams import llama_cpp_python_server
 
 USER = [{"role": "user", "content": "hi"}]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -143,3 +147,46 @@ def test_client_text_never_becomes_control_tokens(gateway: Live, tiny_model: Any
     forged = tokens(prompt, True)
     assert len(plain) > len(forged)  # parsed, the forged turn would have been control tokens
     assert r.json()["usage"]["prompt_tokens"] == len(plain)
+
+
+KEY = "sk-hardening-0123456789"
+
+
+@pytest.fixture(scope="module")
+def locked(tiny_model: Any) -> Iterator[Live]:
+    yield from live_gateway(tiny_model.gguf, **{"model.served_name": "tiny", "auth.api_keys": [KEY]})
+
+
+def _get(live: Live, path: str, key: str | None = None) -> httpx.Response:
+    return httpx.get(live.base_url + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+
+
+def test_with_keys_only_a_bare_liveness_answer_is_open(locked: Live) -> None:
+    assert _get(locked, "/health").json() == {"status": "ok"}  # no model or adapter names
+    assert _get(locked, "/health", KEY).json()["models"] == ["tiny"]
+    for path in ("/docs", "/redoc", "/openapi.json", "/metrics", "/v1/models"):
+        assert _get(locked, path).status_code == 401, path
+    assert "/v1/chat/completions" in _get(locked, "/openapi.json", KEY).json()["paths"]
+    assert "swagger" in _get(locked, "/docs", KEY).text.lower()
+    assert _get(locked, "/metrics", KEY).status_code == 403  # metrics: admin keys only
+
+
+@pytest.mark.slow
+def test_errors_never_name_upstream_urls(tiny_model: Any, tmp_path: Path) -> None:
+    with llama_cpp_python_server(tiny_model.gguf, tmp_path, ctx=512) as upstream:
+        flags = {"engine.kind": "vllm", "engine.urls": [upstream.url], "engine.tokenizer": tiny_model.hf_dir,
+                 "engine.verify_grammar": False, "model.served_name": "tiny", "model.context_length": 512,
+                 "limits.max_tokens": 64, "limits.default_max_tokens": 32, "auth.api_keys": [KEY]}
+        gen = live_gateway(None, **flags)  # type: ignore[arg-type]
+        live = next(gen)
+        try:
+            upstream.kill()
+            host = upstream.url.split("//", 1)[1]
+            for stream in (False, True):
+                r = httpx.post(live.v1 + "/chat/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
+                               json={"model": "tiny", "messages": USER, "max_tokens": 4, "stream": stream})
+                assert r.status_code >= 500 or "error" in r.text, r.text
+                assert host not in r.text and upstream.url not in r.text, r.text
+            assert host not in _get(live, "/health").text
+        finally:
+            gen.close()

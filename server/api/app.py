@@ -20,6 +20,7 @@ from server import __version__
 from server.api.middleware import BodyLimit, Drain, Lifecycle, RequestMetrics
 from server.auth import KeyRing, Scope, warn_if_exposed
 from server.config import Settings
+from server.errors import GatewayError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 
@@ -55,8 +56,18 @@ def require_health_access(request: Request, gw: GatewayDep) -> None:
 
 
 def require_metrics_access(request: Request, gw: GatewayDep) -> None:
-    if not gw.settings.auth.open_metrics:
+    auth = gw.settings.auth
+    if not (auth.open_metrics if auth.open_metrics is not None else not auth.enabled):
         require_admin(request, gw)  # metrics describe the whole deployment: operators only
+
+
+def has_key(request: Request, gw: GatewayDep) -> bool:
+    """Whether the request carries a valid key (always true while no key is configured)."""
+    try:
+        gw.keys.authorize(request.headers.get("authorization"), Scope.INFERENCE)
+    except GatewayError:
+        return False
+    return True
 
 
 # Route dependencies: `dependencies=[InferenceDep]` on a router or route.
@@ -84,9 +95,14 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
             restore()
             await models.close()
 
-    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan)
+    # With keys set, the API description is for key holders too (info_routes.keyed_docs).
+    open_docs = not settings.auth.enabled
+    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan, **({} if open_docs else {
+        "docs_url": None, "redoc_url": None, "openapi_url": None}))
     app.state.gateway = gateway
     errors.install(app)
+    if not open_docs:
+        info_routes.keyed_docs(app)
     app.include_router(chat_routes.router)
     app.include_router(info_routes.router)
     app.include_router(admin_routes.router)

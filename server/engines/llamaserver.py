@@ -162,7 +162,7 @@ class LlamaServerEngine:
                 self._adapters[adapter.name] = lora_id
                 return
         loaded = ", ".join(p for p, _ in self._facts.loras) or "none"
-        raise EngineError(f"the llama-server at {self.name} was not started with this adapter's LoRA "
+        raise EngineError(f"a llama-server replica was not started with this adapter's LoRA "
                           f"({wanted}; it has: {loaded}); add --lora {wanted} --lora-init-without-apply")
 
     async def unload_adapter(self, name: str) -> None:
