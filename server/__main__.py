@@ -21,6 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     _model_flags(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--allow-open", action="store_true", default=None,
+                   help="serve with no API key on a non-loopback --host, on purpose (auth.allow_open)")
     return p.parse_args(argv)
 
 
@@ -100,6 +102,7 @@ def _build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "model.tool_format": args.tool_format,
             "server.host": getattr(args, "host", None),
             "server.port": getattr(args, "port", None),
+            "auth.allow_open": getattr(args, "allow_open", None),
         },
     )
     metrics = Metrics()

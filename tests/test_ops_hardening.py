@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,7 @@ import httpx
 import pytest
 
 from tests.live import Live, live_gateway
-from tests.upstreams import llama_cpp_python_server
+from tests.upstreams import free_port, llama_cpp_python_server
 
 USER = [{"role": "user", "content": "hi"}]
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -190,3 +193,38 @@ def test_errors_never_name_upstream_urls(tiny_model: Any, tmp_path: Path) -> Non
             assert host not in _get(live, "/health").text
         finally:
             gen.close()
+
+
+def _server(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "server", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+
+def test_no_key_on_a_network_address_refuses_to_start_unless_open_on_purpose(tiny_model: Any,
+                                                                               tmp_path: Path) -> None:
+    port = free_port()
+    base = ["--model", str(tiny_model.gguf), "--host", "0.0.0.0", "--port", str(port)]
+    refused = _server(base)
+    output, _ = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "auth.allow_open" in output and "api_keys_file" in output
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\n")
+    for extra, env, status in (([], {"CALLGATE_AUTH__API_KEYS_FILE": str(keys)}, 401), (["--allow-open"], {}, 200)):
+        proc = _server(base + extra, env)
+        try:
+            _wait_up(f"http://127.0.0.1:{port}/health", proc)
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == status
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+
+
+def _wait_up(url: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"the gateway did not start: {proc.communicate(timeout=5)[0][-2000:]}")
