@@ -47,6 +47,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-format", help="tool-call format (default: auto, detected from the chat template)")
 
 
+SHUTDOWN_GRACE_S = 5
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info")
+    # After the drain (server.shutdown_timeout_s), uvicorn waits at most this for connections
+    # (a client that stopped reading holds one open forever).
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
 

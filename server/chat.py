@@ -181,6 +181,8 @@ async def run_chat(
     # The lease comes before the queue: loading an adapter holds no engine slot.
     async with served.lease(), served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
+        if cancel.is_set():  # stopped while queued (client gone, shutdown): no prefill
+            return
         try:
             choice = await _decide(served, request, prompt, metrics)
             if choice != request.choice:  # the no-tool threshold settled the mode

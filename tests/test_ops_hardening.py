@@ -7,6 +7,8 @@ import concurrent.futures
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,3 +230,66 @@ def _wait_up(url: str, proc: subprocess.Popen[str]) -> None:
         except httpx.HTTPError:
             time.sleep(0.2)
     raise AssertionError(f"the gateway did not start: {proc.communicate(timeout=5)[0][-2000:]}")
+
+
+STALLED = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True, "response_format": {
+    "type": "json_schema", "json_schema": {"name": "long", "schema": {
+        "type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]}}}}
+
+
+def _stalled_reader(port: int) -> socket.socket:
+    """A client that asks for a long stream and never reads: the answer stops in the socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.connect(("127.0.0.1", port))
+    body = json.dumps(STALLED).encode()
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def _stalled_writer(port: int) -> socket.socket:
+    """A client that sends half a request and then nothing: it holds its connection open."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    return sock
+
+
+def _shutdown_server(tmp_path: Path, model: Path, deadline_s: float) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    config = tmp_path / "callgate.yaml"
+    config.write_text(f"server:\n  shutdown_timeout_s: {deadline_s}\nmodel:\n  served_name: tiny\n")
+    proc = _server(["--config", str(config), "--model", str(model), "--port", str(port)])
+    _wait_up(f"http://127.0.0.1:{port}/health", proc)
+    return proc, port
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_shutdown_is_bounded_with_a_stalled_reader(tiny_model: Any, tmp_path: Path, second_signal: bool) -> None:
+    # With one signal the drain deadline (1 s) and uvicorn's grace bound the exit; with a long
+    # deadline (60 s) a second signal must stop the gateway at once. The kernel takes a whole
+    # stream into its send buffer (up to 4 MB), so the client that holds a connection open
+    # is the one that sent half a request; the stalled readers come along.
+    proc, port = _shutdown_server(tmp_path, tiny_model.gguf, 60 if second_signal else 1)
+    sockets = [_stalled_reader(port), _stalled_reader(port), _stalled_writer(port)]
+    try:
+        time.sleep(3)  # generating, then blocked on the full socket
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        if second_signal:
+            time.sleep(1)
+            proc.send_signal(signal.SIGTERM)
+        try:
+            output, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"still running 20 s after SIGTERM: {proc.communicate()[0][-1500:]}") from None
+        assert time.monotonic() - start < (4 if second_signal else 1 + 5 + 3), output[-1500:]
+    finally:
+        for s in sockets:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

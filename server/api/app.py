@@ -87,7 +87,7 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        restore = _drain_on_signals(lifecycle.drain)
+        restore = _drain_on_signals(lifecycle)
         try:
             await models.start()  # pinned adapters load now
             yield
@@ -112,10 +112,11 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     return app
 
 
-def _drain_on_signals(drain: Callable[[Callable[[], None]], Any]) -> Callable[[], None]:
+def _drain_on_signals(lifecycle: Lifecycle) -> Callable[[], None]:
     """Put a drain in front of the server's own SIGTERM / SIGINT handling (uvicorn's: stop
     listening, wait for connections), so requests in flight finish and new ones get 503.
-    A second signal goes straight to the server's handler. Main thread only (signals)."""
+    A second signal stops at once: generations are cancelled and uvicorn is told to force its
+    exit (it would otherwise wait for every connection). Main thread only (signals)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
@@ -128,11 +129,16 @@ def _drain_on_signals(drain: Callable[[Callable[[], None]], Any]) -> Callable[[]
         handler = previous[sig]
         if not callable(handler):
             return
-        if started:  # a second signal: the server's handler at once (uvicorn forces exit)
+        if started:  # a second signal: stop generating and exit now, whatever is in flight
+            loop.call_soon_threadsafe(lifecycle.abort)
             handler(sig, frame)
+            server = getattr(handler, "__self__", None)  # uvicorn's Server: no wait for connections
+            if server is not None and hasattr(server, "force_exit"):
+                server.should_exit = server.force_exit = True
             return
         started = True
-        loop.call_soon_threadsafe(lambda: tasks.add(loop.create_task(drain(lambda: handler(sig, frame)))))
+        loop.call_soon_threadsafe(
+            lambda: tasks.add(loop.create_task(lifecycle.drain(lambda: handler(sig, frame)))))
 
     for sig in previous:
         signal.signal(sig, on_signal)

@@ -50,7 +50,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
             await events.aclose()
         return JSONResponse(completion(env, answer)) if answer is not None else Response(status_code=CLIENT_GONE)
     try:
-        first = await _unless_gone(request, cancel, lambda: anext(events))  # errors before it are HTTP errors
+        first = await _unless_gone(request, cancel, lambda: anext(events, None))  # errors before it are HTTP errors
     except BaseException:
         untrack()
         await events.aclose()
@@ -58,6 +58,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
     if first is None:
         untrack()
         await events.aclose()
+        if gw.lifecycle.aborted:
+            raise ShuttingDown("the gateway shut down before this answer started; retry")
         return Response(status_code=CLIENT_GONE)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return StreamingResponse(

@@ -187,11 +187,16 @@ class Lifecycle:
             await asyncio.wait_for(self._idle.wait(), self.deadline_s)
         except TimeoutError:
             log.warning("drain deadline passed; stopping %d requests", self.inflight)
-            self.aborted = True
-            for cancel in list(self._cancels):
-                cancel.set()
+            self.abort()
             await asyncio.sleep(0)  # let the stopped streams write their last event
         then()
+
+    def abort(self) -> None:
+        """Stop every tracked request: generations at their next token, queued ones before
+        their prefill (run_chat checks the flag once it has a slot)."""
+        self.draining = self.aborted = True
+        for cancel in list(self._cancels):
+            cancel.set()
 
 
 class Drain:
