@@ -11,7 +11,6 @@ pair whose stock code still calls `re` directly. Pure: stdlib, jsonschema, refer
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
 from typing import Any, Protocol
 
 import attrs
@@ -19,16 +18,28 @@ import re2
 import referencing
 from jsonschema import Draft202012Validator, ValidationError, validators
 
-_MAX_MEM = 8 << 20  # RE2 refuses patterns whose automaton would need more: no memory blow-up
+from server.bytecache import ByteLRU
+
+# RE2 refuses patterns whose program would need more, and its DFA caches stay within it: each
+# compiled pattern is charged this much in the cache below (bounded in bytes, not entries).
+_MAX_MEM = 1 << 20
+_COMPILED: ByteLRU[str, tuple[_Compiled | None]] = ByteLRU(32 << 20, lambda key, _: 2 * len(key) + _MAX_MEM)
 
 
 class _Compiled(Protocol):
     def search(self, text: str) -> object | None: ...
 
 
-@lru_cache(maxsize=1024)
 def compile_pattern(pattern: str) -> _Compiled | None:
     """The RE2 program, or None when RE2 cannot take it (the grammar still enforced it)."""
+    found = _COMPILED.get(pattern)
+    if found is None:
+        found = (_compile(pattern),)
+        _COMPILED.put(pattern, found)
+    return found[0]
+
+
+def _compile(pattern: str) -> _Compiled | None:
     options = re2.Options()
     options.log_errors = False
     options.max_mem = _MAX_MEM

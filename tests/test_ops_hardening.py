@@ -293,3 +293,76 @@ def test_shutdown_is_bounded_with_a_stalled_reader(tiny_model: Any, tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def _slow_tools(salt: str) -> list[dict[str, Any]]:
+    """~240 KB of pattern properties: a couple of seconds of grammar compilation."""
+    return [{"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object", "properties": {
+        f"p{j}_{salt}": {"type": "string", "pattern": f"^x{j}[a-z]+$"} for j in range(400)}}}} for i in range(11)]
+
+
+@pytest.mark.slow
+def test_one_client_cannot_take_every_compile_thread(tiny_model: Any) -> None:
+    abuser, victim = "sk-abuser-0123456789", "sk-victim-0123456789"
+    flags = {"model.served_name": "tiny", "auth.api_keys": [abuser, victim], "limits.compile_timeout_s": 1.5}
+    gen = live_gateway(tiny_model.gguf, **flags)
+    live = next(gen)
+
+    def ask(key: str, tools: list[dict[str, Any]]) -> httpx.Response:
+        return httpx.post(live.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                          json={"model": "tiny", "messages": USER, "tools": tools, "max_tokens": 2})
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            flood = [pool.submit(ask, abuser, _slow_tools(secrets.token_hex(3))) for _ in range(8)]
+            time.sleep(1.5)  # the abuser's compilations fill the pool and its queue
+            served = [ask(victim, [{"type": "function", "function": {"name": f"v{secrets.token_hex(3)}"}}])
+                      for _ in range(3)]
+            flooded = [f.result() for f in flood]
+        assert [r.status_code for r in served] == [200] * 3, [r.text for r in served]
+        assert {r.status_code for r in flooded} <= {200, 400}
+    finally:
+        gen.close()
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _large_tools(salt: str) -> list[dict[str, Any]]:
+    """Four ~60 KB schemas (a full limits.max_tools_bytes), unique to `salt`."""
+    return [{"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object", "properties": {
+        f"{salt}_{j}": {"type": "integer", "minimum": j} for j in range(1300)}}}} for i in range(4)]
+
+
+@pytest.mark.slow
+def test_unique_large_tool_lists_keep_memory_flat(tiny_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caches keyed by schemas are bounded in bytes: shrunk here so that a few dozen requests
+    # fill them; past that, unique tool lists must not grow the process. (bench: 2,000 lists.)
+    from server.toolcalls import validation
+
+    for name in ("_META_CACHE", "_VALIDATORS"):
+        if hasattr(validation, name):  # (absent before #18: lru_cache by entries)
+            monkeypatch.setattr(getattr(validation, name), "budget", 4 << 20)
+    total = int(os.environ.get("CALLGATE_UNIQUE_TOOL_LISTS", "210"))
+    gen = live_gateway(tiny_model.gguf, **{"model.served_name": "tiny"})
+    live = next(gen)
+
+    def ask(_: int) -> int:
+        return _chat(live, {"tools": _large_tools(secrets.token_hex(4)), "tool_choice": "none", "max_tokens": 1},
+                     ).status_code
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            assert set(pool.map(ask, range(total // 3))) <= {200, 400}
+            warm = _rss_mb()
+            rest = pool.submit(lambda: list(pool.map(ask, range(total - total // 3))))
+            slowest = _health_while(live, rest, 600)
+            statuses = rest.result()
+        grown = _rss_mb() - warm
+        print(f"\n{total} unique tool lists of ~240 KB: RSS +{grown:.1f} MB after the first {total // 3}, "
+              f"slowest /health {slowest * 1000:.0f} ms")
+        # Unbounded (before #18) the schema caches alone kept ~240 KB a request: +33 MB here.
+        assert set(statuses) <= {200, 400} and grown < 20 and slowest < 2.0
+    finally:
+        gen.close()

@@ -7,7 +7,9 @@ once streaming, the stream's own disconnect stops the generation at the next tok
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import anyio
@@ -38,6 +40,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
     request.state.model, request.state.adapter = served.name, served.adapter or "none"
     # Meta-schema checks cost ~0.2 ms a subschema: a full tool budget must not hold the loop.
     chat = await anyio.to_thread.run_sync(_translate, body, gw.settings.limits, served.default_choice)
+    chat = replace(chat, client=_client(request))
     cancel = Cancel()
     untrack = gw.lifecycle.track(cancel)  # stopped at the shutdown deadline
     events = run_chat(served, chat, gw.metrics, cancel, gw.settings.limits.compile_timeout_s)
@@ -67,6 +70,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gw: Ga
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _client(request: Request) -> str:
+    """Who asks, for fair shares of compilation: the key (as a digest), else the address."""
+    auth = request.headers.get("authorization")
+    if auth:
+        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "")
 
 
 def _translate(body: ChatCompletionRequest, limits: LimitsSection, default_choice: ChoiceMode) -> ChatRequest:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from functools import lru_cache
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing.exceptions import Unresolvable
 
+from server.bytecache import ByteLRU
 from server.patterns import linear_problem, safe_validator
 from server.toolcalls.base import ParsedCall
 from server.types import Tool
@@ -47,27 +47,37 @@ def check_schema(schema: object) -> str | None:
 
 
 def clear_schema_checks() -> None:
-    """Forget memoized meta-schema checks (for cold-start measurements)."""
-    _meta_problem.cache_clear()
+    """Forget memoized meta-schema checks and validators (for cold-start measurements)."""
+    _META_CACHE.clear()
+    _VALIDATORS.clear()
 
 
 _META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+# Keyed by whole schemas (up to limits.max_schema_bytes each): bounded in bytes, not entries.
+# A built validator keeps the parsed schema alive, several times its JSON text.
+_META_CACHE: ByteLRU[str, tuple[str | None]] = ByteLRU(8 << 20, lambda key, _: len(key) + 128)
+_VALIDATORS: ByteLRU[str, Draft202012Validator] = ByteLRU(24 << 20, lambda key, _: 6 * len(key) + 1024)
 
 
-@lru_cache(maxsize=4096)
 def _meta_problem(schema_json: str) -> str | None:
-    """Memoized: about 1.3 ms a schema, and agent loops send the same tools with every turn."""
-    error = best_match(_META.iter_errors(json.loads(schema_json)))
-    if error is None:
-        return None
-    return f"at {'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+    """Memoized: agent loops send the same tools with every turn."""
+    found = _META_CACHE.get(schema_json)
+    if found is None:
+        error = best_match(_META.iter_errors(json.loads(schema_json)))
+        where = "" if error is None else "/".join(str(p) for p in error.absolute_path) or "(root)"
+        found = (None if error is None else f"at {where}: {error.message}",)
+        _META_CACHE.put(schema_json, found)
+    return found[0]
 
 
 def _schema_key(tool: Tool) -> str:
     return json.dumps(tool.parameters, sort_keys=True)
 
 
-@lru_cache(maxsize=1024)
 def _validator(schema_json: str) -> Draft202012Validator:
     # RE2 for `pattern` & co.: a model-written string must not backtrack `re` for minutes.
-    return safe_validator(json.loads(schema_json))
+    found = _VALIDATORS.get(schema_json)
+    if found is None:
+        found = safe_validator(json.loads(schema_json))
+        _VALIDATORS.put(schema_json, found)
+    return found
