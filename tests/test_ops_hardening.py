@@ -344,7 +344,7 @@ def test_unique_large_tool_lists_keep_memory_flat(tiny_model: Any, monkeypatch: 
     for name in ("_META_CACHE", "_VALIDATORS"):
         if hasattr(validation, name):  # (absent before #18: lru_cache by entries)
             monkeypatch.setattr(getattr(validation, name), "budget", 4 << 20)
-    total = int(os.environ.get("CALLGATE_UNIQUE_TOOL_LISTS", "210"))
+    total = int(os.environ.get("CALLGATE_UNIQUE_TOOL_LISTS", "150"))
     gen = live_gateway(tiny_model.gguf, **{"model.served_name": "tiny"})
     live = next(gen)
 
