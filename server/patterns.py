@@ -102,7 +102,7 @@ def _pinned_evolve(self: Draft202012Validator, **changes: Any) -> Draft202012Val
     `pattern` is Python's backtracking `re`. Every dialect is validated as 2020-12 here."""
     cls = type(self)
     changes.setdefault("schema", self.schema)
-    for field in attrs.fields(cls):
+    for field in attrs.fields(cls):  # type: ignore[arg-type]  # an attrs class, untyped in jsonschema
         if field.init and field.alias not in changes:
             changes[field.alias] = getattr(self, field.name)
     return cls(**changes)

@@ -97,8 +97,9 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
 
     # With keys set, the API description is for key holders too (info_routes.keyed_docs).
     open_docs = not settings.auth.enabled
-    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan, **({} if open_docs else {
-        "docs_url": None, "redoc_url": None, "openapi_url": None}))
+    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan,
+                  docs_url="/docs" if open_docs else None, redoc_url="/redoc" if open_docs else None,
+                  openapi_url="/openapi.json" if open_docs else None)
     app.state.gateway = gateway
     errors.install(app)
     if not open_docs:
