@@ -1,6 +1,8 @@
 # CPU image of the gateway with embedded llama.cpp. The model is mounted, not baked in:
 #   docker build -t callgate .
-#   docker run -p 8000:8000 -v $PWD/models/tiny:/models callgate --model /models/model.gguf
+#   docker run -p 8000:8000 -v $PWD/models/tiny:/models -e CALLGATE_AUTH__API_KEYS=sk-... \
+#       callgate --model /models/model.gguf
+# It listens on 0.0.0.0, so it refuses to start without a key (or --allow-open, on purpose).
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential cmake git \
     && rm -rf /var/lib/apt/lists/*

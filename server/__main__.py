@@ -23,6 +23,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     _model_flags(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--allow-open", action="store_true", default=None,
+                   help="serve with no API key on a non-loopback --host, on purpose (auth.allow_open)")
     return p.parse_args(argv)
 
 
@@ -48,6 +50,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tool-format", help="tool-call format (default: auto, detected from the chat template)")
 
 
+SHUTDOWN_GRACE_S = 5
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info")
+    # After the drain (server.shutdown_timeout_s), uvicorn waits at most this for connections
+    # (a client that stopped reading holds one open forever).
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info",
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     return 0
 
 
@@ -107,6 +115,7 @@ def _build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "model.tool_format": args.tool_format,
             "server.host": getattr(args, "host", None),
             "server.port": getattr(args, "port", None),
+            "auth.allow_open": getattr(args, "allow_open", None),
         },
     )
     metrics = Metrics()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import ipaddress
 import logging
 
-from server.config import AuthSection, Settings
+from server.config import AuthSection, Settings, is_loopback
 from server.errors import GatewayError, Unauthorized
 
 log = logging.getLogger("callgate")
@@ -68,7 +67,7 @@ class KeyRing:
 
 def warn_if_exposed(settings: Settings) -> None:
     """A gateway without keys on a non-loopback address is open to its whole network."""
-    if settings.auth.enabled or _is_loopback(settings.server.host):
+    if settings.auth.enabled or is_loopback(settings.server.host):
         return
     log.warning(
         "serving on %s without API keys: anyone who can reach this address can use it; "
@@ -85,12 +84,3 @@ def _matches_any(given: bytes, keys: list[bytes]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(given, key)  # no early exit
     return found
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

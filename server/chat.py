@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
@@ -43,6 +43,7 @@ class ChatRequest:
     sampling: Sampling = Sampling(max_tokens=256)
     no_tool_threshold: float | None = None  # overrides the model's, when set
     thinking: bool | None = None  # the template's enable_thinking switch; None leaves its default
+    client: str = ""  # who asks (a key's digest or an address): compilation is shared fairly
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ def prompt_for(served: Served, request: ChatRequest) -> str:
         bos_token=served.info.bos_token,
         eos_token=served.info.eos_token,
         enable_thinking=request.thinking,
+        specials=served.info.special_tokens,  # client text stays plain text (server/plaintext.py)
     )
 
 
@@ -126,7 +128,7 @@ async def constraint_for(
     spec = _spec(served, request, choice)
     constraint = cached_constraint(spec, served.format)  # hits skip the pool hop (~60 us)
     if constraint is None:
-        constraint = await _compile(spec, served.format, timeout_s)
+        constraint = await _in_pool(compile_constraint, spec, served.format, timeout_s, request.client)
     metrics.constraint_cache.labels("hit" if constraint.cached else "miss").inc()
     if not constraint.cached:
         metrics.compile_seconds.observe(constraint.compile_ms / 1000)
@@ -137,7 +139,7 @@ async def gbnf_for(served: Served, request: ChatRequest, choice: ToolChoice, tim
     """The same constraint in GBNF, for engines that enforce that instead (llama-server)."""
     if served.info.grammar_syntax != "gbnf":
         return None
-    native = await _in_pool(native_constraint, _spec(served, request, choice), served.format, timeout_s)
+    native = await _in_pool(native_constraint, _spec(served, request, choice), served.format, timeout_s, request.client)
     return Gbnf(native.gbnf, native.triggers) if native is not None else None
 
 
@@ -158,21 +160,40 @@ def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
     return tuple(pair for pair in served.info.special_token_ids if pair[0] in markers)
 
 
-async def _compile(spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float) -> Constraint:
-    return await _in_pool(compile_constraint, spec, fmt, timeout_s)
-
-
 async def _in_pool(
-    compile: Callable[[ConstraintSpec, ToolFormat], T], spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float
+    compile: Callable[[ConstraintSpec, ToolFormat], T], spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float,
+    client: str = "",
 ) -> T:
-    work = asyncio.get_running_loop().run_in_executor(_compile_pool(), compile, spec, fmt)
-    try:
-        return await asyncio.wait_for(work, timeout_s)
-    except TimeoutError:
-        raise InvalidRequest(
-            f"compiling the constraint for these tools took over {timeout_s:g}s "
-            "(limits.compile_timeout_s); send fewer or simpler tool schemas",
-            param="tools", code="constraint_too_complex") from None
+    """One compilation per client at a time, held until its thread is really done (a compilation
+    past its deadline cannot be stopped): one client's slow tool sets wait for each other and
+    cannot hold both threads while everyone else gets 400s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    key = (loop, client)
+    while (busy := _compiling.get(key)) is not None and loop.time() < deadline:
+        await asyncio.wait({busy}, timeout=deadline - loop.time())
+    if busy is None:
+        work = loop.run_in_executor(_compile_pool(), compile, spec, fmt)
+        _compiling[key] = work
+        work.add_done_callback(lambda done: _finished(key, done))
+        await asyncio.wait({work}, timeout=deadline - loop.time())
+        if work.done():
+            return work.result()
+    raise InvalidRequest(
+        f"compiling the constraint for these tools took over {timeout_s:g}s "
+        "(limits.compile_timeout_s); send fewer or simpler tool schemas",
+        param="tools", code="constraint_too_complex")
+
+
+_Key = tuple[asyncio.AbstractEventLoop, str]
+_compiling: dict[_Key, asyncio.Future[Any]] = {}  # (loop, client) -> its compilation still running
+
+
+def _finished(key: _Key, done: asyncio.Future[Any]) -> None:
+    if _compiling.get(key) is done:
+        del _compiling[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: a compilation nobody waits for any more fails quietly
 
 
 @cache
@@ -193,6 +214,8 @@ async def run_chat(
     # The lease comes before the queue: loading an adapter holds no engine slot.
     async with served.lease(), served.admission.slot() as waited:
         metrics.queue_wait_seconds.labels(served.name).observe(waited)
+        if cancel.is_set():  # stopped while queued (client gone, shutdown): no prefill
+            return
         try:
             choice = await _decide(served, request, prompt, metrics)
             if choice != request.choice:  # the no-tool threshold settled the mode

@@ -7,6 +7,7 @@ Unsafe or contradictory combinations are refused here, before anything is loaded
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,6 +53,7 @@ class LimitsSection(BaseModel):
     max_tools: int = Field(128, ge=1)
     max_schema_bytes: int = Field(65_536, ge=256, description="per tool, as compact JSON")
     max_schema_depth: int = Field(24, ge=2)
+    max_json_depth: int = Field(64, ge=2, description="nesting of the JSON in a history's tool-call arguments")
     max_tools_bytes: int = Field(
         262_144, ge=1024, description="all of a request's schemas together, as compact JSON"
     )
@@ -67,8 +69,12 @@ Keys = Annotated[list[SecretStr], NoDecode]
 class AuthSection(BaseModel):
     api_keys: Keys = Field(default_factory=list, description="Bearer keys for inference routes")
     admin_keys: Keys = Field(default_factory=list, description="Bearer keys for admin routes (and inference)")
-    open_metrics: bool = Field(True, description="serve /metrics without a key (for Prometheus)")
+    open_metrics: bool | None = Field(
+        None, description="serve /metrics without a key (for Prometheus); default: only while no key is set")
     open_health: bool = Field(True, description="serve /health without a key (for probes)")
+    api_keys_file: Path | None = Field(None, description="more api_keys, one a line: a mounted secret")
+    admin_keys_file: Path | None = Field(None, description="more admin_keys, one a line: a mounted secret")
+    allow_open: bool = Field(False, description="serve with no key on a non-loopback address, on purpose")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
@@ -80,6 +86,17 @@ class AuthSection(BaseModel):
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @model_validator(mode="after")
+    def _read_key_files(self) -> AuthSection:
+        for path, keys in ((self.api_keys_file, self.api_keys), (self.admin_keys_file, self.admin_keys)):
+            if path is not None:
+                try:
+                    lines = path.read_text().splitlines()
+                except OSError as exc:
+                    raise ValueError(f"cannot read the keys file {path}: {exc.strerror}") from None
+                keys += [SecretStr(line.strip()) for line in lines if line.strip()]
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -169,6 +186,12 @@ class Settings(BaseSettings):
             raise ValueError("limits.max_tokens must be below model.context_length")
         if any(not key.get_secret_value() for key in self.auth.api_keys + self.auth.admin_keys):
             raise ValueError("auth keys cannot be empty strings; remove the empty entry")
+        if not (self.auth.enabled or self.auth.allow_open or is_loopback(self.server.host)):
+            raise ValueError(
+                f"server.host {self.server.host} is reachable from the network and no API key is set: anyone "
+                "there could use and administer this gateway. Set auth.api_keys / auth.admin_keys (or "
+                "auth.api_keys_file / auth.admin_keys_file, e.g. a mounted secret), bind 127.0.0.1, or set "
+                "auth.allow_open: true (CALLGATE_AUTH__ALLOW_OPEN=true) to serve it open on purpose")
         return self
 
     @classmethod
@@ -182,6 +205,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Flags (init) beat the environment, which beats the YAML file passed as init too.
         return (init_settings, env_settings)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_file: Path | None = None, **flags: Any) -> Settings:

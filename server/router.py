@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from server.engines.base import AdapterFiles, Cancel, Engine, EngineInfo, Event, GenerateRequest
-from server.engines.remote import NOT_FOUND, OVERLOADED, Health, Unavailable, UpstreamError
-from server.errors import GatewayError
+from server.engines.remote import NOT_FOUND, OVERLOADED, STATUS, Health, Unavailable, UpstreamError
+from server.errors import EngineError, GatewayError
 from server.metrics import Metrics
 
 log = logging.getLogger("callgate.router")
@@ -92,6 +92,11 @@ class Router:
         last: UpstreamError | None = None
         for attempt in range(self.policy.retries + 1):
             member = await self._next(request.adapter, tried, last)
+            failed = await self._ready(member, request.adapter, attempt)
+            if failed is not None:
+                tried.add(member.index)
+                last = failed
+                continue
             started = False
             member.outstanding += 1
             self._report(member)
@@ -163,14 +168,32 @@ class Router:
     # -- choosing a replica ----------------------------------------------------------------
 
     async def _pick(self, adapter: str | None, tried: set[int]) -> Member:
-        member = self._choose(adapter, tried)
-        if adapter is not None and adapter not in member.adapters:
-            try:
-                await self._load_on(member, adapter)
-            except UpstreamError as exc:
-                self._failed(member, exc)
+        return self._choose(adapter, tried)
+
+    async def _ready(self, member: Member, adapter: str | None, attempt: int) -> UpstreamError | None:
+        """Load the request's adapter on `member` if it lacks it. A failure there is part of the
+        failover: returned (try another replica) while attempts remain, else raised. Whatever
+        happens, a half-open member's probe ends here unless the load succeeded."""
+        if adapter is None or adapter in member.adapters:
+            return None
+        try:
+            await self._load_on(member, adapter)
+        except UpstreamError as exc:
+            self._failed(member, exc)
+            if not exc.replica_fault or attempt == self.policy.retries:
                 raise
-        return member
+            log.warning("replica %s could not load adapter %s (%s); trying another", member.name, adapter, exc.kind)
+            return exc
+        except EngineError as exc:  # e.g. a llama-server started without this LoRA: others may have it
+            member.probing = False
+            if attempt == self.policy.retries:
+                raise
+            log.warning("replica %s could not load adapter %s (%s); trying another", member.name, adapter, exc)
+            return UpstreamError(exc.message, replica=member.name, kind=STATUS)
+        except BaseException:
+            member.probing = False  # cancelled or a bug: never leave the breaker half-open for good
+            raise
+        return None
 
     def _choose(self, adapter: str | None, tried: set[int]) -> Member:
         now = time.monotonic()
@@ -199,6 +222,11 @@ class Router:
         last: UpstreamError | None = None
         for attempt in range(self.policy.retries + 1):
             member = await self._next(adapter, tried, last)
+            failed = await self._ready(member, adapter, attempt)
+            if failed is not None:
+                tried.add(member.index)
+                last = failed
+                continue
             member.outstanding += 1
             try:
                 result = await call(member.engine)
@@ -271,7 +299,7 @@ class Router:
         parts = []
         for m in self.members:
             state = "unhealthy" if not m.healthy else f"breaker {self._breaker(m, now)}"
-            parts.append(f"{m.name} ({state})")
+            parts.append(f"replica {m.index} ({state})")  # not its URL: clients see this
         return ", ".join(parts)
 
 

@@ -18,6 +18,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import InvalidRequest
+from server.plaintext import mark_value
 from server.types import Message, Tool
 
 
@@ -30,14 +31,16 @@ def render(
     bos_token: str = "",
     eos_token: str = "",
     enable_thinking: bool | None = None,
+    specials: frozenset[str] = frozenset(),
 ) -> str:
     """The prompt text for `messages` (and `tools`, when any) under `template`.
-    `enable_thinking` reaches templates that have that switch (Qwen3's); None leaves their default."""
+    `enable_thinking` reaches templates that have that switch (Qwen3's); None leaves their default.
+    With the vocabulary's `specials`, client text that spells one is marked plain (server/plaintext.py)."""
     switch = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     try:
         return _compile(template).render(
-            messages=[message_dict(m) for m in messages],
-            tools=[tool_dict(t) for t in tools] or None,
+            messages=[mark_value(message_dict(m), specials) for m in messages],
+            tools=[mark_value(tool_dict(t), specials) for t in tools] or None,
             add_generation_prompt=add_generation_prompt,
             bos_token=bos_token,
             eos_token=eos_token,

@@ -91,7 +91,8 @@ def test_exported_adapter_is_served_without_a_restart(tiny_model: TinyModel, tmp
             assert body == {"message": body["message"], "type": "invalid_request_error", "param": "model",
                             "code": "model_not_found"} and NAME in body["message"]
             assert _text(client, "tiny") == base_text  # the base model is untouched
-        metrics = httpx.get(live.base_url + "/metrics", timeout=30).text
+        metrics = httpx.get(live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            timeout=30).text
         assert f'adapter="{NAME}"' in metrics and f'model="{NAME}"' in metrics
 
     for live in _gateway(tiny_model, adapters):  # restart: the unload is remembered

@@ -118,7 +118,8 @@ def test_load_serve_unload_and_restart(gw: Gateway) -> None:
             missing = _admin(live, "unload_lora_adapter", {"lora_name": "orders"})
             assert missing.status_code == 404
             assert missing.json()["error"]["message"] == "The lora adapter 'orders' cannot be found."
-        metrics = httpx.get(live.base_url + "/metrics", timeout=30).text
+        metrics = httpx.get(live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            timeout=30).text
         assert 'adapter="orders"' in metrics
         assert ('callgate_tool_calls_total{adapter="support",mode="required",model="support",outcome="valid",'
                 'tool="track_order"} 1.0') in metrics  # the manifest's tool_choice, and the adapter label

@@ -5,6 +5,7 @@ A typed fake engine replays scripted output (the only fake in the suite)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -165,3 +166,24 @@ def test_a_repeated_call_ends_the_answer() -> None:
     assert isinstance(done, DoneEvent) and done.finish_reason == "tool_calls"
     assert done.completion_tokens == 5  # pieces up to the repeat, not the whole script
     assert _outcomes(metrics) == {"valid": 2}
+
+
+def test_a_request_stopped_while_queued_never_reaches_the_engine() -> None:
+    # At the shutdown deadline every tracked request is cancelled; one still queued then gets
+    # the slot and must give it back without a prefill.
+    engine = FakeEngine([([GOOD], "stop")])
+    served = _served(engine)
+
+    async def queued_then_cancelled() -> list[object]:
+        cancel = Cancel()
+        async with served.admission.slot():  # another request holds the only slot
+            task = asyncio.create_task(_drain(run_chat(served, _request(), Metrics(), cancel)))
+            await asyncio.sleep(0.05)
+            cancel.set()
+        return await task
+
+    assert asyncio.run(queued_then_cancelled()) == [] and engine.requests == []
+
+
+async def _drain(events: AsyncIterator[object]) -> list[object]:
+    return [e async for e in events]

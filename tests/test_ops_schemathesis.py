@@ -44,7 +44,7 @@ def schema(tiny_model: Any) -> Any:
                                  "auth.api_keys": [KEY], **limits})
     metrics = Metrics()
     app = create_app(cfg, build_registry(cfg, metrics), metrics)
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+    return schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {KEY}"})
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
 from server.engines.remote import CONNECT, DISCONNECT, NOT_FOUND, REJECTED, Health, Unavailable, UpstreamError
-from server.errors import InvalidRequest
+from server.errors import EngineError, InvalidRequest
 from server.metrics import Metrics
 from server.router import Router, RouterPolicy
 from server.types import Sampling
@@ -31,6 +31,7 @@ class FakeReplica:
     healthy: bool = True
     served: list[GenerateRequest] = field(default_factory=list)
     adapters: set[str] = field(default_factory=set)
+    load_fail: list[Exception] = field(default_factory=list)  # raised by load_adapter, one per load
 
     def info(self) -> EngineInfo:
         return INFO
@@ -55,6 +56,8 @@ class FakeReplica:
         return [0.5 for _ in candidates]
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:
+        if self.load_fail:
+            raise self.load_fail.pop(0)
         self.adapters.add(adapter.name)
 
     async def unload_adapter(self, name: str) -> None:
@@ -268,3 +271,30 @@ def test_remote_engines_know_nothing_of_tools_or_http_routes() -> None:
     mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     for banned in ("server.toolcalls", "server.constraints", "server.chat", "server.api", "fastapi", "training"):
         assert not any(m == banned or m.startswith(banned + ".") for m in mods), banned
+
+
+@pytest.mark.parametrize("error", [UpstreamError("refused", replica="a", kind=CONNECT),
+                                   EngineError("llama-server was not started with this LoRA")])
+async def test_a_failed_adapter_load_fails_over_to_another_replica(error: Exception) -> None:
+    # Loading is part of the failover: a replica that cannot load the adapter is skipped.
+    a, b = FakeReplica("a", load_fail=[error]), FakeReplica("b")
+    router, _ = make(a, b)
+    router._adapters["weather"] = AdapterFiles("weather", Path("/adapters/weather"))
+    assert await answer(router, "weather") == "b"  # a, first in turn, could not load it
+    assert "weather" in b.adapters and "weather" not in a.adapters and not router.members[0].probing
+
+
+async def test_a_half_open_replica_whose_load_fails_is_probed_again() -> None:
+    a, b = FakeReplica("a", fail=[CONNECT]), FakeReplica("b")
+    router, _ = make(a, b, breaker_failures=1, breaker_open_s=0.05, retries=1)
+    router._adapters["weather"] = AdapterFiles("weather", Path("/adapters/weather"))
+    assert await answer(router) == "b"  # a failed once: its breaker opens
+    await asyncio.sleep(0.06)  # half-open: the next request to a is its probe
+    b.healthy = False
+    await router.check_health()
+    a.load_fail.append(EngineError("cannot load"))
+    with pytest.raises(EngineError):
+        await answer(router, "weather")  # the probe's load failed, with no replica left
+    member = router.members[0]
+    assert not member.probing  # not stuck half-open: the next request probes again
+    assert await answer(router, "weather") == "a"

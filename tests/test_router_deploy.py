@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from server.config import Settings, load_settings
+from server.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 REQUIRED_VLLM_FLAGS = ("--enable-lora", "--structured-outputs-config.backend=guidance", "--served-model-name=qwen")
@@ -28,9 +29,33 @@ def test_every_file_parses(path: Path) -> None:
 
 
 def _settings(text: str, tmp_path: Path) -> Settings:
+    """The shipped settings, with their key files (mounted secrets there) written here."""
     config = tmp_path / "callgate.yaml"
     config.write_text(text)
-    return load_settings(config)
+    with pytest.raises(ConfigError, match="cannot read the keys file"):  # no secret, no start
+        load_settings(config)
+    data = yaml.safe_load(text)
+    for field in ("api_keys_file", "admin_keys_file"):
+        secret = tmp_path / field
+        secret.write_text(f"sk-{field}-0123456789\n")
+        text = text.replace(data["auth"][field], str(secret))
+    config.write_text(text)
+    settings = load_settings(config)
+    assert settings.auth.api_keys and settings.auth.admin_keys and not settings.auth.allow_open
+    return settings
+
+
+def test_shipped_configs_take_their_keys_from_a_secret() -> None:
+    compose = documents(DEPLOY / "compose" / "docker-compose.yml")[0]
+    auth = yaml.safe_load((DEPLOY / "compose" / "callgate.yaml").read_text())["auth"]
+    assert {f"/run/secrets/{name}" for name in compose["services"]["gateway"]["secrets"]} == set(auth.values())
+    assert set(compose["secrets"]) == set(compose["services"]["gateway"]["secrets"])
+    config_map = documents(DEPLOY / "k8s" / "callgate-config.yaml")[0]
+    auth = yaml.safe_load(config_map["data"]["callgate.yaml"])["auth"]
+    pod = documents(DEPLOY / "k8s" / "gateway.yaml")[0]["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keys")
+    assert {"name": "keys", "secret": {"secretName": "callgate-keys"}} in pod["volumes"]
+    assert all(path.startswith(mount["mountPath"] + "/") for path in auth.values())
 
 
 def test_compose_gateway_settings_load_and_point_at_its_vllm_services(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from server import __version__
 from server.api.middleware import BodyLimit, Drain, Lifecycle, RequestMetrics
 from server.auth import KeyRing, Scope, warn_if_exposed
 from server.config import Settings
+from server.errors import GatewayError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 
@@ -64,8 +65,18 @@ def require_health_access(request: Request, gw: GatewayDep) -> None:
 
 
 def require_metrics_access(request: Request, gw: GatewayDep) -> None:
-    if not gw.settings.auth.open_metrics:
+    auth = gw.settings.auth
+    if not (auth.open_metrics if auth.open_metrics is not None else not auth.enabled):
         require_admin(request, gw)  # metrics describe the whole deployment: operators only
+
+
+def has_key(request: Request, gw: GatewayDep) -> bool:
+    """Whether the request carries a valid key (always true while no key is configured)."""
+    try:
+        gw.keys.authorize(request.headers.get("authorization"), Scope.INFERENCE)
+    except GatewayError:
+        return False
+    return True
 
 
 # Route dependencies: `dependencies=[InferenceDep]` on a router or route.
@@ -85,7 +96,7 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        restore = _drain_on_signals(lifecycle.drain)
+        restore = _drain_on_signals(lifecycle)
         try:
             await models.start()  # pinned adapters load now
             yield
@@ -93,9 +104,15 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
             restore()
             await models.close()
 
-    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan)
+    # With keys set, the API description is for key holders too (info_routes.keyed_docs).
+    open_docs = not settings.auth.enabled
+    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan,
+                  docs_url="/docs" if open_docs else None, redoc_url="/redoc" if open_docs else None,
+                  openapi_url="/openapi.json" if open_docs else None)
     app.state.gateway = gateway
     errors.install(app)
+    if not open_docs:
+        info_routes.keyed_docs(app)
     app.include_router(chat_routes.router)
     app.include_router(responses_api.router)
     app.include_router(messages_api.router)
@@ -107,10 +124,11 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
     return app
 
 
-def _drain_on_signals(drain: Callable[[Callable[[], None]], Any]) -> Callable[[], None]:
+def _drain_on_signals(lifecycle: Lifecycle) -> Callable[[], None]:
     """Put a drain in front of the server's own SIGTERM / SIGINT handling (uvicorn's: stop
     listening, wait for connections), so requests in flight finish and new ones get 503.
-    A second signal goes straight to the server's handler. Main thread only (signals)."""
+    A second signal stops at once: generations are cancelled and uvicorn is told to force its
+    exit (it would otherwise wait for every connection). Main thread only (signals)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
@@ -123,11 +141,16 @@ def _drain_on_signals(drain: Callable[[Callable[[], None]], Any]) -> Callable[[]
         handler = previous[sig]
         if not callable(handler):
             return
-        if started:  # a second signal: the server's handler at once (uvicorn forces exit)
+        if started:  # a second signal: stop generating and exit now, whatever is in flight
+            loop.call_soon_threadsafe(lifecycle.abort)
             handler(sig, frame)
+            server = getattr(handler, "__self__", None)  # uvicorn's Server: no wait for connections
+            if server is not None and hasattr(server, "force_exit"):
+                server.should_exit = server.force_exit = True
             return
         started = True
-        loop.call_soon_threadsafe(lambda: tasks.add(loop.create_task(drain(lambda: handler(sig, frame)))))
+        loop.call_soon_threadsafe(
+            lambda: tasks.add(loop.create_task(lifecycle.drain(lambda: handler(sig, frame)))))
 
     for sig in previous:
         signal.signal(sig, on_signal)

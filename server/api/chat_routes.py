@@ -7,8 +7,11 @@ delivering (disconnects, drain, SSE) is api/delivery.py's.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -18,26 +21,31 @@ from server.api.responses import ChunkWriter, Envelope, completion
 from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
 from server.chat import ChatEvent, ChatRequest, Served, prompt_for
+from server.config import LimitsSection
 from server.limits import Schemas, check_schema_budget
+from server.plaintext import unmarked
 from server.templates import thinking_switch
+from server.types import ChoiceMode
 
 router = APIRouter(dependencies=[InferenceDep])
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Response:
-    served, chat = prepare(body, request, gw)
+    served, chat = await prepare(body, request, gw)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await deliver(request, gw, served, chat, bool(body.stream), _Chat(Envelope(served.name), include_usage))
 
 
-def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) -> tuple[Served, ChatRequest]:
+async def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) -> tuple[Served, ChatRequest]:
     """The model it names and the ChatRequest it means, every request-level rule checked: the
     one path from a chat-shaped request (the other APIs translate into one) to the core."""
     served = gw.models.get(body.model)
     request.state.model, request.state.adapter = served.name, served.adapter or "none"
-    check_schema_budget(_schemas(body.tools, body.response_format), gw.settings.limits)
-    return served, to_chat_request(body, gw.settings.limits, served.default_choice, thinking_switch(served.template))
+    # Meta-schema checks cost ~0.2 ms a subschema: a full tool budget must not hold the loop.
+    chat = await anyio.to_thread.run_sync(
+        _translate, body, gw.settings.limits, served.default_choice, thinking_switch(served.template))
+    return served, replace(chat, client=_client(request))
 
 
 class _Chat:
@@ -49,6 +57,21 @@ class _Chat:
 
     def writer(self) -> ChunkWriter:
         return ChunkWriter(self.env, self.include_usage)
+
+
+def _client(request: Request) -> str:
+    """Who asks, for fair shares of compilation: the key (as a digest), else the address."""
+    auth = request.headers.get("authorization")
+    if auth:
+        return "key:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "")
+
+
+def _translate(
+    body: ChatCompletionRequest, limits: LimitsSection, default_choice: ChoiceMode, thinking: bool
+) -> ChatRequest:
+    check_schema_budget(_schemas(body.tools, body.response_format), limits)
+    return to_chat_request(body, limits, default_choice, thinking)
 
 
 def _schemas(tools: list[ToolDef] | None, fmt: ResponseFormat | None) -> Schemas:
@@ -63,6 +86,9 @@ def _schemas(tools: list[ToolDef] | None, fmt: ResponseFormat | None) -> Schemas
 async def apply_template(body: ApplyTemplateRequest, gw: GatewayDep) -> dict[str, str]:
     served = gw.models.get(body.model) if body.model else gw.models.default()
     limits = gw.settings.limits
-    check_schema_budget(_schemas(body.tools, None), limits)
-    request = ChatRequest(messages=to_messages(body.messages, limits), tools=to_tools(body.tools or [], limits))
-    return {"prompt": prompt_for(served, request)}
+
+    def translate() -> ChatRequest:
+        check_schema_budget(_schemas(body.tools, None), limits)
+        return ChatRequest(messages=to_messages(body.messages, limits), tools=to_tools(body.tools or [], limits))
+
+    return {"prompt": unmarked(prompt_for(served, await anyio.to_thread.run_sync(translate)))}

@@ -56,7 +56,7 @@ async def deliver(
             await events.aclose()
         return JSONResponse(render.body(answer)) if answer is not None else Response(status_code=CLIENT_GONE)
     try:
-        first = await _unless_gone(request, cancel, lambda: anext(events))
+        first = await _unless_gone(request, cancel, lambda: anext(events, None))
     except BaseException:
         untrack()
         await events.aclose()
@@ -64,6 +64,8 @@ async def deliver(
     if first is None:
         untrack()
         await events.aclose()
+        if gw.lifecycle.aborted:
+            raise ShuttingDown("the gateway shut down before this answer started; retry")
         return Response(status_code=CLIENT_GONE)
     return StreamingResponse(
         _sse(render.writer(), first, events, _Stop(cancel, untrack, gw.lifecycle)),

@@ -1,4 +1,5 @@
-"""GET /v1/models (inference key), /health and /metrics (open unless configured otherwise).
+"""GET /v1/models (inference key), /health and /metrics (open unless configured otherwise; with
+keys set, the open /health is a bare liveness answer), and the API docs behind the key.
 
 Model cards follow vLLM's: adapters carry their `parent` (the base model); our extras are the
 tool format, default tool_choice, evaluation scores and whether the adapter is loaded now."""
@@ -8,12 +9,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.adapters import AdapterRegistry
-from server.api.app import GatewayDep, HealthDep, InferenceDep, MetricsDep
+from server.api.app import GatewayDep, HealthDep, InferenceDep, MetricsDep, has_key
 from server.chat import Served
 
 router = APIRouter()
@@ -70,8 +72,19 @@ def _permission() -> dict[str, Any]:
 
 
 @router.get("/health", dependencies=[HealthDep])
-async def health(gw: GatewayDep) -> dict[str, Any]:
+async def health(request: Request, gw: GatewayDep) -> dict[str, Any]:
+    if not has_key(request, gw):  # with keys set, the open answer only says the gateway is alive
+        return {"status": "ok"}
     return {"status": "ok", "models": gw.models.names()}
+
+
+def keyed_docs(app: FastAPI) -> None:
+    """/openapi.json, /docs and /redoc behind the inference key (a browser must send it too)."""
+    keyed = APIRouter(dependencies=[InferenceDep], include_in_schema=False)
+    keyed.get("/openapi.json")(lambda: JSONResponse(app.openapi()))
+    keyed.get("/docs")(lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="callgate"))
+    keyed.get("/redoc")(lambda: get_redoc_html(openapi_url="/openapi.json", title="callgate"))
+    app.include_router(keyed)
 
 
 @router.get("/metrics", dependencies=[MetricsDep])

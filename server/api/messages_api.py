@@ -53,13 +53,13 @@ router = APIRouter(dependencies=[InferenceDep])
 
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request, gw: GatewayDep) -> Response:
-    served, chat = prepare(to_chat_wire(body), request, gw)
+    served, chat = await prepare(to_chat_wire(body), request, gw)
     return await deliver(request, gw, served, chat, bool(body.stream), MessagesRender(served.name))
 
 
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request, gw: GatewayDep) -> dict[str, int]:
-    served, chat = prepare(to_chat_wire(body), request, gw)
+    served, chat = await prepare(to_chat_wire(body), request, gw)
     return {"input_tokens": await count_prompt_tokens(served, chat)}
 
 

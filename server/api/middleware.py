@@ -1,4 +1,5 @@
-"""ASGI middleware: request-body size limit (413 before the app reads it), request latency
+"""ASGI middleware: request-body size limit (413 before the app reads it) and text check (400
+for lone UTF-16 surrogates, which no tokenizer or encoder downstream can take), request latency
 metrics measured to the last byte (streaming included), and the drain after SIGTERM (503 for
 new requests while in-flight ones finish). Knows nothing of routes beyond their paths.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_body, log_refusal
 from server.engines.base import Cancel
-from server.errors import GatewayError, PayloadTooLarge
+from server.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from server.metrics import Metrics
 
 log = logging.getLogger("callgate")
@@ -55,6 +57,13 @@ class BodyLimit:
             if len(body) > self.max_bytes:
                 await self._refuse(scope, send)
                 return
+        if _SURROGATE_ESCAPE.search(body):  # rare: only then is the body parsed here (off the loop)
+            where = await asyncio.to_thread(lone_surrogate_at, body)
+            if where is not None:
+                await send_error(send, InvalidRequest(
+                    f"{where} contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not "
+                    "half of a pair); send valid Unicode text", param=where, code="invalid_unicode"))
+                return
         await self.app(scope, _replay(body, receive), send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
@@ -71,6 +80,31 @@ async def send_error(
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(payload)).encode()), *headers]})
     await send({"type": "http.response.body", "body": payload})
+
+
+# JSON can carry a surrogate only as an escape; one that is half of a pair decodes to one character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_at(body: bytes) -> str | None:
+    """The path (`messages[0].content`) of the first string holding a lone surrogate, or None
+    (also for a body that is not JSON: the app answers that one)."""
+    try:
+        stack: list[tuple[str, object]] = [("", json.loads(body))]
+    except (ValueError, RecursionError):
+        return None
+    while stack:
+        path, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return f"{path or 'body'} (a key)"
+            sub = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+            if isinstance(value, str) and _SURROGATE.search(value):
+                return sub
+            stack.append((sub, value))
+    return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -157,11 +191,16 @@ class Lifecycle:
             await asyncio.wait_for(self._idle.wait(), self.deadline_s)
         except TimeoutError:
             log.warning("drain deadline passed; stopping %d requests", self.inflight)
-            self.aborted = True
-            for cancel in list(self._cancels):
-                cancel.set()
+            self.abort()
             await asyncio.sleep(0)  # let the stopped streams write their last event
         then()
+
+    def abort(self) -> None:
+        """Stop every tracked request: generations at their next token, queued ones before
+        their prefill (run_chat checks the flag once it has a slot)."""
+        self.draining = self.aborted = True
+        for cancel in list(self._cancels):
+            cancel.set()
 
 
 class Drain:

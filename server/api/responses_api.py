@@ -50,7 +50,7 @@ _TEXT_PARTS = ("input_text", "output_text", "text")
 
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request, gw: GatewayDep) -> Response:
-    served, chat = prepare(to_chat_wire(body), request, gw)
+    served, chat = await prepare(to_chat_wire(body), request, gw)
     return await deliver(request, gw, served, chat, bool(body.stream), ResponsesRender(served.name, body))
 
 

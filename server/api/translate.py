@@ -13,6 +13,7 @@ from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice,
 from server.chat import ChatRequest
 from server.config import LimitsSection
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.limits import depth
 from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
@@ -54,7 +55,7 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
     open_calls: set[str] = set()
     out = []
     for i, m in enumerate(wire):
-        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments)
+        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments, limits.max_json_depth)
                       for j, c in enumerate(m.tool_calls or []))
         open_calls.update(c.id for c in calls)
         if m.role == "tool":
@@ -85,8 +86,8 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
     return tuple(tools)
 
 
-def _call(i: int, j: int, call_id: str, name: str, arguments: str) -> ToolCall:
-    check_arguments(arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+def _call(i: int, j: int, call_id: str, name: str, arguments: str, max_depth: int) -> ToolCall:
+    check_arguments(arguments, f"messages[{i}].tool_calls[{j}].function.arguments", max_depth)
     return ToolCall(name=name, arguments=arguments or "{}", id=call_id)
 
 
@@ -175,8 +176,14 @@ def check_answers(call_id: str, made: set[str], param: str) -> None:
             "with that id", param=param)
 
 
-def check_arguments(arguments: str, param: str) -> None:
+def check_arguments(arguments: str, param: str, max_depth: int | None = None) -> None:
+    """A 400 naming `param` unless `arguments` is JSON nested at most `max_depth` levels."""
     try:
-        json.loads(arguments or "{}")
+        nesting = depth(json.loads(arguments or "{}"))
     except json.JSONDecodeError:
         raise InvalidRequest(f"{param} is not JSON", param=param) from None
+    except RecursionError:  # json's decoder recurses: past ~1000 levels it gives up at once
+        nesting = None
+    if nesting is None or (max_depth is not None and nesting > max_depth):
+        limit = f"{max_depth} levels (limits.max_json_depth)" if max_depth is not None else "what JSON allows here"
+        raise InvalidRequest(f"{param} nests deeper than {limit}; flatten it", param=param, code="json_too_deep")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import llguidance
 
+from server.bytecache import ByteLRU
 from server.constraints.lark import emit_lark, is_token
 from server.constraints.spec import (
     GRAMMARS_DIR,
@@ -64,51 +63,17 @@ class Constraint:
 class CacheStats:
     hits: int
     misses: int
-    size: int
-    capacity: int
+    size: int  # entries
+    capacity: int  # bytes (grammar text and key), the budget
+    used: int = 0  # bytes charged now
 
 
-class _LRU:
-    """A small thread-safe LRU: specs hold dicts (unhashable), so they are keyed by digest."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.hits = self.misses = 0
-        self._items: OrderedDict[str, Constraint] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Constraint | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._items.move_to_end(key)
-            return found
-
-    def put(self, key: str, value: Constraint) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def stats(self) -> CacheStats:
-        with self._lock:
-            return CacheStats(self.hits, self.misses, len(self._items), self.capacity)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
-
-_CACHE = _LRU(512)
+# Keyed by digest (specs hold dicts); bounded in bytes: grammars of large tool lists are large.
+_CACHE: ByteLRU[str, Constraint] = ByteLRU(32 << 20, lambda key, c: len(key) + len(c.lark or "") + 256)
 
 
 def cache_stats() -> CacheStats:
-    return _CACHE.stats()
+    return CacheStats(_CACHE.hits, _CACHE.misses, len(_CACHE), _CACHE.budget, _CACHE.used)
 
 
 def clear_cache() -> None:

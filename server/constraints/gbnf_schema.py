@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import jsonschema
-
 from server.constraints.spec import SCHEMA_KEYWORDS
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.patterns import safe_validator
 from server.types import JSONSchema
 
 # What the converter enforces; other validation keywords raise, annotations are ignored.
@@ -128,7 +127,7 @@ class _Converter:
     def constants(self, schema: JSONSchema) -> str:
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
         rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
-        valid = [v for v in values if jsonschema.Draft202012Validator(rest).is_valid(v)]
+        valid = [v for v in values if safe_validator(rest).is_valid(v)]
         if not valid:
             raise _Unsatisfiable("no value of its enum / const matches the rest of the schema")
         return " | ".join(gbnf_literal(json.dumps(v, ensure_ascii=False)) for v in valid)

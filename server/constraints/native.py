@@ -7,17 +7,14 @@ call, so the calls are those of the full `auto` grammar, at no grammar cost on t
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from server.bytecache import ByteLRU
 from server.constraints.compiler import cache_key
 from server.constraints.gbnf import to_gbnf
 from server.constraints.spec import ConstraintSpec
 from server.toolcalls.base import ToolFormat
 from server.types import ChoiceMode, ToolChoice
-
-_CAPACITY = 512
 
 
 @dataclass(frozen=True)
@@ -26,24 +23,24 @@ class NativeConstraint:
     triggers: tuple[str, ...] = ()  # non-empty: lazy, applied from the first trigger on
 
 
-_cache: OrderedDict[str, NativeConstraint | None] = OrderedDict()
-_lock = threading.Lock()
+class _Unconstrained:
+    """Cached None (the cache's own None means a miss)."""
+
+
+# Bounded in bytes, not entries: the GBNF of a large tool list is large.
+_cache: ByteLRU[str, NativeConstraint | _Unconstrained] = ByteLRU(
+    16 << 20, lambda key, c: len(key) + (len(c.gbnf) if isinstance(c, NativeConstraint) else 0) + 256)
 
 
 def native_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:
     """GBNF enforcing `spec` in `fmt`'s layout, or None when unconstrained. Raises like
     compile_constraint (UnsupportedFeature names what GBNF cannot express)."""
     key = cache_key(spec, fmt)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    built = _build(spec, fmt)
-    with _lock:
-        _cache[key] = built
-        while len(_cache) > _CAPACITY:
-            _cache.popitem(last=False)
-    return built
+    found = _cache.get(key)
+    if found is None:
+        found = _build(spec, fmt) or _Unconstrained()
+        _cache.put(key, found)
+    return found if isinstance(found, NativeConstraint) else None
 
 
 def _build(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from server.plaintext import prompt_spans, unmarked
 from server.types import Sampling
+
+__all__ = ["prompt_spans", "unmarked"]  # for engines: client text in a prompt is plain text
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Gbnf:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    prompt: str
+    prompt: str  # marked: spans from prompt_spans() flagged False are tokenized as plain text
     sampling: Sampling
     grammar: str | None = None  # llguidance Lark; None means unconstrained
     adapter: str | None = None  # the name of an adapter loaded with Engine.load_adapter

@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.base import (
+    AdapterFiles,
+    Cancel,
+    EngineInfo,
+    Event,
+    Finish,
+    GenerateRequest,
+    Piece,
+    prompt_spans,
+)
 from server.engines.sampling import sample, softmax
 from server.engines.stops import StopMatcher
 from server.errors import EngineError, GatewayError, InvalidRequest, NotFound
@@ -186,9 +195,12 @@ class LlamaCppEngine:
 
     def _tokenize(self, text: str) -> list[int]:
         # Templates write BOS themselves (transformers semantics): never add another. NFC as
-        # Hugging Face tokenizers normalise, so served and trained token ids agree.
-        data = unicodedata.normalize("NFC", text).encode("utf-8")
-        tokens: list[int] = self._llama.tokenize(data, add_bos=False, special=True)
+        # Hugging Face tokenizers normalise, so served and trained token ids agree. Client text
+        # marked plain never becomes control tokens (engines/base.py: prompt_spans).
+        tokens: list[int] = []
+        for span, special in prompt_spans(text):
+            data = unicodedata.normalize("NFC", span).encode("utf-8")
+            tokens += self._llama.tokenize(data, add_bos=False, special=special)
         return tokens
 
     def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:

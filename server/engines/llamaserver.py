@@ -16,7 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.base import (
+    AdapterFiles,
+    Cancel,
+    EngineInfo,
+    Event,
+    Finish,
+    GenerateRequest,
+    Piece,
+    prompt_spans,
+    unmarked,
+)
 from server.engines.remote import (
     Health,
     Upstream,
@@ -66,6 +76,7 @@ class LlamaServerEngine:
         self._adapters: dict[str, int] = {}
         self._special_by_id = {i: t for t, i in facts.specials.items()}
         self._first_ids: dict[str, int | None] = {}
+        self._plain: dict[str, list[int]] = {}
         self._client = make_client(upstream.url, upstream.timeouts, upstream.api_key, upstream.slots + 4)
 
     def info(self) -> EngineInfo:
@@ -73,6 +84,7 @@ class LlamaServerEngine:
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
         body = self.completion_body(request)
+        body["prompt"] = await self._tokenized_prompt(request.prompt)
         # Closed on the way out, whatever the way: the connection (and the server's slot) is freed at once.
         async with aclosing(sse_events(self._client, "/completion", body, self.name)) as events:
             async for event in self._events(events, cancel):
@@ -103,7 +115,7 @@ class LlamaServerEngine:
     def completion_body(self, request: GenerateRequest) -> dict[str, Any]:
         s = request.sampling
         body: dict[str, Any] = {
-            "prompt": self._prompt(request.prompt),
+            "prompt": unmarked(self._prompt(request.prompt)),  # generate() sends client text as plain
             "n_predict": s.max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
@@ -125,7 +137,7 @@ class LlamaServerEngine:
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         """Exact for the candidates' first tokens among the top 100; below them, 0."""
-        body: dict[str, Any] = {"prompt": self._prompt(prompt), "n_predict": 1, "n_probs": _TOP_PROBS,
+        body: dict[str, Any] = {"prompt": await self._tokenized_prompt(prompt), "n_predict": 1, "n_probs": _TOP_PROBS,
                                 "temperature": 0.0, "cache_prompt": True}
         if self._facts.loras:
             body["lora"] = self._lora(GenerateRequest(prompt, Sampling(max_tokens=1), adapter=adapter,
@@ -150,7 +162,7 @@ class LlamaServerEngine:
                 self._adapters[adapter.name] = lora_id
                 return
         loaded = ", ".join(p for p, _ in self._facts.loras) or "none"
-        raise EngineError(f"the llama-server at {self.name} was not started with this adapter's LoRA "
+        raise EngineError(f"a llama-server replica was not started with this adapter's LoRA "
                           f"({wanted}; it has: {loaded}); add --lora {wanted} --lora-init-without-apply")
 
     async def unload_adapter(self, name: str) -> None:
@@ -179,6 +191,23 @@ class LlamaServerEngine:
         if self._facts.add_bos and bos and prompt.startswith(bos):
             return prompt[len(bos):]  # the server adds it back: exactly one BOS, as the template meant
         return prompt
+
+    async def _tokenized_prompt(self, prompt: str) -> str | list[str | int]:
+        """A string (the server parses its special tokens), or where client text spells a
+        special token, a mixed list in which that text is ids tokenized without parsing them."""
+        spans = list(prompt_spans(self._prompt(prompt)))
+        if all(special for _, special in spans):
+            return "".join(text for text, _ in spans)
+        mixed: list[str | int] = []
+        for text, special in spans:
+            mixed += [text] if special else await self._plain_ids(text)
+        return mixed
+
+    async def _plain_ids(self, text: str) -> list[int]:
+        if text not in self._plain:  # only spelled special tokens come here: a small, fixed set
+            answer = await post_json(self._client, "/tokenize", {"content": text, "parse_special": False}, self.name)
+            self._plain[text] = [int(t) for t in answer.get("tokens") or []]
+        return self._plain[text]
 
     def _grammar(self, request: GenerateRequest) -> dict[str, Any]:
         if request.gbnf is None:

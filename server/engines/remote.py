@@ -37,7 +37,7 @@ class UpstreamError(EngineError):
     """An upstream server failed; `kind` is one of the constants above."""
 
     def __init__(self, message: str, *, replica: str, kind: str):
-        super().__init__(f"upstream {replica}: {message}")
+        super().__init__(f"an upstream replica failed: {message}")  # its URL goes to logs, not clients
         self.replica = replica
         self.kind = kind
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
+from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece, unmarked
 from server.engines.remote import (
     Health,
     Upstream,
@@ -152,7 +152,7 @@ def completion_body(request: GenerateRequest, model: str) -> dict[str, Any]:
     s = request.sampling
     body: dict[str, Any] = {
         "model": request.adapter or model,
-        "prompt": request.prompt,
+        "prompt": unmarked(request.prompt),  # TODO(#18): client text spelling special tokens is still parsed
         "max_tokens": s.max_tokens,
         "temperature": s.temperature,
         "top_p": max(s.top_p, 1e-6),  # vLLM wants 0 < top_p <= 1; a tiny one keeps only the top token
@@ -180,7 +180,7 @@ def check_scale(adapter: str | None, scale: float) -> None:
 
 def probability_body(prompt: str, model: str) -> dict[str, Any]:
     return {
-        "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": _TOP_LOGPROBS,
+        "model": model, "prompt": unmarked(prompt), "max_tokens": 1, "temperature": 0.0, "logprobs": _TOP_LOGPROBS,
         "add_special_tokens": False, "skip_special_tokens": False, "spaces_between_special_tokens": False,
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.patterns import safe_validator
 from server.types import JSONSchema, Tool
 
 VALIDATION = frozenset(Draft202012Validator.VALIDATORS)
@@ -65,7 +66,7 @@ def satisfiable(schema: JSONSchema | bool) -> bool:
     if "enum" not in schema and "const" not in schema:
         return True
     values = [schema["const"]] if "const" in schema else list(schema["enum"])
-    rest = Draft202012Validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
+    rest = safe_validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
     return any(rest.is_valid(v) for v in values)
 
 

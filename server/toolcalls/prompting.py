@@ -32,13 +32,15 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     enable_thinking: bool | None = None,
+    specials: frozenset[str] = frozenset(),
 ) -> str:
     """`render`, with the tools written into the prompt when the template has no place for them."""
     if not renders_tools(template):
         messages = with_tool_prompt(messages, tools, fmt)
         tools = ()
     return render(template, messages, tools, add_generation_prompt=add_generation_prompt,
-                  bos_token=bos_token, eos_token=eos_token, enable_thinking=enable_thinking)  # fmt: skip
+                  bos_token=bos_token, eos_token=eos_token, enable_thinking=enable_thinking,
+                  specials=specials)  # fmt: skip
 
 
 def detected_format(template: str) -> ToolFormat:

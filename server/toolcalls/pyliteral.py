@@ -16,9 +16,8 @@ import ast
 import json
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from server.errors import InvalidRequest, UnsupportedFeature
+from server.patterns import safe_validator
 from server.toolcalls.argrules import VALIDATION, json_value, resolve, types_of
 from server.toolcalls.base import ParsedCall
 from server.toolcalls.jsonargs import lark_string
@@ -149,7 +148,7 @@ class PyGrammar:
 
     def _constants(self, schema: JSONSchema) -> str:
         values = [schema["const"]] if "const" in schema else list(schema["enum"])
-        rest = Draft202012Validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
+        rest = safe_validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
         valid = [v for v in values if rest.is_valid(v)]
         if not valid:
             raise InvalidRequest("no value of its enum / const matches the rest of the schema")

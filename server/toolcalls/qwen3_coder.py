@@ -21,9 +21,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from server.errors import UnsupportedFeature
+from server.patterns import safe_validator
 from server.toolcalls.argrules import Param, json_value, keyword_params, resolve, types_of, with_defs
 from server.toolcalls.base import Envelope, ParsedCall
 from server.toolcalls.jsonargs import lark_string, loads
@@ -92,7 +91,7 @@ def _param_expr(param: Param, root: JSONSchema, name: str, rules: list[str]) -> 
         raise UnsupportedFeature(f"tool format 'qwen3_coder' cannot write the parameter name {param.name!r}")
     branches = _raw_branches(param.schema, root, name.upper(), rules, depth=0)
     if branches:  # one lexeme each, or the greedy raw lexeme would swallow `null` and fail later
-        check = Draft202012Validator(with_defs(param.schema, root))
+        check = safe_validator(with_defs(param.schema, root))
         branches += [lark_string(f"{json.dumps(v)}{VALUE_END}") for v in (True, False, None) if check.is_valid(v)]
     branches.append(f"{json_value(param.schema, root)} VALUE_END")
     rules.append(f"{name}: " + " | ".join(dict.fromkeys(branches)))
@@ -126,7 +125,7 @@ def _raw_branches(schema: JSONSchema | bool, root: JSONSchema, name: str, rules:
 
 def _raw_literals(schema: JSONSchema) -> list[str]:
     values = [schema["const"]] if "const" in schema else list(schema["enum"])
-    rest = Draft202012Validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
+    rest = safe_validator({k: v for k, v in schema.items() if k not in ("enum", "const")})
     raw = [v for v in values if isinstance(v, str) and raw_ok(v) and rest.is_valid(v)]
     return [lark_string(v + VALUE_END) for v in raw]
 
