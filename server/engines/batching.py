@@ -273,9 +273,10 @@ class Scheduler:
         for seq in decoding:
             assert seq.next_token is not None
             sampled.append((seq, self._add(seq.slot, seq.next_token, logits=True)))
-        # While others decode, prompts advance by a bounded chunk per step: a long prompt
-        # delays the running sequences' next token by one chunk, never by its whole prefill.
-        budget = min(self._chunk if decoding else self._n_batch, self._n_batch - len(decoding))
+        # With company, prompts advance by a bounded chunk per step: a long prompt delays the
+        # others' next token (or a short prompt's first) by one chunk, never by its whole prefill.
+        alone = len(self._running) == 1
+        budget = min(self._n_batch if alone else self._chunk, self._n_batch - len(decoding))
         # Shortest remaining prompt first: short prompts start answering at once, and a long
         # one still advances by whatever budget they leave.
         prefilling = sorted((s for s in self._running if s.prefilling), key=_remaining)
