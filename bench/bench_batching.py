@@ -109,7 +109,7 @@ def grammar_ratio(model: Path, args: argparse.Namespace) -> dict[int, tuple[floa
     under the grammar that bans the call opener, as `tool_choice: none` compiles), the same
     prompt (rendered with the tool) and seeds, rounds interleaved: medians per concurrency."""
     from server.constraints import ConstraintSpec, compile_constraint
-    from server.engines.base import Cancel, Finish, GenerateRequest
+    from server.engines.base import Cancel, Finish, GenerateRequest, Piece
     from server.engines.llamacpp import LlamaCppEngine
     from server.templates import render
     from server.toolcalls import get_format
@@ -135,9 +135,19 @@ def grammar_ratio(model: Path, args: argparse.Namespace) -> dict[int, tuple[floa
         produced = sum(await asyncio.gather(*(one(constrained, s) for s in range(concurrency))))
         return produced / (time.perf_counter() - start)
 
+    async def text(seed: int) -> str:
+        request = GenerateRequest(prompt, Sampling(max_tokens=args.tokens, temperature=1.0, seed=seed), grammar)
+        return "".join([e.text async for e in engine.generate(request, Cancel()) if isinstance(e, Piece)])
+
     async def run_all() -> dict[int, tuple[float, float]]:
         await rate(False, args.slots)  # warm-up: every slot caches the prompt
-        out = {}
+        # Seeded answers alone vs in one batch of all of them (the issue asks whether a seeded
+        # answer depends on what else is batched; llama.cpp's kernels could make it so).
+        alone = [await text(seed) for seed in range(args.slots)]
+        together = await asyncio.gather(*(text(seed) for seed in range(args.slots)))
+        same = sum(a == b for a, b in zip(alone, together, strict=True))
+        print(f"seeded answers identical alone and batched: {same}/{args.slots}", flush=True)
+        out: dict[int, tuple[float, float]] = {0: (same, args.slots)}
         for c in (1, max(args.concurrency)):
             speeds: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(3):
@@ -239,6 +249,7 @@ def report(cells: list[Cell], ttfts: dict[str, tuple[list[float], float]],
             ratios.append(f"| {mode} | {c} | {e.tokens / e.seconds / (s.tokens / s.seconds):.2f} "
                           f"| {pct(e.latencies, 50) / pct(s.latencies, 50):.2f} |")
     grammar = ["| concurrency | grammar off tokens/s | grammar on tokens/s | on / off |", "|---|---|---|---|"]
+    same, total = grammar_speeds.pop(0)
     for c, (off, on) in grammar_speeds.items():
         grammar.append(f"| {c} | {off:.1f} | {on:.1f} | {on / off:.3f} |")
     first = ["| arm | short prompts: median TTFT s | max TTFT s | the long prompt's TTFT s |", "|---|---|---|---|"]
@@ -254,6 +265,8 @@ def report(cells: list[Cell], ttfts: dict[str, tuple[list[float], float]],
                         "Grammar on vs off, the embedded engine in the bench process (same prompt and seeds, "
                         "3 interleaved rounds, medians; on: the text grammar of `tool_choice: none`, which "
                         "bans the call opener):", "\n".join(grammar),
+                        f"Seeded answers (grammar on) identical alone and in one batch of {total}: "
+                        f"{same:.0f} of {total:.0f}.",
                         f"Time to first token at concurrency {max(args.concurrency)}: one ~2,000-token prompt "
                         "among short ones, all sent at once, streamed:", "\n".join(first)])
     print(text)
