@@ -140,7 +140,8 @@ def grammar_ratio(model: Path, args: argparse.Namespace) -> dict[int, tuple[floa
         return "".join([e.text async for e in engine.generate(request, Cancel()) if isinstance(e, Piece)])
 
     async def run_all() -> dict[int, tuple[float, float]]:
-        await rate(False, args.slots)  # warm-up: every slot caches the prompt
+        await rate(False, args.slots)  # warm-up: every slot caches the prompt, and
+        await rate(True, 1)  # the grammar's tokenizer and compilation are cached
         # Seeded answers alone vs in one batch of all of them (the issue asks whether a seeded
         # answer depends on what else is batched; llama.cpp's kernels could make it so).
         alone = [await text(seed) for seed in range(args.slots)]
@@ -150,7 +151,7 @@ def grammar_ratio(model: Path, args: argparse.Namespace) -> dict[int, tuple[floa
         out: dict[int, tuple[float, float]] = {0: (same, args.slots)}
         for c in (1, max(args.concurrency)):
             speeds: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(3):
+            for _ in range(args.rounds):
                 for constrained in (False, True):
                     speeds[constrained].append(await rate(constrained, c))
             out[c] = (median(speeds[False]), median(speeds[True]))
@@ -209,6 +210,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--slots", type=int, default=8, help="embedded slots and llama-server -np")
     p.add_argument("--context", type=int, default=3072, help="tokens per slot")
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds of grammar off / on")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
     if not LLAMA_SERVER.is_file():
@@ -263,8 +265,8 @@ def report(cells: list[Cell], ttfts: dict[str, tuple[list[float], float]],
             f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after): compare arms within this run only.")
     text = "\n\n".join([note, "\n".join(table), "\n".join(ratios),
                         "Grammar on vs off, the embedded engine in the bench process (same prompt and seeds, "
-                        "3 interleaved rounds, medians; on: the text grammar of `tool_choice: none`, which "
-                        "bans the call opener):", "\n".join(grammar),
+                        f"{args.rounds} interleaved rounds, medians; on: the text grammar of `tool_choice: none`, "
+                        "which bans the call opener):", "\n".join(grammar),
                         f"Seeded answers (grammar on) identical alone and in one batch of {total}: "
                         f"{same:.0f} of {total:.0f}.",
                         f"Time to first token at concurrency {max(args.concurrency)}: one ~2,000-token prompt "

@@ -20,6 +20,7 @@ from server.constraints import ConstraintSpec, compile_constraint
 from server.engines.base import AdapterFiles, Cancel, Finish, GenerateRequest, Piece
 from server.engines.llamacpp import LlamaCppEngine, default_slots
 from server.engines.slots import BASE, Slot, Waiter, group_to_admit, pick_slot
+from server.errors import NotFound
 from server.toolcalls import get_format
 from server.types import ChoiceMode, Sampling, TextFormat, Tool, ToolChoice
 from tests.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, make_peft_adapter
@@ -187,14 +188,21 @@ async def test_probabilities_share_the_batch(engine: LlamaCppEngine) -> None:
     assert during == pytest.approx(alone, rel=1e-5) and 0 < sum(alone) < 1
 
 
-async def test_adapter_and_base_requests_interleave(engine: LlamaCppEngine, tiny_model: TinyModel,
-                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture(scope="module")
+def lora_files(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> list[AdapterFiles]:
     root = tmp_path_factory.mktemp("batch_lora")
+    files = []
     for name, seed in (("a", 1), ("b", 2)):
         peft_dir = make_peft_adapter(tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
                                      root / name, seed)
         gguf = convert_lora(peft_dir, tiny_model.hf_dir, peft_dir / "adapter.gguf").path
-        await engine.load_adapter(AdapterFiles(name, peft_dir, gguf))
+        files.append(AdapterFiles(name, peft_dir, gguf))
+    return files
+
+
+async def test_adapter_and_base_requests_interleave(engine: LlamaCppEngine, lora_files: list[AdapterFiles]) -> None:
+    for files in lora_files:
+        await engine.load_adapter(files)
     order = [None, "a", "b", "a", None, "b", "a", None]
     requests = [GenerateRequest(PROMPTS[i % 4], seeded(max_tokens=16, seed=i), adapter=name)
                 for i, name in enumerate(order)]
@@ -202,3 +210,24 @@ async def test_adapter_and_base_requests_interleave(engine: LlamaCppEngine, tiny
     together = await asyncio.gather(*(run(engine, r) for r in requests))
     assert together == alone
     assert alone[1][0] != (await run(engine, GenerateRequest(PROMPTS[1], seeded(max_tokens=16, seed=1))))[0]
+
+
+async def test_unloading_an_adapter_mid_answer_lets_it_finish(
+    engine: LlamaCppEngine, lora_files: list[AdapterFiles]
+) -> None:
+    await engine.load_adapter(lora_files[0])
+    request = GenerateRequest(PROMPTS[0], seeded(max_tokens=40), adapter="a")
+    expected = await run(engine, request)
+    stream = engine.generate(request, Cancel())
+    first = await anext(stream)
+    await engine.unload_adapter("a")  # between two of its steps: the running answer keeps its weights
+    rest = [event async for event in stream]
+    assert isinstance(first, Piece)
+    assert (first.text + "".join(e.text for e in rest if isinstance(e, Piece)), rest[-1]) == expected
+    with pytest.raises(NotFound):
+        await run(engine, request)
+    await engine.load_adapter(lora_files[0])  # a new load: the old slot caches are not reused
+    before = engine.prefilled_tokens
+    text, finish = await run(engine, request)
+    assert (text, finish) == expected and finish is not None
+    assert engine.prefilled_tokens - before == finish.prompt_tokens
