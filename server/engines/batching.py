@@ -187,6 +187,8 @@ class Scheduler:
             _check_context(len(job.tokens), max_tokens, self._b.context_length)
         except GatewayError as exc:
             return job.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the loop
+            return job.fail(EngineError(f"llama.cpp failed: {exc}"))
         self._waiting.append(job)
 
     def _drain(self) -> None:
@@ -220,6 +222,8 @@ class Scheduler:
             seq = self._sequence(job, slot)
         except GatewayError as exc:
             return job.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the loop
+            return job.fail(EngineError(f"llama.cpp failed: {exc}"))
         self._clock += 1
         slot.busy, slot.used_at = True, self._clock
         if slot.key != job.key:
