@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,6 +38,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 STORY = "Write a long story about a robot who learns to cook, with many details."
 CALL = "What is the weather in Paris right now?"
+FIRST_TEXT = re.compile(r'"content":\s*"[^"]')  # a chunk with text, not the empty role chunk
 LONG = "Summarise this log.\n" + "".join(f"line {i}: order {1000 + i} shipped to warehouse {i % 7}\n"
                                         for i in range(115))
 
@@ -94,7 +96,7 @@ async def first_tokens(url: str, concurrency: int, max_tokens: int) -> tuple[lis
             r.raise_for_status()
             elapsed = float("nan")
             async for line in r.aiter_lines():  # read to the end: the slot stays busy until then
-                if elapsed != elapsed and line.startswith("data: ") and '"content":"' in line.replace(" ", ""):
+                if elapsed != elapsed and line.startswith("data: ") and FIRST_TEXT.search(line):
                     elapsed = time.perf_counter() - start
         return elapsed
 
