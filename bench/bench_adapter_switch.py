@@ -2,12 +2,15 @@
 token) when a request uses the same LoRA adapter as the one before it vs another adapter,
 with the same prompt (where the engine would otherwise reuse the cached prefix) and with a new
 one (a full prefill either way, so the difference is the switch itself). Also: loading a GGUF
-LoRA, and decode speed with and without an adapter.
+LoRA, and decode speed with and without an adapter. With `--groups`: the batched engine's
+adapter groups, tokens/s of a concurrent load all on the base vs mixed over base and two
+adapters (sequences in one batch share the context's adapter, so a mix runs group by group).
 
 Builds a seeded random Qwen2 (`--size`), two PEFT LoRAs with random non-zero weights (r=16 on
 every linear layer) and converts them with training/gguf_lora.py.
 
     python bench/bench_adapter_switch.py [--size medium] [--reps 30] [--write]
+    python bench/bench_adapter_switch.py --groups [--size small] [--write]
 """
 
 from __future__ import annotations
@@ -147,9 +150,66 @@ async def main_async(args: argparse.Namespace) -> str:
         f"The switch itself (another minus same adapter, new prompt, minimums): {switch:.1f} ms.\n\n"
         f"Loading a GGUF LoRA: {median(loads):.1f} ms. Decode (median of 5 runs of {args.decode_tokens} tokens): "
         f"{base_tps:.0f} tokens/s base, {lora_tps:.0f} tokens/s with an adapter.\n\n"
-        "Switching adapters costs the cached prefix: the engine keys its KV cache by (adapter, scale), because "
-        "keys and values computed under one adapter are wrong under another, so a switch re-evaluates the whole "
-        "prompt. The switch itself is setting the adapter on the llama.cpp context, which re-reserves its graph."
+        "Each slot's KV cache is keyed by the (adapter, scale) it was computed under, because keys and values "
+        "computed under one adapter are wrong under another: a prompt seen only under other weights is "
+        "evaluated whole, on a slot of its own (the other weights' cache stays for their next request). The "
+        "switch itself is setting the adapter on the llama.cpp context, which re-reserves its graph."
+    )
+
+
+async def group_load(engine: LlamaCppEngine, names: list[str | None], concurrency: int, tokens: int,
+                     words: int) -> tuple[float, list[float]]:
+    """tokens/s and per-request latencies of len(names) requests, `concurrency` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(i: int, name: str | None) -> int:
+        async with gate:
+            start = time.perf_counter()
+            finish = await run(engine, prompt(i % 4, words), name, Sampling(max_tokens=tokens, temperature=1.0, seed=i))
+            latencies.append(time.perf_counter() - start)
+            return finish.completion_tokens
+
+    start = time.perf_counter()
+    produced = sum(await asyncio.gather(*(one(i, n) for i, n in enumerate(names))))
+    return produced / (time.perf_counter() - start), latencies
+
+
+async def groups_async(args: argparse.Namespace) -> str:
+    root = Path(tempfile.mkdtemp(prefix="bench_adapter_groups_"))
+    load_before = os.getloadavg()[0]
+    base, adapters, n_params = build(args.size, root)
+    engine = LlamaCppEngine(base, context_length=2048, threads=1, slots=8)
+    loads: dict[str, list[str | None]] = {
+        "all base": [None] * 24,
+        "all adapter a": ["a"] * 24,
+        "mixed base / a / b (round robin)": [None, "a", "b"] * 8,
+    }
+    results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in loads}
+    try:
+        for files in adapters:
+            await engine.load_adapter(files)
+        for _ in range(args.rounds + 1):  # the first round warms every slot's cache and is dropped
+            for name, names in loads.items():  # interleaved: machine noise lands on every load
+                results[name].append(await group_load(engine, names, 8, args.decode_tokens, args.words))
+    finally:
+        await engine.close()
+    rows = []
+    all_base = median([tps for tps, _ in results["all base"][1:]])
+    for name, runs in results.items():
+        tps = median([t for t, _ in runs[1:]])
+        lat = [x for _, lats in runs[1:] for x in lats]
+        rows.append(f"| {name} | {tps:.0f} | {tps / all_base:.2f} | {pct(lat, 50):.2f} | {max(lat):.2f} |")
+    return (
+        f"Model: random Qwen2 `{args.size}` ({n_params / 1e6:.1f}M parameters, F32 GGUF), two LoRAs r=16; the "
+        f"batched engine with 8 slots, 1 thread; 24 requests of {args.decode_tokens} tokens per load, 8 at a "
+        f"time; median of {args.rounds} interleaved rounds after a warm-up; 1-minute load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n\n"
+        "| load | tokens/s | vs all base | p50 latency s | max latency s |\n|---|---|---|---|---|\n"
+        + "\n".join(rows) + "\n\nSequences in one batch share the context's adapter set: requests for the "
+        "running (adapter, scale) join the batch, others wait at most `SWITCH_PATIENCE_S` (1 s) before the "
+        "running group stops taking new sequences, drains and the oldest waiter's group runs (no starvation). "
+        "A mix therefore runs in smaller batches than one group, which is the cost shown here."
     )
 
 
@@ -159,8 +219,16 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--words", type=int, default=60, help="catalogue words in the system prompt (prompt length)")
     p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--groups", action="store_true", help="measure adapter groups in the batched engine instead")
+    p.add_argument("--rounds", type=int, default=3, help="--groups: interleaved rounds")
     p.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
     args = p.parse_args()
+    if args.groups:
+        body = asyncio.run(groups_async(args))
+        print(body)
+        if args.write:
+            write_section("Adapter groups in the batched llama.cpp engine", body, ("llama_cpp_python", "peft", "gguf"))
+        return
     body = asyncio.run(main_async(args))
     print(body)
     if args.write:

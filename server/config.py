@@ -38,6 +38,11 @@ class ModelSection(BaseModel):
     )
     context_length: int = Field(4096, ge=128)
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: half the logical cores")
+    slots: int | None = Field(
+        None, ge=1, le=64,
+        description="requests llama.cpp decodes together in one batch, each with its own context_length "
+        "KV cache; default: from the context (4 at 4096, 8 at 2048 or less)",
+    )
     no_tool_threshold: float | None = Field(
         None, ge=0.0, le=1.0,
         description="in tool_choice auto, call a tool only if P(opening a call) reaches this",

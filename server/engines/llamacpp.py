@@ -1,84 +1,98 @@
-"""The embedded engine: llama.cpp in-process through llama-cpp-python.
+"""The embedded engine: llama.cpp in-process through llama-cpp-python's low-level API.
 
-It owns one loaded model and a decode loop (prefill with prefix reuse, grammar mask from
-llguidance, numpy sampling, UTF-8-safe detokenization, stop strings). It runs on one worker
-thread, so the event loop never blocks; the gateway's admission queue decides who runs next.
-GGUF LoRA adapters load once onto the model and are set on the context per request (with a
-scale); the reused KV prefix belongs to one (adapter, scale), so switching recomputes it.
+It owns one loaded model and one llama.cpp context with N sequence slots, each with its own
+KV cache of `context_length` tokens. The decode loop (server/engines/batching.py) batches
+every running request into each llama.cpp step (continuous batching) with a grammar mask
+from llguidance per sequence; this module loads the model, tokenizes, compiles grammars and
+holds the GGUF LoRA adapters, which load once onto the model and are set on the context per
+adapter group (sequences in one batch share the context's adapter and scale).
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import ctypes
+import itertools
 import os
-import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
+from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, prompt_spans
+from server.engines.batching import Job, Scheduler
+from server.engines.slots import BASE, AdapterKey
+from server.errors import EngineError, InvalidRequest, NotFound
 
-from server.engines.base import (
-    AdapterFiles,
-    Cancel,
-    EngineInfo,
-    Event,
-    Finish,
-    GenerateRequest,
-    Piece,
-    prompt_spans,
-)
-from server.engines.sampling import sample, softmax
-from server.engines.stops import StopMatcher
-from server.errors import EngineError, GatewayError, InvalidRequest, NotFound
-
-Emit = Callable[[Event | BaseException], None]
 _MATCHER_CACHE_SIZE = 256
 # llguidance's lexer fuel (~50k/ms initial, ~14k/ms per step): bounds what one hostile schema
 # (a huge `pattern` repetition) can cost the worker, at a few ms, far above what tools need.
 _INITIAL_FUEL = 200_000
 _STEP_FUEL = 100_000
-# What the context's weights are: (adapter name, scale), or _BASE. A scale of 0 is the base
-# model (llama.cpp drops zero-scale adapters from the graph).
-AdapterKey = tuple[str | None, float]
-_BASE: AdapterKey = (None, 0.0)
+# The KV cache the default slot count aims at, in tokens over all slots (see default_slots).
+_DEFAULT_KV_TOKENS = 16_384
+_MAX_DEFAULT_SLOTS = 8
+# Prompt tokens evaluated per step while other sequences are decoding (chunked prefill).
+PREFILL_CHUNK = 128
+_N_BATCH = 512
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    uid: int  # the slot caches' key: a reload under the same name is other weights
+    pointer: Any
 
 
 class LlamaCppEngine:
-    parallelism = 1
-
-    def __init__(self, path: Path, *, context_length: int = 4096, threads: int | None = None):
+    def __init__(
+        self, path: Path, *, context_length: int = 4096, threads: int | None = None, slots: int | None = None
+    ):
         import llama_cpp
+        from llama_cpp import _internals
 
-        self._lib = llama_cpp
-        self._llama = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=context_length,
-            n_threads=threads or default_threads(),
-            n_batch=min(512, context_length),
-            logits_all=False,
-            verbose=False,
-        )
-        self._vocab = self._llama._model.vocab
-        self._n_vocab = self._llama.n_vocab()
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="llamacpp")
+        self.lib = llama_cpp
+        self.parallelism = slots or default_slots(context_length)
+        self.context_length = context_length
+        with contextlib.suppress(ImportError, AttributeError):
+            from llama_cpp._logger import set_verbose
+
+            set_verbose(False)
+        self._model = _internals.LlamaModel(
+            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False)
+        self._context = _internals.LlamaContext(
+            model=self._model, params=self._context_params(threads or default_threads()), verbose=False)
+        self.ctx = self._context.ctx
+        self._vocab = self._model.vocab
+        self.n_vocab = self._model.n_vocab()
         self._grammars: OrderedDict[str, Any] = OrderedDict()
         self._lltokenizer: Any = None
-        self._adapters: dict[str, Any] = {}  # name -> llama_adapter_lora pointer
-        self._active: AdapterKey = _BASE  # what the context (and its cached prefix) was computed with
+        self._adapters: dict[str, _Adapter] = {}
+        self._uids = itertools.count(1)
+        self._doomed: list[_Adapter] = []  # unloaded while a running sequence still uses them
         self._info = self._read_info(path)
         self._closed = False
+        self._scheduler = Scheduler(self, self.parallelism, _N_BATCH, PREFILL_CHUNK)
+
+    def _context_params(self, threads: int) -> Any:
+        params = self.lib.llama_context_default_params()
+        params.n_ctx = self.context_length * self.parallelism
+        params.n_seq_max = self.parallelism
+        params.kv_unified = False  # one KV stream per slot: a sequence attends to its own tokens only
+        params.n_batch = params.n_ubatch = _N_BATCH
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        return params
 
     def info(self) -> EngineInfo:
         return self._info
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens llama.cpp evaluated since start (what prefix reuse saves shows here)."""
+        return self._scheduler.prefilled
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
@@ -87,7 +101,8 @@ class LlamaCppEngine:
         def emit(item: Event | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        work = loop.run_in_executor(self._executor, self._run, request, cancel, emit)
+        job = Job(request.prompt, request.adapter, request.adapter_scale, cancel, emit, request=request)
+        self._scheduler.submit(job)
         try:
             while True:
                 item = await queue.get()
@@ -97,194 +112,132 @@ class LlamaCppEngine:
                 if isinstance(item, Finish):
                     return
         finally:
-            cancel.set()  # a consumer that left early stops the decode loop at the next token
-            with contextlib.suppress(BaseException):
-                await work
+            cancel.set()  # a consumer that left early: the loop drops the sequence at its next step
 
     async def count_tokens(self, text: str) -> int:
         # The vocabulary only: safe beside a running decode (llama-server tokenizes in its HTTP
         # threads too), so a count never waits for a generation. Never on a freed model.
         if self._closed:
             raise EngineError("the llama.cpp engine is closed")
-        return len(self._tokenize(text))
+        return len(self.tokenize(text))
 
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
-        loop = asyncio.get_running_loop()
-        key = _adapter_key(adapter, adapter_scale)
-        return await loop.run_in_executor(self._executor, self._probabilities, prompt, candidates, key)
+        from concurrent.futures import Future
+
+        probs: Future[list[float]] = Future()
+        cancel = Cancel()
+        job = Job(prompt, adapter, adapter_scale, cancel, lambda _: None, candidates=candidates, probs=probs)
+        self._scheduler.submit(job)
+        try:
+            return await asyncio.wrap_future(probs)
+        finally:
+            cancel.set()
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load_adapter, adapter)
+        await asyncio.wrap_future(self._scheduler.call(lambda: self._load_adapter(adapter)))
 
     async def unload_adapter(self, name: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_adapter, name)
+        await asyncio.wrap_future(self._scheduler.call(lambda: self._unload_adapter(name)))
 
     def adapters(self) -> frozenset[str]:
         return frozenset(self._adapters)
 
     async def close(self) -> None:
         self._closed = True
-        self._executor.shutdown(wait=True)
-        for name in list(self._adapters):
-            self._unload_adapter(name)  # before the model: an adapter lives on its model
-        self._llama.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._scheduler.close)
+        for adapter in list(self._adapters.values()) + self._doomed:
+            self.lib.llama_adapter_lora_free(adapter.pointer)  # before the model: it lives on it
+        self._adapters.clear()
+        self._doomed.clear()
+        self._context.close()  # type: ignore[no-untyped-call]
+        self._model.close()  # type: ignore[no-untyped-call]
 
-    # -- worker thread ---------------------------------------------------------------------
+    # -- the Backend the decode loop uses (its thread only) --------------------------------
 
-    def _run(self, request: GenerateRequest, cancel: Cancel, emit: Emit) -> None:
-        try:
-            with self._lock:
-                self._use_adapter(_adapter_key(request.adapter, request.adapter_scale))
-                self._decode(request, cancel, emit)
-        except GatewayError as exc:
-            emit(exc)
-        except Exception as exc:  # noqa: BLE001 - any engine failure becomes a 502, not a crash
-            emit(EngineError(f"llama.cpp failed: {exc}"))
-
-    def _decode(self, request: GenerateRequest, cancel: Cancel, emit: Emit) -> None:
-        sampling = request.sampling
-        prompt = self._tokenize(request.prompt)
-        self._check_context(len(prompt), sampling.max_tokens)
-        matcher = self._matcher(request.grammar) if request.grammar else None
-        rng = np.random.default_rng(sampling.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopMatcher(sampling.stop)
-        logits = self._prefill(prompt)
-        produced, reason = 0, "length"
-        bitmask = self._bitmask() if matcher is not None else None
-        allowed = self._first_allowed(matcher, bitmask) if matcher is not None else None
-        while produced < sampling.max_tokens and not cancel.is_set():
-            token = sample(logits, sampling.temperature, sampling.top_p, rng, allowed)
-            produced += 1
-            if self._lib.llama_vocab_is_eog(self._vocab, token):
-                reason = "stop"
-                break
-            if matcher is not None and not matcher.consume_token(token):
-                raise EngineError(f"grammar rejected a masked token: {matcher.get_error()}")
-            text, hit = stops.push(decoder.decode(self._piece(token)))
-            if text:
-                emit(Piece(text))
-            if hit or (matcher is not None and matcher.is_stopped()):
-                reason = "stop"
-                break
-            if produced < sampling.max_tokens:
-                logits, allowed = self._step(token, matcher, bitmask)
-        if cancel.is_set():
-            return
-        tail = stops.push(decoder.decode(b"", final=True))[0] + stops.flush()
-        if tail:
-            emit(Piece(tail, tokens=0))
-        emit(Finish(reason=reason, prompt_tokens=len(prompt), completion_tokens=produced))
-
-    def _step(self, token: int, matcher: Any, bitmask: Any) -> tuple[NDArray[np.float32], Any]:
-        # Computing the next mask on a side thread while llama.cpp evaluates was measured
-        # slower on small CPUs (it competes with llama.cpp's own threads): sequential it is.
-        logits = self._eval([token])
-        return logits, (self._allowed(matcher, bitmask) if matcher is not None else None)
-
-    def _probabilities(self, prompt: str, candidates: Sequence[str], adapter: AdapterKey) -> list[float]:
-        with self._lock:
-            self._use_adapter(adapter)
-            tokens = self._tokenize(prompt)
-            self._check_context(len(tokens), 1)
-            probs = softmax(self._prefill(tokens))
-            firsts = [self._tokenize(c)[0] for c in candidates]
-            return [float(probs[t]) for t in firsts]
-
-    def _tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str) -> list[int]:
         # Templates write BOS themselves (transformers semantics): never add another. NFC as
         # Hugging Face tokenizers normalise, so served and trained token ids agree. Client text
         # marked plain never becomes control tokens (engines/base.py: prompt_spans).
         tokens: list[int] = []
         for span, special in prompt_spans(text):
             data = unicodedata.normalize("NFC", span).encode("utf-8")
-            tokens += self._llama.tokenize(data, add_bos=False, special=special)
+            tokens += self._model.tokenize(data, add_bos=False, special=special)
         return tokens
 
-    def _check_context(self, prompt_tokens: int, max_tokens: int) -> None:
-        limit = self._info.context_length
-        if prompt_tokens + max_tokens > limit:
-            raise InvalidRequest(
-                f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceeds the "
-                f"model's context of {limit} tokens; shorten the conversation or lower max_tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-
-    def _prefill(self, tokens: list[int]) -> NDArray[np.float32]:
-        """Evaluate `tokens`, reusing the longest cached prefix (agent loops resend history)."""
-        llama = self._llama
-        cached = llama.input_ids[: llama.n_tokens]
-        keep = 0
-        limit = min(len(cached), len(tokens) - 1)  # always re-evaluate the last prompt token
-        while keep < limit and cached[keep] == tokens[keep]:
-            keep += 1
-        llama._ctx.kv_cache_seq_rm(-1, keep, -1)
-        llama.n_tokens = keep
-        return self._eval(tokens[keep:])
-
-    def _eval(self, tokens: list[int]) -> NDArray[np.float32]:
-        self._llama.eval(tokens)
-        ptr = self._lib.llama_get_logits_ith(self._llama._ctx.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
-
-    def _piece(self, token: int) -> bytes:
-        piece: bytes = self._llama.detokenize([token], special=True)
+    def piece(self, token: int) -> bytes:
+        piece: bytes = self._model.detokenize([token], special=True)
         return piece
 
-    # -- adapters --------------------------------------------------------------------------
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self._vocab, token))
+
+    def resolve(self, adapter: str | None, scale: float) -> AdapterKey:
+        """The weights a request names; a scale of 0 is the base model (llama.cpp drops
+        zero-scale adapters from the graph)."""
+        if adapter is None:
+            return BASE
+        loaded = self._adapters.get(adapter)
+        if loaded is None:
+            raise NotFound(f"adapter {adapter!r} is not loaded on this engine", param="model")
+        return BASE if scale == 0.0 else (loaded.uid, float(scale))
+
+    def loaded(self, key: AdapterKey) -> bool:
+        return key[0] is None or any(a.uid == key[0] for a in self._adapters.values())
+
+    def set_adapter(self, key: AdapterKey) -> None:
+        """Set the context's adapter; the slots' caches stay valid, each keyed by its weights."""
+        uid, scale = key
+        lib = self.lib
+        if uid is None:
+            status = lib.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            pointer = next(a.pointer for a in self._adapters.values() if a.uid == uid)
+            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(pointer)
+            scales = (ctypes.c_float * 1)(scale)
+            status = lib.llama_set_adapters_lora(self.ctx, adapters, 1, scales)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not set the adapter (status {status})")
+
+    # -- adapters (loop thread) ------------------------------------------------------------
 
     def _load_adapter(self, files: AdapterFiles) -> None:
-        with self._lock:
-            if files.name in self._adapters:
-                return
-            if files.gguf is None or not files.gguf.is_file():
-                raise InvalidRequest(
-                    f"adapter {files.name!r} has no GGUF LoRA ({files.gguf}); llama.cpp needs one: "
-                    "export it with `python -m training export`", param="model")
-            adapter = self._lib.llama_adapter_lora_init(self._llama._model.model, str(files.gguf).encode())
-            if not adapter:  # a NULL pointer: llama.cpp logged why (wrong base, not a LoRA GGUF)
-                raise EngineError(
-                    f"llama.cpp refused the LoRA {files.gguf} for adapter {files.name!r}: not a GGUF LoRA "
-                    "or made for another base model")
-            self._adapters[files.name] = adapter
+        if files.name in self._adapters:
+            return
+        if files.gguf is None or not files.gguf.is_file():
+            raise InvalidRequest(
+                f"adapter {files.name!r} has no GGUF LoRA ({files.gguf}); llama.cpp needs one: "
+                "export it with `python -m training export`", param="model")
+        pointer = self.lib.llama_adapter_lora_init(self._model.model, str(files.gguf).encode())
+        if not pointer:  # a NULL pointer: llama.cpp logged why (wrong base, not a LoRA GGUF)
+            raise EngineError(
+                f"llama.cpp refused the LoRA {files.gguf} for adapter {files.name!r}: not a GGUF LoRA "
+                "or made for another base model")
+        self._adapters[files.name] = _Adapter(next(self._uids), pointer)
 
     def _unload_adapter(self, name: str) -> None:
-        with self._lock:
-            adapter = self._adapters.pop(name, None)
-            if adapter is None:
-                return
-            if self._active[0] == name:
-                self._use_adapter(_BASE)
-            self._lib.llama_adapter_lora_free(adapter)
+        """New requests naming it fail at once; its memory is freed when no sequence uses it."""
+        adapter = self._adapters.pop(name, None)
+        if adapter is not None:
+            self._doomed.append(adapter)
+            self._scheduler.forget(adapter.uid)
+            self.reap()
 
-    def _use_adapter(self, key: AdapterKey) -> None:
-        """Set the request's adapter on the context; a change drops the cached prefix."""
-        name, scale = key
-        if name is not None and name not in self._adapters:
-            raise NotFound(f"adapter {name!r} is not loaded on this engine", param="model")
-        if name is None or scale == 0.0:
-            key = name, scale = _BASE
-        if key == self._active:
-            return
-        lib = self._lib
-        if name is None:
-            status = lib.llama_set_adapters_lora(self._llama._ctx.ctx, None, 0, None)
-        else:
-            adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[name])
-            scales = (ctypes.c_float * 1)(scale)
-            status = lib.llama_set_adapters_lora(self._llama._ctx.ctx, adapters, 1, scales)
-        if status != 0:
-            raise EngineError(f"llama.cpp could not set adapter {name!r} (status {status})")
-        # Keys and values cached under other weights must never be reused: _prefill starts over.
-        self._llama.n_tokens = 0
-        self._active = key
+    def reap(self) -> None:
+        """Free unloaded adapters no running sequence uses (the context back on the base)."""
+        for adapter in list(self._doomed):
+            if self._scheduler.running_with(adapter.uid):
+                continue
+            if self._scheduler.active[0] == adapter.uid:
+                self.set_adapter(BASE)
+                self._scheduler.active = BASE
+            self._doomed.remove(adapter)
+            self.lib.llama_adapter_lora_free(adapter.pointer)
 
     # -- grammar ---------------------------------------------------------------------------
 
-    def _matcher(self, grammar: str) -> Any:
+    def matcher(self, grammar: str) -> Any:
         import llguidance
 
         pristine = self._grammars.get(grammar)
@@ -303,70 +256,45 @@ class LlamaCppEngine:
         if self._lltokenizer is None:
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            eog = [t for t in (self._llama.token_eos(), self._eot()) if t >= 0]
+            eog = [t for t in (self._model.token_eos(), self._eot()) if t >= 0]
             self._lltokenizer = lltokenizer_from_vocab(
-                self._vocab, n_vocab=self._n_vocab, eos_token=sorted(set(eog))
+                self._vocab, n_vocab=self.n_vocab, eos_token=sorted(set(eog))
             )
         return self._lltokenizer
 
-    def _bitmask(self) -> NDArray[np.int32]:
-        from llguidance.numpy import allocate_token_bitmask
-
-        return allocate_token_bitmask(1, self._n_vocab)
-
-    def _first_allowed(self, matcher: Any, bitmask: Any) -> NDArray[np.intp]:
-        """A grammar that fails before any token is the request's fault (too complex): 400."""
-        try:
-            return self._allowed(matcher, bitmask)
-        except EngineError as exc:
-            raise InvalidRequest(
-                f"the constraint is too complex to enforce ({exc.message}); simplify the schema",
-                param="tools", code="constraint_too_complex") from None
-
-    def _allowed(self, matcher: Any, bitmask: Any) -> NDArray[np.intp]:
-        """The token ids the grammar allows next."""
-        from llguidance.numpy import fill_next_token_bitmask
-
-        fill_next_token_bitmask(matcher, bitmask, 0)
-        if matcher.is_error():
-            raise EngineError(f"grammar failed: {matcher.get_error()}")
-        bits = np.unpackbits(bitmask.view(np.uint8), count=self._n_vocab, bitorder="little")
-        allowed: NDArray[np.intp] = np.flatnonzero(bits)
-        if len(allowed) == 0:
-            raise EngineError("grammar allows no token; this is a constraint compiler bug")
-        return allowed
-
     def _eot(self) -> int:
-        return int(self._lib.llama_vocab_eot(self._vocab))
+        return int(self.lib.llama_vocab_eot(self._vocab))
 
     # -- metadata --------------------------------------------------------------------------
 
     def _read_info(self, path: Path) -> EngineInfo:
-        meta = self._llama.metadata
-        model = self._llama._model
+        meta = self._model.metadata()
+        model = self._model
         specials = self._special_tokens()
         return EngineInfo(
             model=meta.get("general.name", path.stem),
-            context_length=self._llama.n_ctx(),
+            context_length=self.context_length,
             chat_template=meta.get("tokenizer.chat_template"),
-            bos_token=_token_text(model, self._llama.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
-            eos_token=_token_text(model, self._llama.token_eos()),
+            bos_token=_token_text(model, self._model.token_bos()) if "tokenizer.ggml.bos_token_id" in meta else "",
+            eos_token=_token_text(model, self._model.token_eos()),
             special_tokens=frozenset(text for text, _ in specials),
             special_token_ids=tuple(specials),
         )
 
     def _special_tokens(self) -> list[tuple[str, int]]:
-        control = self._lib.LLAMA_TOKEN_ATTR_CONTROL | self._lib.LLAMA_TOKEN_ATTR_USER_DEFINED
-        model = self._llama._model
+        control = self.lib.LLAMA_TOKEN_ATTR_CONTROL | self.lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        model = self._model
         return [
             (model.token_get_text(t), t)
-            for t in range(self._n_vocab)
-            if self._lib.llama_vocab_get_attr(self._vocab, t) & control
+            for t in range(self.n_vocab)
+            if self.lib.llama_vocab_get_attr(self._vocab, t) & control
         ]
 
 
-def _adapter_key(name: str | None, scale: float) -> AdapterKey:
-    return (None, 0.0) if name is None else (name, float(scale))
+def default_slots(context_length: int) -> int:
+    """Slots from the context: each slot holds a full `context_length` KV cache, so the
+    default keeps all of them near _DEFAULT_KV_TOKENS (4 slots at 4096, 8 at 2048 or less)."""
+    return max(1, min(_MAX_DEFAULT_SLOTS, _DEFAULT_KV_TOKENS // context_length))
 
 
 def default_threads() -> int:
