@@ -47,6 +47,9 @@ class ModelSection(BaseModel):
         None, ge=0.0, le=1.0,
         description="in tool_choice auto, call a tool only if P(opening a call) reaches this",
     )
+    catalogue_threshold: bool = Field(
+        True, description="with no no_tool_threshold set, use the catalogue's calibrated one for a catalogue model",
+    )
 
 
 class LimitsSection(BaseModel):

@@ -79,7 +79,7 @@ def _threshold(settings: Settings, known: catalogue.CatalogueModel | None) -> fl
     """The configured no-tool threshold, else the catalogue's calibrated one for this model."""
     if settings.model.no_tool_threshold is not None:
         return settings.model.no_tool_threshold
-    return known.no_tool_threshold if known else None
+    return known.no_tool_threshold if known and settings.model.catalogue_threshold else None
 
 
 def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSource]:
