@@ -151,3 +151,12 @@ def test_training_scores_loose_blocks_as_the_gateway_serves_them() -> None:
     expected = Expected(calls=())
     assert not verifier.score([WEATHER], expected, NOT_A_CALL).called  # text, as served
     assert verifier.score([WEATHER], expected, FENCED).called  # a call, as served
+
+
+def test_json_that_is_no_call_streams_at_once() -> None:
+    """A response_format answer is text: released as it comes, not held until the value closes."""
+    parser = HERMES.stream_parser()
+    events = parser.feed('{"s": "a long answer') + parser.feed(" goes on")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == '{"s": "a long answer goes on'
+    held = HERMES.stream_parser()
+    assert held.feed('{\n  "name": "get_weather", "arguments": {"ci') == []  # may still be a call

@@ -60,7 +60,7 @@ class BodyLimit:
         if _SURROGATE_ESCAPE.search(body):  # rare: only then is the body parsed here (off the loop)
             where = await asyncio.to_thread(lone_surrogate_at, body)
             if where is not None:
-                await send_error(send, InvalidRequest(
+                await send_error(scope, send, InvalidRequest(
                     f"{where} contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not "
                     "half of a pair); send valid Unicode text", param=where, code="invalid_unicode"))
                 return

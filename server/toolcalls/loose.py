@@ -100,6 +100,12 @@ class LooseCalls:
     def _advance_block(self, out: list[StreamEvent]) -> None:
         assert self._scan is not None
         if self._value_end < 0:
+            if not _could_be_call(self._block[self._value_start :]):
+                # JSON that is no call (a response_format answer): text at once, not held to its end.
+                block, self._block, self._scan = self._block, "", None
+                self._emit(block, out)
+                self._line_start = block.endswith("\n")
+                return
             found = self._scan.find(self._block[self._value_start :])
             if found is None:
                 return
@@ -182,6 +188,15 @@ def _call_shaped(item: object) -> bool:
         and any(k in item for k in ARGS_KEYS)
         and set(item) <= _CALL_KEYS
     )
+
+
+_CALL_STARTS = ('{"name"', '[{"name"')
+
+
+def _could_be_call(value: str) -> bool:
+    """Whether a value still starts like a call object or a list of them (whitespace aside)."""
+    head = re.sub(r"\s+", "", value[:64])[:8]
+    return any(start.startswith(head) or head.startswith(start) for start in _CALL_STARTS)
 
 
 def _looks_like_call(block: str) -> bool:
