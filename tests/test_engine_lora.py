@@ -127,11 +127,11 @@ async def test_probabilities_follow_the_adapter(engine: LlamaCppEngine, tiny_mod
     base = await engine.token_probabilities(PROMPT, candidates)
     with_a = await engine.token_probabilities(PROMPT, candidates, "a")
     again = await engine.token_probabilities(PROMPT, candidates)
-    # `again` reuses the base slot's cached prefix and evaluates only the last token: llama.cpp's
-    # one-row kernels round differently from the whole prompt's, in the last bits.
-    assert again == pytest.approx(base, rel=1e-5) and with_a != pytest.approx(base, rel=1e-3)
+    # `again` reuses the base slot's cached prefix: the last prompt token is evaluated in a step
+    # of its own either way (engines/batching.py), so the numbers are the same to the bit.
+    assert again == base and with_a != pytest.approx(base, rel=1e-3)
     await generate(engine, "b")  # the context now holds b's adapter
-    assert await engine.token_probabilities(PROMPT, candidates, "a") == pytest.approx(with_a, rel=1e-5)
+    assert await engine.token_probabilities(PROMPT, candidates, "a") == with_a
 
 
 async def test_unknown_and_unloaded_adapters_are_not_found(engine: LlamaCppEngine, adapters: Adapters) -> None:

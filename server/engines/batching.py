@@ -285,7 +285,11 @@ class Scheduler:
         # one still advances by whatever budget they leave.
         prefilling = sorted((s for s in self._running if s.prefilling), key=_remaining)
         for seq in prefilling:
-            take = min(len(seq.job.tokens) - len(seq.slot.tokens), budget)
+            # The last prompt token goes in a step of its own, as it does when the rest of the
+            # prompt is cached: the first logits then do not depend on how much was cached, so a
+            # seeded answer is the same cold and replayed (the stream / non-stream pair).
+            remaining = len(seq.job.tokens) - len(seq.slot.tokens)
+            take = min(remaining - 1 if remaining > 1 else 1, budget)
             if take <= 0:
                 break
             start = len(seq.slot.tokens)
