@@ -124,7 +124,8 @@ def check_convertible(
             f"bias={config['bias']!r} trains base biases, which a LoRA file cannot carry; use bias='none'"
         )
     if base_config.get("model_type") not in ARCHES:
-        raise LoraConversionError(f"only {', '.join(ARCHES)} bases are supported, got {base_config.get('model_type')!r}")
+        got = base_config.get("model_type")
+        raise LoraConversionError(f"only {', '.join(ARCHES)} bases are supported, got {got!r}")
     if float(config.get("lora_alpha", 0)) == 0:
         # llama.cpp reads alpha 0 as "no alpha" (scale 1), while PEFT's output would be unchanged.
         raise LoraConversionError("lora_alpha=0 makes the adapter a no-op; nothing to convert")
