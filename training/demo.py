@@ -96,6 +96,11 @@ class DemoConfig:
     dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (README: The demo model)
     dpo_beta: float = 0.1
     dpo_batch: int = 8
+    # A pretrained base instead of stages 2-3: a GGUF file or catalogue name (training/bases.py),
+    # e.g. smollm2-135m-instruct. The adapter is trained on its dequantized weights with its own
+    # chat template and exported for its GGUF; `template`, the general data and the base-model
+    # fields are then unused. "" (the default) builds the from-scratch base.
+    base_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,8 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
 
         torch.set_num_threads(config.threads)
 
+    if config.base_model:
+        return _build_on_real_base(config, work, timings, say)
     with _stage("data", "data", timings, say):
         general, support = _data(config, work, say)
     with _stage("tokenizer", "tokenizer and initial model", timings, say):
@@ -125,6 +132,30 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
             init_dir = _copy_curriculum(config, work, init_dir, general[1], say)
     with _stage("base", f"base model: {config.base_steps} steps from scratch", timings, say):
         model_dir = _train_base(config, work, init_dir, general)
+    return _adapters_and_report(config, work, model_dir, support, timings, say)
+
+
+def _build_on_real_base(config: DemoConfig, work: Path, timings: dict[str, float],
+                        say: Callable[[str], None]) -> DemoResult:  # fmt: skip
+    """Stages 1, 4-6 on a pretrained base: support data only, no tokenizer or base training."""
+    from training.bases import resolve_base
+    from training.data.build import build_dataset
+    from training.data.catalogue import SUPPORT
+    from training.data.synth import SynthConfig
+
+    with _stage("data", "data: support", timings, say):
+        n = config.support_records + 2 * config.eval_records
+        share = config.eval_records / n
+        support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1,
+                                SynthConfig(max_distractors=config.distractors),
+                                fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
+    with _stage("base", f"base model: {config.base_model} (dequantized once, cached)", timings, say):
+        model_dir = resolve_base(config.base_model).folder
+    return _adapters_and_report(config, work, model_dir, support, timings, say)
+
+
+def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, support: Any, timings: dict[str, float],
+                         say: Callable[[str], None]) -> DemoResult:  # fmt: skip
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
         sft = _train_adapter(config, work, model_dir, support)
     with _stage("dpo", f"adapter: DPO, {config.dpo_steps} steps", timings, say):
@@ -273,7 +304,7 @@ def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str
     from training.export import ExportOptions, export_adapter
 
     numbers = {f"support_test.{k}": float(v) for k, v in scores.items() if k in FOUR and v is not None}
-    options = ExportOptions(base_id="callgate/demo", scores=numbers,
+    options = ExportOptions(base_id=None if config.base_model else "callgate/demo", scores=numbers,
                             data_sha256=sha256_files([support.train, support.pairs]))  # fmt: skip
     return export_adapter(adapter, model_dir, config.adapter_name, Path(config.adapter_out), options)
 

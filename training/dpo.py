@@ -45,7 +45,7 @@ PLOTS = {"loss": ("loss", "eval_loss"),
 class DPOConfig:
     """One DPO recipe (training/configs/dpo.yaml); every field can be overridden with --set."""
 
-    base_model: str = ""  # the SFT adapter's base model (folder or hub id)
+    base_model: str = ""  # the SFT adapter's base model (folder, hub id, GGUF file or catalogue name)
     adapter: str = ""  # the SFT adapter: the PEFT folder SFT wrote (run/adapter)
     pairs: tuple[str, ...] = ()  # DPO pair JSONL files
     val: str | None = None  # pairs for eval loss / reward margins
@@ -134,7 +134,9 @@ def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=dtype)
+    from training.bases import resolve_base
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_base(config.base_model).model, dtype=dtype)
     return PeftModel.from_pretrained(base, config.adapter, is_trainable=True)
 
 
@@ -181,6 +183,7 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
     from trl.trainer.dpo_trainer import DPOTrainer
 
     from training import runs
+    from training.bases import resolve_base
     from training.recipe import dump_yaml
 
     if not config.base_model or not config.adapter:
@@ -189,7 +192,7 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
         torch.set_num_threads(config.threads)
     run_dir = runs.make_run_dir("dpo", out)
     atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
     template = dpo_template(config, tokenizer)
     train_set, eval_set, data = build_datasets(config, train_pairs, template, tokenizer)
     dtype = pick_dtype(config.dtype)
@@ -258,7 +261,7 @@ def add_command(sub: Any) -> None:
     parser = sub.add_parser("dpo", help="DPO on near-miss pairs, on top of an SFT adapter",
                             description="TRL DPOTrainer; the reference is the SFT adapter, frozen.")
     add_common_flags(parser, CONFIGS / "dpo.yaml")
-    parser.add_argument("--base-model", help="the SFT adapter's base model")
+    parser.add_argument("--base-model", help="the SFT adapter's base model (folder, hub id, GGUF or catalogue name)")
     parser.add_argument("--adapter", help="the SFT adapter (the PEFT folder SFT wrote)")
     parser.add_argument("--pairs", nargs="+", help="DPO pair JSONL files")
     parser.add_argument("--val", help="validation pairs JSONL")

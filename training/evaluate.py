@@ -110,7 +110,8 @@ def add_command(sub: SubParsers) -> None:
                     "OpenAI-compatible endpoint, score each answer as the gateway parses it, and write "
                     "metrics.json, results.jsonl, report.md and plots to --out.")  # fmt: skip
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="transformers model folder (in-process)")
+    source.add_argument("--model", "--base-model", dest="model", type=Path,
+                        help="base model in-process: transformers folder, GGUF file or catalogue name")
     source.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--adapter", type=Path, help="PEFT adapter folder (with --model)")
     parser.add_argument("--tool-format", help="tool-call format (with --model; default: adapter manifest, "

@@ -33,6 +33,7 @@ from server.manifest import (
 
 if TYPE_CHECKING:
     from training.__main__ import SubParsers
+    from training.bases import Base
 
 # Staging area inside the adapters folder (same file system, so renames are atomic); the
 # registry only reads folders that hold a manifest.json directly, never this one.
@@ -58,11 +59,16 @@ class ExportOptions:
 def export_adapter(
     adapter_dir: Path, base_dir: Path, name: str, out: Path = Path("adapters"), options: ExportOptions | None = None
 ) -> Path:
-    """Write `out/<name>/` from the PEFT adapter in `adapter_dir` trained on `base_dir`."""
+    """Write `out/<name>/` from the PEFT adapter in `adapter_dir` trained on `base_dir` (a
+    transformers folder, or a GGUF file or catalogue name: its dequantized folder, and the GGUF
+    the LoRA is written for and whose sha256 the manifest records)."""
+    from training.bases import resolve_base
     from training.gguf_export import OutType
     from training.gguf_lora import LoraConversionError, convert_lora, read_json
 
     options = options or ExportOptions()
+    base = resolve_base(str(base_dir))
+    base_dir = base.folder
     if re.fullmatch(NAME_PATTERN, name) is None:
         raise ExportError(f"adapter name {name!r} must match {NAME_PATTERN} (it is served as a model name)")
     peft_config = read_json(adapter_dir / PEFT_FILES[0])
@@ -87,7 +93,7 @@ def export_adapter(
             target_modules=list(lora.target_modules),
             use_rslora=bool(peft_config.get("use_rslora")),
         )
-        write_manifest(folder, _manifest(name, base_dir, peft_config, template, lora_spec, options))
+        write_manifest(folder, _manifest(name, base, peft_config, template, lora_spec, options))
         return _publish(folder, out / name, stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -95,15 +101,21 @@ def export_adapter(
 
 
 def _manifest(
-    name: str, base_dir: Path, peft_config: dict[str, Any], template: str, lora: LoraSpec, options: ExportOptions
+    name: str, base: Base, peft_config: dict[str, Any], template: str, lora: LoraSpec, options: ExportOptions
 ) -> AdapterManifest:
-    base_gguf = options.base_gguf or _default_gguf(base_dir)
+    base_gguf = options.base_gguf or base.gguf
+    if base_gguf is not None and base_gguf == base.gguf and base.gguf_sha256 is not None:
+        gguf_sha256: str | None = base.gguf_sha256  # the catalogue's (verified at fetch) or hashed at conversion
+    else:
+        gguf_sha256 = sha256_files([base_gguf]) if base_gguf is not None else None
+    from_gguf = base.gguf_sha256 is not None  # the base came from a GGUF: name it, not the cache folder
     return AdapterManifest(
         name=name,
         base_model=BaseModelRef(
-            id=options.base_id or str(peft_config.get("base_model_name_or_path") or base_dir),
-            sha256=sha256_files(base_weight_files(base_dir)),
-            gguf_sha256=sha256_files([base_gguf]) if base_gguf is not None else None,
+            id=options.base_id or (base.ref if from_gguf else str(peft_config.get("base_model_name_or_path")
+                                                                  or base.folder)),
+            sha256=sha256_files(base_weight_files(base.folder)),
+            gguf_sha256=gguf_sha256,
         ),
         tool_format=_tool_format(options.tool_format, template),
         tool_choice=options.tool_choice,
@@ -200,11 +212,6 @@ def _tool_format(given: str | None, template: str) -> str:
     return given
 
 
-def _default_gguf(base_dir: Path) -> Path | None:
-    path = base_dir / "model.gguf"
-    return path if path.is_file() else None
-
-
 # --- command line ---------------------------------------------------------------------------
 
 
@@ -216,8 +223,10 @@ def add_command(sub: SubParsers) -> None:
         "the GGUF LoRA; the manifest binds base model, tool format, chat template and scores.",
     )
     parser.add_argument("--adapter", type=Path, required=True, help="PEFT folder (adapter_config.json, weights)")
-    parser.add_argument("--base", type=Path, required=True, help="the base model's transformers folder")
-    parser.add_argument("--base-gguf", type=Path, help="the base GGUF served (default: <base>/model.gguf)")
+    parser.add_argument("--base", "--base-model", dest="base", type=Path, required=True,
+                        help="the base model: transformers folder, GGUF file or catalogue name")
+    parser.add_argument("--base-gguf", type=Path, help="the base GGUF served (default: the --base GGUF or "
+                        "catalogue model, else <base>/model.gguf)")
     parser.add_argument("--base-id", help="hub id or path recorded as the base model")
     parser.add_argument("--name", required=True, help="adapter name, served as a model name")
     parser.add_argument("--out", type=Path, default=Path("adapters"), help="adapters folder")

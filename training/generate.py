@@ -94,6 +94,9 @@ class TransformersBackend:
     def __post_init__(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from training.bases import resolve_base
+
+        self.model_dir = Path(resolve_base(str(self.model_dir)).model)  # a GGUF / catalogue name: its float folder
         if self.threads is not None:
             import torch
 

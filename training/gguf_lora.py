@@ -31,7 +31,11 @@ import numpy as np
 import numpy.typing as npt
 from safetensors import safe_open
 
-from training.gguf_export import ARCH, OutType, gguf_tensor_name
+from training.gguf_export import OutType, gguf_tensor_name
+
+# transformers model_type -> llama.cpp architecture. Both name their tensors alike; llama.cpp's
+# llama loader expects q/k rows permuted (its converter's `permute`), Qwen2's does not.
+ARCHES = {"qwen2": "qwen2", "llama": "llama"}
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -90,7 +94,10 @@ def convert_lora(
     _check_shapes(pairs, base_dir, base_config)
     alpha = file_alpha(config)
     folded = _fold_scales(pairs, config, alpha)
-    _write(out, pairs, alpha, outtype, base_dir)
+    arch = ARCHES[str(base_config["model_type"])]
+    if arch == "llama":
+        pairs = [_llama_rows(pair, base_config) for pair in pairs]
+    _write(out, pairs, alpha, outtype, base_dir, arch)
     return LoraGGUF(
         path=out,
         rank=int(config["r"]),
@@ -116,8 +123,9 @@ def check_convertible(
         raise LoraConversionError(
             f"bias={config['bias']!r} trains base biases, which a LoRA file cannot carry; use bias='none'"
         )
-    if base_config.get("model_type") != ARCH:
-        raise LoraConversionError(f"only {ARCH} bases are supported, got {base_config.get('model_type')!r}")
+    if base_config.get("model_type") not in ARCHES:
+        got = base_config.get("model_type")
+        raise LoraConversionError(f"only {', '.join(ARCHES)} bases are supported, got {got!r}")
     if float(config.get("lora_alpha", 0)) == 0:
         # llama.cpp reads alpha 0 as "no alpha" (scale 1), while PEFT's output would be unchanged.
         raise LoraConversionError("lora_alpha=0 makes the adapter a no-op; nothing to convert")
@@ -260,13 +268,30 @@ def _fold_scales(pairs: list[_Pair], config: dict[str, Any], alpha: float) -> tu
     return tuple(name for name, on in used.items() if on)
 
 
+def permute_rows(rows: npt.NDArray[np.float32], n_head: int) -> npt.NDArray[np.float32]:
+    """llama.cpp's order of a llama q/k projection's output rows (convert_hf_to_gguf's `permute`),
+    from the transformers order: within each head, the two rotary halves interleaved."""
+    shape = rows.shape
+    return rows.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def _llama_rows(pair: _Pair, base_config: dict[str, Any]) -> _Pair:
+    """B @ A with its rows permuted is (B with its rows permuted) @ A: only B moves."""
+    kind = pair.module.rpartition(".")[2]
+    heads = {"q_proj": base_config["num_attention_heads"],
+             "k_proj": base_config.get("num_key_value_heads") or base_config["num_attention_heads"]}
+    if kind not in heads:
+        return pair
+    return _Pair(pair.module, pair.a, np.ascontiguousarray(permute_rows(pair.b, int(heads[kind]))))
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write(out: Path, pairs: list[_Pair], alpha: float, outtype: OutType, base_dir: Path) -> None:
+def _write(out: Path, pairs: list[_Pair], alpha: float, outtype: OutType, base_dir: Path, arch: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    writer = gguf.GGUFWriter(tmp, arch=ARCH)
+    writer = gguf.GGUFWriter(tmp, arch=arch)
     try:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_name(f"{base_dir.resolve().name} LoRA")

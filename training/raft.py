@@ -44,7 +44,7 @@ log = logging.getLogger("training.raft")
 
 @dataclass(frozen=True)
 class RaftConfig:
-    model: Path = field(metadata={"help": "base model folder (transformers)"})
+    model: Path = field(metadata={"help": "base model: transformers folder, GGUF file or catalogue name"})
     train_data: Path = field(metadata={"help": "canonical records whose prompts are sampled"})
     heldout_data: Path = field(metadata={"help": "canonical records scored after each cycle"})
     replay_data: Path | None = field(default=None, metadata={"help": "SFT records replayed beside the picks"})
@@ -382,6 +382,8 @@ def add_command(sub: Any) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting (repeatable), e.g. --set samples=4")  # fmt: skip
     parser.add_argument("--out", type=Path, help="run folder (default runs/raft-<time>)")
+    parser.add_argument("--base-model", help="the base model (sets `model`): transformers folder, GGUF file or "
+                        "catalogue name")
     parser.set_defaults(handler=_run_command)
 
 
@@ -389,7 +391,8 @@ def _run_command(args: Any) -> int:
     from training.runs import make_run_dir
 
     try:
-        config = load_config(args.config, args.overrides)
+        overrides = [*args.overrides, *([f"model={args.base_model}"] if args.base_model else [])]
+        config = load_config(args.config, overrides)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"raft: {exc}") from None
     out = make_run_dir("raft", args.out)

@@ -38,7 +38,7 @@ TEMPLATE_FILE = "chat_template.jinja"
 class SFTConfig:
     """One SFT recipe (training/configs/sft*.yaml); every field can be overridden with --set."""
 
-    base_model: str = ""  # a transformers folder or hub id
+    base_model: str = ""  # a transformers folder, hub id, GGUF file or catalogue name (training/bases.py)
     train: tuple[str, ...] = ()  # canonical-record JSONL files
     train_weights: tuple[float, ...] = ()  # per train file: 1 = once, 0.3 = a seeded 30%, 2 = twice
     val: str | None = None  # JSONL for eval_loss
@@ -185,7 +185,9 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftM
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=dtype)
+    from training.bases import resolve_base
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_base(config.base_model).model, dtype=dtype)
     if config.full:
         return model
     if config.init_adapter:
@@ -276,6 +278,7 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
     from trl.trainer.sft_trainer import SFTTrainer
 
     from training import runs
+    from training.bases import resolve_base
     from training.recipe import dump_yaml
 
     if not config.base_model:
@@ -284,7 +287,7 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
         torch.set_num_threads(config.threads)
     run_dir = runs.make_run_dir("sft", out)
     atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
     template = chat_template(config.chat_template, tokenizer)
     train_set, eval_set, data = build_datasets(config, train_records, template, tokenizer)
     dtype = pick_dtype(config.dtype)
@@ -369,7 +372,12 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Seque
 
 
 def model_ref(base: str) -> str:
-    """A local base model is recorded by absolute path, a hub id as is."""
+    """A local base model is recorded by absolute path, a hub id as is; a GGUF file or catalogue
+    name by its dequantized folder (which names its GGUF: training/bases.py)."""
+    from training.bases import is_gguf_ref, resolve_base
+
+    if is_gguf_ref(base):
+        base = resolve_base(base).model
     path = Path(base)
     return str(path.resolve()) if path.exists() else base
 
@@ -381,7 +389,7 @@ def add_command(sub: Any) -> None:
     parser = sub.add_parser("sft", help="supervised fine-tuning (LoRA or full) on canonical records",
                             description="TRL SFTTrainer with a PEFT LoRA; loss on assistant turns only.")
     add_common_flags(parser, CONFIGS / "sft.yaml")
-    parser.add_argument("--base-model", help="transformers folder or hub id")
+    parser.add_argument("--base-model", help="transformers folder, hub id, GGUF file or catalogue name")
     parser.add_argument("--train", nargs="+", help="canonical-record JSONL files")
     parser.add_argument("--val", help="validation JSONL")
     parser.add_argument("--max-steps", type=int)
