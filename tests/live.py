@@ -1,8 +1,9 @@
 """A real gateway for tests: uvicorn on a loopback port in a background thread, serving a
-real llama.cpp engine; and helpers shared by the API tests."""
+real llama.cpp engine; catalogue models fetched once; and helpers shared by the API tests."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from server import selftest
+from server import fetch, selftest
 from server.api.app import create_app
+from server.catalogue import MODELS_DIR, find
 from server.config import Settings, load_settings
 from server.engines.base import Engine
+from server.errors import ConfigError
 from server.metrics import Metrics
 from server.serving import build_registry
 
@@ -76,3 +80,21 @@ def running(app: FastAPI, settings: Settings, metrics: Metrics) -> Iterator[Live
 WEATHER, TRACK = selftest.WEATHER, selftest.ORDER
 PING = {"type": "function", "function": {"name": "ping", "description": "No arguments."}}
 TOOLS = [WEATHER, TRACK, PING]
+
+
+# Catalogue models for tests: fetched once into a cache that outlives clones.
+MODEL_CACHE = Path(os.environ.get("CALLGATE_MODEL_CACHE", Path.home() / ".cache" / "callgate" / "models"))
+
+
+def fetched_model(name: str) -> Path:
+    model = find(name)
+    assert model is not None, name
+    try:
+        path = fetch.fetch(model, MODEL_CACHE, progress=False)
+    except ConfigError as exc:
+        pytest.skip(f"{name} cannot be fetched here: {exc}")
+    link = model.path(MODELS_DIR)
+    if not link.exists():
+        link.parent.mkdir(exist_ok=True)
+        link.symlink_to(path.resolve())
+    return path

@@ -41,8 +41,7 @@ CONVERSATION = [
     {"role": "user", "content": "Where is my order 12345? It was due on Monday."},
 ]
 
-needs_smol = pytest.mark.skipif(not (MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(),
-                                reason="SmolLM2 GGUF not fetched (python -m server fetch smollm2-135m-instruct)")
+needs_smol = pytest.mark.usefixtures("smol_gguf")  # fetched once (tests/conftest.py), or skipped saying why
 
 
 def test_gguf_refs_are_told_from_folders_and_hub_ids(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,12 +17,11 @@ import openai
 import pytest
 
 from server import fetch
-from server.catalogue import CatalogueModel, Part, find
+from server.catalogue import CatalogueModel, Part
 from server.errors import ConfigError
-from tests.live import Live, live_gateway
+from tests.live import Live, fetched_model, live_gateway
 
 pytestmark = pytest.mark.slow
-CACHE = Path(os.environ.get("CALLGATE_MODEL_CACHE", Path.home() / ".cache" / "callgate" / "models"))
 CITY = {"type": "string", "enum": ["Paris", "Rome", "London"]}
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -36,27 +34,18 @@ TOOLS = [WEATHER, SEARCH]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
-def _fetched(name: str) -> Path:
-    model = find(name)
-    assert model is not None
-    try:
-        return fetch.fetch(model, CACHE, progress=False)
-    except ConfigError as exc:
-        pytest.skip(f"{name} cannot be fetched here: {exc}")
-
-
 def _gateway(path: Path) -> Iterator[Live]:
     yield from live_gateway(path, **{"model.threads": 2})
 
 
 @pytest.fixture(scope="module")
-def smol() -> Iterator[Live]:
-    yield from _gateway(_fetched("smollm2-135m-instruct"))
+def smol(smol_gguf: Path) -> Iterator[Live]:
+    yield from _gateway(smol_gguf)
 
 
 @pytest.fixture(scope="module")
 def qwen() -> Iterator[Live]:
-    yield from _gateway(_fetched("qwen2.5-coder-0.5b-instruct"))
+    yield from _gateway(fetched_model("qwen2.5-coder-0.5b-instruct"))
 
 
 def _ask(live: Live, question: str, tool_choice: object, max_tokens: int = 60) -> openai.types.chat.ChatCompletion:
