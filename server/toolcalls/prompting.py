@@ -43,6 +43,7 @@ def render_chat(
                   specials=specials)  # fmt: skip
 
 
+@lru_cache(maxsize=32)
 def detected_format(template: str) -> ToolFormat:
     """The format `template` speaks, as the gateway detects it (for callers with no configured one)."""
     return get_format(detect_format(template).format)
