@@ -148,7 +148,7 @@ async def test_probabilities_agree_with_the_embedded_engine(upstream: Server, ti
     # Likely next tokens that are tokenized as themselves: both engines then mean the same token.
     top = httpx.post(upstream.url + "/v1/completions", json=vllm.probability_body(PROMPT, "tiny")).json()
     tops = top["choices"][0]["logprobs"]["top_logprobs"][0]
-    words = [t for t in tops if t.strip() == t != "" and len(local._tokenize(t)) == 1][:3]
+    words = [t for t in tops if t.strip() == t != "" and len(local.tokenize(t)) == 1][:3]
     candidates = [*words, "zzzz-unlikely"]
     want = await local.token_probabilities(PROMPT, candidates)
     got = await remote.token_probabilities(PROMPT, candidates)

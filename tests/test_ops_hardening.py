@@ -69,7 +69,9 @@ def test_meta_schema_checks_run_off_the_event_loop(gateway: Live) -> None:
         slowest = _health_while(gateway, work, 60)
         r = work.result()
     assert r.status_code in (200, 400), r.text
-    assert slowest < 0.5
+    # On the event loop this stalled /health for the whole check (5.0 s); in a worker thread it
+    # only shares the GIL, whose switches a loaded 2-core machine can stretch past half a second.
+    assert slowest < 2.0
 
 
 def _post_raw(live: Live, path: str, text: str) -> httpx.Response:
