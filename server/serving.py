@@ -26,7 +26,8 @@ DEMO_MODEL = Path("models/demo/model.gguf")
 HOW_TO_GET_A_MODEL = (
     "no --model given and the demo model is not built at models/demo/model.gguf. Either pass "
     "--model PATH.gguf, or a catalogue name (fetched on first use; `python -m server fetch --list`), "
-    "e.g. --model qwen2.5-coder-0.5b-instruct"
+    "e.g. --model qwen2.5-coder-0.5b-instruct, or build a model first: `python -m training init-tiny "
+    "--out models/tiny` (seconds; random weights, for trying the API) then `--model models/tiny/model.gguf`"
 )
 _log = logging.getLogger("callgate")
 
