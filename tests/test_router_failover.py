@@ -69,7 +69,9 @@ def test_a_killed_replica_loses_no_request_that_had_not_started(tiny_model: Tiny
         client = stack.enter_context(openai.OpenAI(base_url=live.v1, api_key="unused", max_retries=0, timeout=60))
 
         with ThreadPoolExecutor(24) as pool:
-            futures = [pool.submit(ask, client, 500) for _ in range(24)]
+            # The tiny model writes 500 tokens in ~0.2 s on llama-server: enough requests that the
+            # burst outlasts a few health-check samples of the outstanding gauge.
+            futures = [pool.submit(ask, client, 500) for _ in range(96)]
             _wait_until(lambda: metric(live.base_url, "callgate_replica_outstanding_requests", victim.url) >= 3)
             victim.kill()
             outcomes = [f.result(timeout=60) for f in futures]
