@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server.api.errors import anthropic_error
-from server.api.responses import sse_json
+from server.api.responses import segments, sse_json
 from server.chat import CallEvent, ChatEvent, ContentEvent, DoneEvent
 from server.errors import GatewayError
 
@@ -53,19 +53,8 @@ class MessagesRender:
 
 def content_blocks(events: list[ChatEvent]) -> list[dict[str, Any]]:
     """Consecutive text is one text block; each call a tool_use block."""
-    blocks: list[dict[str, Any]] = []
-    text: list[str] = []
-    for event in events:
-        if isinstance(event, ContentEvent):
-            text.append(event.text)
-        elif isinstance(event, CallEvent):
-            if text:
-                blocks.append({"type": "text", "text": "".join(text)})
-                text = []
-            blocks.append(tool_use(event, json.loads(event.call.arguments)))
-    if text:
-        blocks.append({"type": "text", "text": "".join(text)})
-    return blocks
+    return [{"type": "text", "text": part} if isinstance(part, str)
+            else tool_use(part, json.loads(part.call.arguments)) for part in segments(events)]
 
 
 def tool_use(event: CallEvent, arguments: dict[str, Any]) -> dict[str, Any]:

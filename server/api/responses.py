@@ -107,3 +107,18 @@ def _invalid(call: InvalidCall) -> dict[str, Any]:
 def _usage(done: DoneEvent) -> dict[str, int]:
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
             "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def segments(events: list[ChatEvent]) -> list[str | CallEvent]:
+    """The answer in order: consecutive text joined into one string, each call on its own (the
+    shape the Responses and Messages bodies both list)."""
+    out: list[str | CallEvent] = []
+    for event in events:
+        if isinstance(event, ContentEvent):
+            if out and isinstance(out[-1], str):
+                out[-1] += event.text
+            else:
+                out.append(event.text)
+        elif isinstance(event, CallEvent):
+            out.append(event)
+    return out

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.api.responses import sse_json
+from server.api.responses import segments, sse_json
 from server.api.responses_wire import ResponsesRequest
 from server.chat import CallEvent, ChatEvent, ContentEvent, DoneEvent
 from server.errors import GatewayError
@@ -71,19 +71,8 @@ class ResponsesRender:
 
 def output_items(token: str, events: list[ChatEvent]) -> list[dict[str, Any]]:
     """Consecutive text is one message item; each call is a function_call item."""
-    items: list[dict[str, Any]] = []
-    text: list[str] = []
-    for event in events:
-        if isinstance(event, ContentEvent):
-            text.append(event.text)
-        elif isinstance(event, CallEvent):
-            if text:
-                items.append(message_item(token, len(items), "".join(text)))
-                text = []
-            items.append(call_item(token, len(items), event))
-    if text:
-        items.append(message_item(token, len(items), "".join(text)))
-    return items
+    return [message_item(token, i, part) if isinstance(part, str) else call_item(token, i, part)
+            for i, part in enumerate(segments(events))]
 
 
 def message_item(token: str, index: int, text: str, status: str = "completed") -> dict[str, Any]:
