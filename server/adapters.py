@@ -27,6 +27,7 @@ from server.config import AdaptersSection, Settings
 from server.engines.base import AdapterFiles
 from server.errors import ConfigError, InvalidRequest, NotFound
 from server.manifest import MANIFEST, NAME_PATTERN, AdapterManifest, atomic_write_text, read_manifest, sha256_files
+from server.toolcalls.detect import resolve_format
 from server.types import ChoiceMode
 
 STATE_FILE = ".registry.json"
@@ -146,8 +147,6 @@ def _inside(folder: Path, name: str) -> Path:
 
 def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Served:
     """The adapter as served: base engine and queue; its own format, template and tool_choice."""
-    from server.serving import resolve_format  # serving builds registries: imported late
-
     template = adapter.template if adapter.template is not None else base.template
     try:
         fmt, source = resolve_format(adapter.manifest.tool_format, template)

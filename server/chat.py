@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
@@ -24,12 +24,12 @@ from server.engines.base import Cancel, CountsTokens, Engine, EngineInfo, Finish
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
+from server.toolcalls.detect import FormatSource
 from server.toolcalls.loose import reads_as_text
 from server.toolcalls.prompting import render_chat
 from server.toolcalls.validation import validate_call
 from server.types import ChoiceMode, Message, Outcome, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
-FormatSource = Literal["configured", "detected"]
 T = TypeVar("T")
 
 

@@ -5,23 +5,20 @@ folder adapters.dir; with no --model, the demo model and the demo adapter there)
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from server import catalogue, fetch
 from server.adapters import open_adapters
 from server.admission import Admission
-from server.chat import FormatSource, Served
+from server.chat import Served
 from server.config import Settings
 from server.engines import make_engine
 from server.engines.base import Engine
 from server.errors import ConfigError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
-from server.toolcalls import ToolFormat, format_names, get_format
-from server.toolcalls.detect import detect_format
+from server.toolcalls.detect import resolve_format
 
-AUTO = "auto"
 DEMO_MODEL = Path("models/demo/model.gguf")
 HOW_TO_GET_A_MODEL = (
     "no --model given and the demo model is not built at models/demo/model.gguf. Either pass "
@@ -29,7 +26,6 @@ HOW_TO_GET_A_MODEL = (
     "e.g. --model qwen2.5-coder-0.5b-instruct, or build a model first: `python -m training init-tiny "
     "--out models/tiny` (seconds; random weights, for trying the API) then `--model models/tiny/model.gguf`"
 )
-_log = logging.getLogger("callgate")
 
 
 def resolve_model_path(settings: Settings) -> Path:
@@ -81,22 +77,6 @@ def _threshold(settings: Settings, known: catalogue.CatalogueModel | None) -> fl
     if settings.model.no_tool_threshold is not None:
         return settings.model.no_tool_threshold
     return known.no_tool_threshold if known and settings.model.catalogue_threshold else None
-
-
-def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSource]:
-    """The configured format, or with "auto" the one the chat template renders calls in."""
-    known = format_names()
-    if configured != AUTO:
-        if configured not in known:
-            raise ConfigError(f"unknown model.tool_format {configured!r}; use {AUTO!r} or one of: {', '.join(known)}")
-        return get_format(configured), "configured"
-    detection = detect_format(template)
-    _log.info("tool format %s detected from the chat template: %s", detection.format, detection.reason)
-    if detection.format not in known:
-        raise ConfigError(
-            f"the chat template uses the {detection.format!r} tool-call format ({detection.reason}), which "
-            f"this gateway does not implement; set model.tool_format (--tool-format) to one of: {', '.join(known)}")
-    return get_format(detection.format), "detected"
 
 
 def _template(settings: Settings, embedded: str | None, known: catalogue.CatalogueModel | None) -> tuple[str, str]:

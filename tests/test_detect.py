@@ -11,10 +11,10 @@ import pytest
 from server.config import load_settings
 from server.errors import ConfigError
 from server.metrics import Metrics
-from server.serving import build_registry, resolve_format
+from server.serving import build_registry
 from server.templates import render
 from server.toolcalls import format_names, get_format
-from server.toolcalls.detect import FALLBACK, Detection, detect_format
+from server.toolcalls.detect import FALLBACK, Detection, detect_format, resolve_format
 from server.types import Message, Tool, ToolCall
 from tests.fakes import FakeEngine
 from tests.families import FAMILIES, TEMPLATES_DIR, template_text
@@ -124,7 +124,7 @@ def test_an_unknown_explicit_format_is_a_config_error() -> None:
 
 
 def test_a_detected_format_this_build_lacks_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("server.serving.detect_format", lambda _: Detection("martian", "seen: >>>>"))
+    monkeypatch.setattr("server.toolcalls.detect.detect_format", lambda _: Detection("martian", "seen: >>>>"))
     with pytest.raises(ConfigError, match="'martian' tool-call format.*set model.tool_format"):
         resolve_format("auto", template_text("hermes"))
 

@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from server.api.app import AdminDep, create_app
+from server.api.app import create_app
+from server.api.deps import AdminDep
 from server.auth import KeyRing, Scope
 from server.config import load_settings
 from server.errors import ConfigError

@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from server.adapters import AdapterRegistry
-from server.api.app import AdminDep, Gateway, GatewayDep
+from server.api.deps import AdminDep, Gateway, GatewayDep
 from server.errors import InvalidRequest
 
 

@@ -1,6 +1,6 @@
 """The app factory: `create_app(settings, models)` wires routes, middleware, error rendering,
 API-key scopes and the SIGTERM drain around a model registry. Nothing is created at import time.
-Routes take what they need through the typed dependencies defined here.
+The app imports the routers; the routers take what they need from api/deps.py, never from here.
 """
 
 from __future__ import annotations
@@ -10,85 +10,22 @@ import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from types import FrameType
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 
 from server import __version__
+from server.api import admin_routes, chat_routes, errors, info_routes, messages_api, responses_api
+from server.api.deps import Gateway
 from server.api.middleware import BodyLimit, Drain, Lifecycle, RequestMetrics
-from server.auth import KeyRing, Scope, warn_if_exposed
+from server.auth import KeyRing, warn_if_exposed
 from server.config import Settings
-from server.errors import GatewayError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 
 
-@dataclass
-class Gateway:
-    settings: Settings
-    models: ModelRegistry
-    metrics: Metrics
-    keys: KeyRing
-    lifecycle: Lifecycle
-
-
-def get_gateway(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-
-
-def credential(request: Request) -> str | None:
-    """The Authorization header, or Anthropic's `x-api-key` (what its SDK sends) as a Bearer key."""
-    authorization = request.headers.get("authorization")
-    api_key = request.headers.get("x-api-key")
-    if authorization is None and api_key is not None:
-        return "Bearer " + api_key
-    return authorization
-
-
-def require_inference(request: Request, gw: GatewayDep) -> None:
-    gw.keys.authorize(credential(request), Scope.INFERENCE)
-
-
-def require_admin(request: Request, gw: GatewayDep) -> None:
-    gw.keys.authorize(credential(request), Scope.ADMIN)
-
-
-def require_health_access(request: Request, gw: GatewayDep) -> None:
-    if not gw.settings.auth.open_health:
-        require_inference(request, gw)
-
-
-def require_metrics_access(request: Request, gw: GatewayDep) -> None:
-    auth = gw.settings.auth
-    if not (auth.open_metrics if auth.open_metrics is not None else not auth.enabled):
-        require_admin(request, gw)  # metrics describe the whole deployment: operators only
-
-
-def has_key(request: Request, gw: GatewayDep) -> bool:
-    """Whether the request carries a valid key (always true while no key is configured)."""
-    try:
-        gw.keys.authorize(request.headers.get("authorization"), Scope.INFERENCE)
-    except GatewayError:
-        return False
-    return True
-
-
-# Route dependencies: `dependencies=[InferenceDep]` on a router or route.
-InferenceDep = Depends(require_inference)
-AdminDep = Depends(require_admin)
-HealthDep = Depends(require_health_access)
-MetricsDep = Depends(require_metrics_access)
-
-
 def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | None = None) -> FastAPI:
-    from server.api import admin_routes, chat_routes, errors, info_routes, messages_api, responses_api
-
     metrics = metrics or Metrics()
     lifecycle = Lifecycle(settings.server.shutdown_timeout_s, metrics)
     gateway = Gateway(settings, models, metrics, KeyRing(settings.auth), lifecycle)

@@ -15,8 +15,8 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.app import Gateway, GatewayDep, InferenceDep
 from server.api.delivery import deliver
+from server.api.deps import Gateway, GatewayDep, InferenceDep
 from server.api.responses import ChunkWriter, Envelope, completion
 from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef

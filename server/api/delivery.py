@@ -15,7 +15,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server.api.app import Gateway
+from server.api.deps import Gateway
 from server.api.middleware import Lifecycle, ShuttingDown
 from server.chat import ChatEvent, ChatRequest, DoneEvent, Served, run_chat
 from server.engines.base import Cancel

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.adapters import AdapterRegistry
-from server.api.app import GatewayDep, HealthDep, InferenceDep, MetricsDep, has_key
+from server.api.deps import GatewayDep, HealthDep, InferenceDep, MetricsDep, has_key
 from server.chat import Served
 
 router = APIRouter()

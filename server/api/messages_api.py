@@ -17,9 +17,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from server.api.app import GatewayDep, InferenceDep
 from server.api.chat_routes import prepare
 from server.api.delivery import deliver
+from server.api.deps import GatewayDep, InferenceDep
 from server.api.messages_events import MessagesRender
 from server.api.messages_wire import (
     AnthropicMessage,

@@ -15,9 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from server.api.app import GatewayDep, InferenceDep
 from server.api.chat_routes import prepare
 from server.api.delivery import deliver
+from server.api.deps import GatewayDep, InferenceDep
 from server.api.responses_events import ResponsesRender
 from server.api.responses_wire import (
     FunctionCallItem,

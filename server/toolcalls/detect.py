@@ -4,19 +4,28 @@ The template is asked to render a conversation holding one assistant call of a m
 and its result; the text between the user's question and that result is how the family writes
 calls. Detection is pure (no registry lookups) and never raises: a template that refuses the
 probes, or shows no tool-call syntax at all, falls back to `json_envelope`, with the reason.
+`resolve_format` turns a configured format name (or "auto") into the format to serve, and is
+the one place that refuses an unknown or unimplemented one.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
+from server.errors import ConfigError
 from server.templates import render
+from server.toolcalls import ToolFormat, format_names, get_format
 from server.types import Message, Tool, ToolCall
 
 FALLBACK = "json_envelope"
+AUTO = "auto"  # model.tool_format: detect from the chat template
+FormatSource = Literal["configured", "detected"]
+_log = logging.getLogger("callgate")
 
 # Distinctive words, so a marker found near them cannot come from the template's own prose.
 PROBE_NAME = "zq_probe_lookup"
@@ -190,3 +199,19 @@ def _snippet(text: str, limit: int = 120) -> str:
     begin = max(0, at - limit // 2)
     piece = around[begin:begin + limit]
     return repr(("..." if begin else "") + piece + ("..." if begin + limit < len(around) else ""))
+
+
+def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSource]:
+    """The configured format, or with "auto" the one the chat template renders calls in."""
+    known = format_names()
+    if configured != AUTO:
+        if configured not in known:
+            raise ConfigError(f"unknown model.tool_format {configured!r}; use {AUTO!r} or one of: {', '.join(known)}")
+        return get_format(configured), "configured"
+    detection = detect_format(template)
+    _log.info("tool format %s detected from the chat template: %s", detection.format, detection.reason)
+    if detection.format not in known:
+        raise ConfigError(
+            f"the chat template uses the {detection.format!r} tool-call format ({detection.reason}), which "
+            f"this gateway does not implement; set model.tool_format (--tool-format) to one of: {', '.join(known)}")
+    return get_format(detection.format), "detected"
