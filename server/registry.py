@@ -33,9 +33,7 @@ class ModelRegistry:
 
     async def start(self) -> None:
         for engine in {id(s.engine): s.engine for s in self.models.values()}.values():
-            start = getattr(engine, "start", None)  # background work, e.g. the router's health checks
-            if start is not None:
-                await start()
+            await engine.start()  # background work, e.g. the router's health checks
         if self.adapters is not None:
             await self.adapters.start()
 

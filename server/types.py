@@ -7,6 +7,7 @@ about HTTP, OpenAI's JSON shapes or any engine.
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,3 +88,16 @@ class Outcome(enum.StrEnum):
     TRUNCATED = "truncated"
     NO_TOOL = "no_tool"
     REJECTED = "rejected"  # the request was refused before generation
+
+
+class Cancel:
+    """Set by the gateway when the client goes away; engines check it between tokens."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()

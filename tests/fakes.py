@@ -30,6 +30,7 @@ class FakeEngine:
     most_loaded: int = 0
     load_gate: asyncio.Event | None = None
     broken: set[str] = field(default_factory=set)
+    parallelism: int = 1
 
     def info(self) -> EngineInfo:
         return INFO
@@ -63,6 +64,9 @@ class FakeEngine:
     async def unload_adapter(self, name: str) -> None:
         self.unloads.append(name)
         self.loaded.discard(name)
+
+    async def start(self) -> None:
+        pass
 
     async def close(self) -> None:
         pass

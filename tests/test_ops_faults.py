@@ -61,6 +61,9 @@ class FaultyEngine:
     ) -> list[float]:
         return await self.inner.token_probabilities(prompt, candidates, adapter, adapter_scale)
 
+    async def start(self) -> None:
+        await self.inner.start()
+
     async def close(self) -> None:
         await self.inner.close()
 

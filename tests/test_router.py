@@ -66,6 +66,9 @@ class FakeReplica:
     async def health(self) -> Health:
         return Health(self.healthy, load=None)
 
+    async def start(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from server.api.deps import Gateway
 from server.api.middleware import Lifecycle, ShuttingDown
 from server.chat import ChatEvent, ChatRequest, DoneEvent, Served, run_chat
-from server.engines.base import Cancel
 from server.errors import GatewayError
+from server.types import Cancel
 
 T = TypeVar("T")
 CLIENT_GONE = 499  # nginx's "client closed request": only metrics ever see it

@@ -17,9 +17,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_body, log_refusal
-from server.engines.base import Cancel
 from server.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from server.metrics import Metrics
+from server.types import Cancel
 
 log = logging.getLogger("callgate")
 # Served while draining: Prometheus keeps scraping the last numbers of a stopping replica.

@@ -5,16 +5,17 @@ tool-calling semantics and hands engines a Lark grammar (llguidance syntax).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from server.plaintext import prompt_spans, unmarked
-from server.types import Sampling
+from server.types import Cancel, Sampling
 
-__all__ = ["prompt_spans", "unmarked"]  # for engines: client text in a prompt is plain text
+# For engines: client text in a prompt is plain text; Cancel is the gateway's, checked between tokens.
+__all__ = ["Cancel", "prompt_spans", "unmarked"]
+GrammarSyntax = Literal["lark", "gbnf"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class EngineInfo:
     eos_token: str
     special_tokens: frozenset[str] = field(default_factory=frozenset)
     special_token_ids: tuple[tuple[str, int], ...] = ()  # (text, id) of each special token
-    grammar_syntax: str = "lark"  # what the engine enforces: "lark" (llguidance) or "gbnf" (llama.cpp)
+    grammar_syntax: GrammarSyntax = "lark"  # what the engine enforces: "lark" (llguidance) or "gbnf" (llama.cpp)
 
 
 @dataclass(frozen=True)
@@ -79,21 +80,18 @@ class AdapterFiles:
     gguf: Path | None = None
 
 
-class Cancel:
-    """Set by the gateway when the client goes away; engines check it between tokens."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
 class Engine(Protocol):
+    """Everything the gateway asks of an engine. `parallelism` sizes the model's admission
+    queue: how many requests the engine really decodes at once (over all its replicas)."""
+
+    parallelism: int
+
     def info(self) -> EngineInfo: ...
+
+    async def start(self) -> None:
+        """Background work that needs the running event loop (the router's health checks);
+        called once when the app starts. Most engines have none."""
+        ...
 
     def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]: ...
 

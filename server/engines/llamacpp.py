@@ -144,6 +144,9 @@ class LlamaCppEngine:
     def adapters(self) -> frozenset[str]:
         return frozenset(self._adapters)
 
+    async def start(self) -> None:
+        pass
+
     async def close(self) -> None:
         self._closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._scheduler.close)

@@ -181,6 +181,9 @@ class LlamaServerEngine:
             return Health(True)
         return Health(True, load=upstream_load(metrics.text, _LOAD_GAUGES) if metrics.status_code == 200 else None)
 
+    async def start(self) -> None:
+        pass
+
     async def close(self) -> None:
         await self._client.aclose()
 

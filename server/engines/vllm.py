@@ -122,6 +122,9 @@ class VllmEngine:
             return None
         return upstream_load(response.text, _LOAD_GAUGES) if response.status_code == 200 else None
 
+    async def start(self) -> None:
+        pass
+
     async def close(self) -> None:
         await self._client.aclose()
 
