@@ -97,13 +97,13 @@ class DoneEvent:
 ChatEvent = ContentEvent | CallEvent | DoneEvent
 
 
-def prompt_for(served: Served, request: ChatRequest) -> str:
+def prompt_for(served: Served, request: ChatRequest, *, add_generation_prompt: bool = True) -> str:
     return render_chat(
         served.template,
         served.format,
         request.messages,
         request.tools,
-        add_generation_prompt=True,
+        add_generation_prompt=add_generation_prompt,
         bos_token=served.info.bos_token,
         eos_token=served.info.eos_token,
         enable_thinking=request.thinking,

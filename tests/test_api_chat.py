@@ -180,6 +180,15 @@ def test_apply_template_shows_tools_and_history(gateway) -> None:  # type: ignor
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
+def test_apply_template_honours_add_generation_prompt(gateway) -> None:  # type: ignore[no-untyped-def]
+    body = {"messages": [{"role": "user", "content": "Where is order 42?"}], "tools": [TRACK]}
+    url = gateway.base_url + "/apply-template"
+    with_prompt = httpx.post(url, json=body).json()["prompt"]
+    without = httpx.post(url, json={**body, "add_generation_prompt": False}).json()["prompt"]
+    assert with_prompt.endswith("<|im_start|>assistant\n") and not without.endswith("<|im_start|>assistant\n")
+    assert with_prompt == without + "<|im_start|>assistant\n"
+
+
 def test_models_health_and_metrics(gateway, client) -> None:  # type: ignore[no-untyped-def]
     [model] = client.models.list().data
     assert model.id == "tiny"

@@ -91,4 +91,5 @@ async def apply_template(body: ApplyTemplateRequest, gw: GatewayDep) -> dict[str
         check_schema_budget(_schemas(body.tools, None), limits)
         return ChatRequest(messages=to_messages(body.messages, limits), tools=to_tools(body.tools or [], limits))
 
-    return {"prompt": unmarked(prompt_for(served, await anyio.to_thread.run_sync(translate)))}
+    chat = await anyio.to_thread.run_sync(translate)
+    return {"prompt": unmarked(prompt_for(served, chat, add_generation_prompt=body.add_generation_prompt))}
