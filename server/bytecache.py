@@ -1,7 +1,8 @@
 """A thread-safe LRU bounded in bytes, not entries: the gateway's caches are keyed by whole
 JSON Schemas (up to limits.max_schema_bytes each), so a count bound lets a client that sends
 unique large tool lists hold hundreds of MB. Each entry is charged `size(key, value)`, an
-estimate of what it keeps alive. Pure: stdlib only.
+estimate of what it keeps alive; without `size`, one per entry (a count bound, for values whose
+keys are not client-sized). The gateway's one LRU. Pure: stdlib only.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+def _one(key: object, value: object) -> int:
+    return 1
+
+
 class ByteLRU(Generic[K, V]):
-    def __init__(self, budget: int, size: Callable[[K, V], int]) -> None:
+    def __init__(self, budget: int, size: Callable[[K, V], int] = _one) -> None:
         self.budget = budget
         self.used = 0
         self.hits = self.misses = 0

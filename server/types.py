@@ -21,7 +21,6 @@ class Tool:
     name: str
     description: str = ""
     parameters: JSONSchema = field(default_factory=lambda: {"type": "object", "properties": {}})
-    strict: bool = False
 
 
 class ChoiceMode(enum.StrEnum):
@@ -87,7 +86,6 @@ class Outcome(enum.StrEnum):
     INVALID = "invalid"
     TRUNCATED = "truncated"
     NO_TOOL = "no_tool"
-    REJECTED = "rejected"  # the request was refused before generation
 
 
 class Cancel:

@@ -59,11 +59,11 @@ def test_chunk_sequence_is_openai_shaped(gateway) -> None:  # type: ignore[no-un
 def test_a_line_separator_in_the_text_never_splits_an_event() -> None:
     """U+2028, U+2029 and NEL are line breaks to str.splitlines (httpx's iter_lines): escaped in
     the JSON, each event stays one `data:` line that parses back to the same text."""
-    from server.api.responses import ChunkWriter, Envelope
+    from server.api.responses import AnswerHeader, ChunkWriter
     from server.chat import ContentEvent
 
     text = "one\u2028two\u2029three\x85four"
-    raw = ChunkWriter(Envelope("tiny"), include_usage=False).event(ContentEvent(text)).decode()
+    raw = ChunkWriter(AnswerHeader("tiny"), include_usage=False).event(ContentEvent(text)).decode()
     lines = [line for line in raw.splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("data: ")
     assert json.loads(lines[0][len("data: "):])["choices"][0]["delta"]["content"] == text

@@ -201,9 +201,9 @@ def test_prompt_that_the_template_renders_differently_is_refused(tokenizer: Any)
 
 
 def test_jsonl_lines_that_are_not_records_are_counted(tmp_path: Path) -> None:
-    from training.sft import read_records
+    from training.sft import read_json_lines
 
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(SINGLE) + "\nnot json\n[1, 2]\n\n" + json.dumps(NO_TOOL) + "\n", encoding="utf-8")
-    records, bad = read_records(path)
+    records, bad = read_json_lines(path)
     assert records == [SINGLE, NO_TOOL] and bad == 2

@@ -400,7 +400,3 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps({"model": str(result.model_dir), "adapter": str(result.adapter_dir),
                       "scores": result.report["scores"]}, indent=2))  # fmt: skip
     return 0
-
-
-def with_overrides(config: DemoConfig, **values: Any) -> DemoConfig:
-    return replace(config, **values)

@@ -26,7 +26,7 @@ from training.sft import (
     model_ref,
     pick_dtype,
     progress,
-    read_records,
+    read_json_lines,
 )
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _without_auto_bos(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
 def load_pairs(paths: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
     pairs, bad = [], 0
     for path in paths:
-        found, n_bad = read_records(Path(path))
+        found, n_bad = read_json_lines(Path(path))
         pairs += found
         bad += n_bad
     return pairs, bad

@@ -59,7 +59,7 @@ class RaftConfig:
     replay_ratio: float = field(default=0.5, metadata={"help": "replayed SFT records per kept pick"})
     learning_rate: float = 1e-4
     lr_decay: float = field(default=0.5, metadata={"help": "cycle k trains at learning_rate * lr_decay**(k-1)"})
-    metric: str = field(default="mean_reward", metadata={"help": "held-out FourNumbers field to maximise"})
+    metric: str = field(default="mean_reward", metadata={"help": "held-out Scores field to maximise"})
     patience: int = field(default=1, metadata={"help": "cycles without improvement before stopping"})
     min_delta: float = field(default=0.0, metadata={"help": "smallest gain that counts as improvement"})
     seed: int = 0
@@ -170,7 +170,7 @@ class CycleStats:
     kept: int
     replayed: int
     unusable: int  # kept picks that made no valid record
-    heldout: dict[str, Any]  # FourNumbers of the held-out evaluation
+    heldout: dict[str, Any]  # Scores of the held-out evaluation
     score: float
     adapter: str
 

@@ -80,7 +80,7 @@ class SFTResult:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The JSON objects of a JSONL file and the number of lines that were not one (skipped)."""
     records, bad = [], 0
     with path.open(encoding="utf-8") as f:
@@ -117,7 +117,7 @@ def mix_records(sources: Sequence[Sequence[dict[str, Any]]], weights: Sequence[f
 
 
 def load_train_records(config: SFTConfig) -> tuple[list[dict[str, Any]], int]:
-    loaded = [read_records(Path(p)) for p in config.train]
+    loaded = [read_json_lines(Path(p)) for p in config.train]
     return mix_records([r for r, _ in loaded], config.train_weights, config.seed), sum(b for _, b in loaded)
 
 
@@ -313,7 +313,7 @@ def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]]
     data: dict[str, Any] = {"train_data": stats.as_dict()}
     if not config.val:
         return train_set, None, data
-    records, bad = read_records(Path(config.val))
+    records, bad = read_json_lines(Path(config.val))
     eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len, config.loss_on)
     eval_stats.skipped["bad_json"] += bad
     data["val_data"] = eval_stats.as_dict()

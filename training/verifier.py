@@ -218,8 +218,9 @@ def expected_of(record: Record) -> Expected:
 
 
 @dataclass(frozen=True)
-class FourNumbers:
-    """The four numbers (None when their denominator is empty) with their denominators."""
+class Scores:
+    """The four rates and the mean reward (None when their denominator is empty), with the
+    denominators of the rates."""
 
     valid_call_rate: float | None
     tool_name_accuracy: float | None
@@ -236,14 +237,14 @@ class FourNumbers:
         return asdict(self)
 
 
-def aggregate(verdicts: Iterable[Verdict]) -> FourNumbers:
-    """The four numbers over `verdicts` (definitions in the module docstring)."""
+def aggregate(verdicts: Iterable[Verdict]) -> Scores:
+    """The scores over `verdicts` (definitions in the module docstring)."""
     items = list(verdicts)
     positive = [v for v in items if v.expected_call]
     named = [v for v in positive if v.name_ok is not None]
     checked = [v for v in named if v.valid and v.name_ok]
     negative = [v for v in items if not v.expected_call]
-    return FourNumbers(
+    return Scores(
         valid_call_rate=_share(v.valid for v in positive),
         tool_name_accuracy=_share(bool(v.name_ok) for v in named),
         argument_match=_share(bool(v.args_ok) for v in checked),

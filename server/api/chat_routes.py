@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from server.api.delivery import deliver
 from server.api.deps import Gateway, GatewayDep, InferenceDep
-from server.api.responses import ChunkWriter, Envelope, completion
+from server.api.responses import AnswerHeader, ChunkWriter, completion
 from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
 from server.chat import ChatEvent, ChatRequest, Served, prompt_for
@@ -34,7 +34,7 @@ router = APIRouter(dependencies=[InferenceDep])
 async def chat_completions(body: ChatCompletionRequest, request: Request, gw: GatewayDep) -> Response:
     served, chat = await prepare(body, request, gw)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await deliver(request, gw, served, chat, bool(body.stream), _Chat(Envelope(served.name), include_usage))
+    return await deliver(request, gw, served, chat, bool(body.stream), _Chat(AnswerHeader(served.name), include_usage))
 
 
 async def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) -> tuple[Served, ChatRequest]:
@@ -49,7 +49,7 @@ async def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) ->
 
 
 class _Chat:
-    def __init__(self, env: Envelope, include_usage: bool):
+    def __init__(self, env: AnswerHeader, include_usage: bool):
         self.env, self.include_usage = env, include_usage
 
     def body(self, events: list[ChatEvent]) -> dict[str, Any]:

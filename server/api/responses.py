@@ -14,7 +14,7 @@ from server.errors import GatewayError
 
 
 @dataclass
-class Envelope:
+class AnswerHeader:
     """The id, model and timestamp shared by every chunk of one answer."""
 
     model: str
@@ -22,7 +22,7 @@ class Envelope:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def completion(env: Envelope, events: list[ChatEvent]) -> dict[str, Any]:
+def completion(env: AnswerHeader, events: list[ChatEvent]) -> dict[str, Any]:
     text = "".join(e.text for e in events if isinstance(e, ContentEvent))
     calls = [_tool_call(e) for e in events if isinstance(e, CallEvent)]
     done = next(e for e in events if isinstance(e, DoneEvent))
@@ -44,7 +44,7 @@ def completion(env: Envelope, events: list[ChatEvent]) -> dict[str, Any]:
 class ChunkWriter:
     """SSE lines for one streamed answer, in OpenAI's chunk order."""
 
-    def __init__(self, env: Envelope, include_usage: bool):
+    def __init__(self, env: AnswerHeader, include_usage: bool):
         self.env = env
         self.include_usage = include_usage
 

@@ -82,7 +82,7 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
         if problem:
             raise InvalidRequest(f"tool {fn.name!r} has an invalid JSON Schema: {problem}",
                                  param=f"tools[{i}].function.parameters")
-        tools.append(Tool(fn.name, fn.description or "", params, bool(fn.strict)))
+        tools.append(Tool(fn.name, fn.description or "", params))  # every call is validated: `strict` or not
     return tuple(tools)
 
 

@@ -16,12 +16,12 @@ import ctypes
 import itertools
 import os
 import unicodedata
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.bytecache import ByteLRU
 from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, prompt_spans
 from server.engines.batching import Job, Scheduler
 from server.engines.slots import BASE, AdapterKey
@@ -67,7 +67,7 @@ class LlamaCppEngine:
         self.ctx = self._context.ctx
         self._vocab = self._model.vocab
         self.n_vocab = self._model.n_vocab()
-        self._grammars: OrderedDict[str, Any] = OrderedDict()
+        self._grammars: ByteLRU[str, Any] = ByteLRU(_MATCHER_CACHE_SIZE)  # compiled matchers, by grammar
         self._lltokenizer: Any = None
         self._adapters: dict[str, _Adapter] = {}
         self._uids = itertools.count(1)
@@ -249,10 +249,7 @@ class LlamaCppEngine:
             pristine = llguidance.LLMatcher(self._tokenizer(), grammar, limits=limits)
             if pristine.is_error():
                 raise InvalidRequest(f"constraint does not compile: {pristine.get_error()}")
-            self._grammars[grammar] = pristine
-            if len(self._grammars) > _MATCHER_CACHE_SIZE:
-                self._grammars.popitem(last=False)
-        self._grammars.move_to_end(grammar)
+            self._grammars.put(grammar, pristine)
         return pristine.deep_copy()
 
     def _tokenizer(self) -> Any:

@@ -12,7 +12,8 @@ answer, so it is no use as a no-tool threshold trigger.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Literal
 
 from server.toolcalls.base import Envelope, StreamEvent, StreamParser
 from server.toolcalls.jsonargs import call_object, call_object_rule, read_call_object
@@ -81,12 +82,15 @@ def _section_parser() -> SectionStreamParser:
     return SectionStreamParser(SYNTAX, lambda item: read_call_object(item.strip()))
 
 
+_ReplyState = Literal["value", "string", "json", "suffix", "rest"]
+
+
 class _ReplyParser:
     """The value of `{"response": ...}`, then `}`, then any text as content."""
 
     def __init__(self) -> None:
         self._pending = ""
-        self._state = "value"  # value -> string | json -> suffix -> rest
+        self._state: _ReplyState = "value"  # value -> string | json -> suffix -> rest
         self._quoted = StringScan(1)
         self._quoted.quote = '"'
         self._scan = ValueScan()
@@ -95,7 +99,7 @@ class _ReplyParser:
     def feed(self, text: str) -> list[StreamEvent]:
         self._pending += text
         events: list[StreamEvent] = []
-        while getattr(self, "_" + self._state)(events):
+        while self._STEPS[self._state](self, events):
             pass
         return events
 
@@ -144,6 +148,11 @@ class _ReplyParser:
         emit_text(self._pending, events)
         self._pending = ""
         return False
+
+    # Each state's step: consumes what it can, returns whether to step again (the state may change).
+    _STEPS: ClassVar[dict[_ReplyState, Callable[[_ReplyParser, list[StreamEvent]], bool]]] = {
+        "value": _value, "string": _string, "json": _json, "suffix": _suffix, "rest": _rest,
+    }
 
 
 def _whole_chars(raw: str) -> int:

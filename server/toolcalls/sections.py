@@ -11,13 +11,16 @@ the output ends inside an item, after an opener, or before a required closing br
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from server.toolcalls.base import CallDone, StreamEvent
 from server.toolcalls.scan import ValueScan
 from server.toolcalls.streaming import WHITESPACE, BodyParser, emit_text, first_of, hold_length
 
 _NAME = re.compile(r"[^\W\d][\w.]*")
+State = Literal["start", "text", "content", "opened", "wait", "item", "after", "suffix"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class SectionStreamParser:
         self._s = syntax
         self._parse_item = parse_item
         self._holds = [syntax.text_sep + o for o in syntax.openers] + list(syntax.openers)
-        self._state = "start" if syntax.at_start else "text"
+        self._state: State = "start" if syntax.at_start else "text"
         self._pending = ""
         self._raw = ""  # consumed since the opener: content again if this proves not to be a section
         self._items = 0
@@ -57,9 +60,8 @@ class SectionStreamParser:
     def feed(self, text: str) -> list[StreamEvent]:
         self._pending += text
         events: list[StreamEvent] = []
-        step = getattr(self, "_" + self._state)
-        while step(events):
-            step = getattr(self, "_" + self._state)
+        while self._STEPS[self._state](self, events):
+            pass
         return events
 
     def close(self) -> list[StreamEvent]:
@@ -170,6 +172,12 @@ class SectionStreamParser:
         return True
 
     # ---- helpers ----
+
+    # Each state's step: consumes what it can, returns whether to step again (the state may change).
+    _STEPS: ClassVar[dict[State, Callable[[SectionStreamParser, list[StreamEvent]], bool]]] = {
+        "start": _start, "text": _text, "content": _content, "opened": _opened,
+        "wait": _wait, "item": _item, "after": _after, "suffix": _suffix,
+    }
 
     def _open(self, sep: str, at: int, opener: str) -> None:
         kept = len(opener) if opener in self._s.kept else 0
