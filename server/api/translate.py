@@ -12,9 +12,9 @@ from pydantic import BaseModel, ValidationError
 from server.api.wire import ChatCompletionRequest, MessageWire, NamedToolChoice, ResponseFormat, ToolDef
 from server.chat import ChatRequest
 from server.config import LimitsSection
+from server.constraints.spec import check_choice, check_tools, check_valid_schema
 from server.errors import InvalidRequest, UnsupportedFeature
 from server.limits import depth
-from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolCall, ToolChoice
 
 _EMPTY_OBJECT = {"type": "object", "properties": {}}
@@ -70,20 +70,12 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
 def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
     if len(wire) > limits.max_tools:
         raise InvalidRequest(f"{len(wire)} tools; the limit is {limits.max_tools}", param="tools")
-    seen: set[str] = set()
-    tools = []
-    for i, t in enumerate(wire):
-        fn = t.function
-        if fn.name in seen:
-            raise InvalidRequest(f"tool name {fn.name!r} is declared twice", param=f"tools[{i}].function.name")
-        seen.add(fn.name)
-        params = fn.parameters if fn.parameters is not None else dict(_EMPTY_OBJECT)
-        problem = check_schema(params)
-        if problem:
-            raise InvalidRequest(f"tool {fn.name!r} has an invalid JSON Schema: {problem}",
-                                 param=f"tools[{i}].function.parameters")
-        tools.append(Tool(fn.name, fn.description or "", params))  # every call is validated: `strict` or not
-    return tuple(tools)
+    # Every call is validated against its tool's schema, `strict` or not.
+    tools = tuple(Tool(t.function.name, t.function.description or "",
+                       t.function.parameters if t.function.parameters is not None else dict(_EMPTY_OBJECT))
+                  for t in wire)
+    check_tools(tools)
+    return tools
 
 
 def _call(i: int, j: int, call_id: str, name: str, arguments: str, max_depth: int) -> ToolCall:
@@ -102,15 +94,11 @@ def _choice(wire: ChatCompletionRequest, tools: tuple[Tool, ...], default: Choic
     if choice is None:
         return ToolChoice(default if tools else ChoiceMode.NONE)
     if isinstance(choice, NamedToolChoice):
-        names = {t.name for t in tools}
-        if choice.function.name not in names:
-            raise InvalidRequest(
-                f"tool_choice names {choice.function.name!r}, which is not among the tools "
-                f"({', '.join(sorted(names)) or 'none declared'})", param="tool_choice")
-        return ToolChoice(ChoiceMode.NAMED, choice.function.name)
-    if choice == "required" and not tools:
-        raise InvalidRequest("tool_choice 'required' needs at least one tool", param="tool_choice")
-    return ToolChoice(ChoiceMode(choice))
+        resolved = ToolChoice(ChoiceMode.NAMED, choice.function.name)
+    else:
+        resolved = ToolChoice(ChoiceMode(choice))
+    check_choice(resolved, [t.name for t in tools])
+    return resolved
 
 
 def _text_format(fmt: ResponseFormat | None) -> TextFormat:
@@ -120,9 +108,7 @@ def _text_format(fmt: ResponseFormat | None) -> TextFormat:
         return TextFormat("json_object")
     if fmt.json_schema is None:
         raise InvalidRequest("response_format json_schema needs a json_schema object", param="response_format")
-    problem = check_schema(fmt.json_schema.schema_)
-    if problem:
-        raise InvalidRequest(f"response_format schema is invalid: {problem}", param="response_format")
+    check_valid_schema(fmt.json_schema.schema_, "response_format.json_schema.schema", "response_format")
     return TextFormat("json_schema", fmt.json_schema.schema_)
 
 

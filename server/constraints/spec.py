@@ -1,12 +1,17 @@
 """The request side of the constraint compiler: the spec (tools x tool_choice x parallel x text
 format), the checks that turn a bad request into a 400 naming its cause, and the mode plan, the
 meaning of each tool_choice mode (DESIGN decision 2), shared by the Lark and GBNF emitters.
+
+The one authority on tools and tool_choice: the API's translation (api/translate.py) checks a
+request at the edge with `check_tools`, `check_choice` and `check_valid_schema` from here, and
+compilation checks again with `check_request`, which adds what only the grammar engine needs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -82,11 +87,19 @@ def plan(spec: ConstraintSpec) -> Plan | None:
 
 def check_request(spec: ConstraintSpec) -> None:
     _check_text_format(spec.text)
-    seen: dict[str, int] = {}
+    check_tools(spec.tools)
     for i, tool in enumerate(spec.tools):
-        _check_name(i, tool.name, seen)
         _check_tool_schema(i, tool)
-    _check_choice(spec.choice, [t.name for t in spec.tools])
+    check_choice(spec.choice, [t.name for t in spec.tools])
+
+
+def check_tools(tools: Sequence[Tool]) -> None:
+    """Names well-formed and unique, parameters a valid Draft 2020-12 schema."""
+    seen: dict[str, int] = {}
+    for i, tool in enumerate(tools):
+        _check_name(i, tool.name, seen)
+        param = f"tools[{i}].function.parameters"
+        check_valid_schema(tool.parameters, f"{param} ({tool.name})", param)
 
 
 def _check_text_format(text: TextFormat) -> None:
@@ -111,13 +124,13 @@ def _check_name(i: int, name: str, seen: dict[str, int]) -> None:
         )
     if name in seen:
         raise InvalidRequest(
-            f"tools[{i}] and tools[{seen[name]}] are both named {name!r}; tool names must be unique",
+            f"tool name {name!r} is declared twice (tools[{seen[name]}] and tools[{i}]); tool names must be unique",
             param=param,
         )
     seen[name] = i
 
 
-def _check_choice(choice: ToolChoice, names: list[str]) -> None:
+def check_choice(choice: ToolChoice, names: Sequence[str]) -> None:
     if choice.mode in (ChoiceMode.REQUIRED, ChoiceMode.NAMED) and not names:
         raise InvalidRequest(
             f"tool_choice {choice.label!r} needs at least one tool in `tools`; "
@@ -147,9 +160,7 @@ def _check_schema(schema: JSONSchema, where: str, param: str) -> None:
     """Draft 2020-12 valid, no layout options of its own, no keyword llguidance would ignore."""
     if "x-guidance" in schema:
         raise UnsupportedFeature(f"{where}: {_RESERVED}", param=param)
-    problem = check_schema(schema)
-    if problem is not None:
-        raise InvalidRequest(f"{where} is not a valid JSON Schema (Draft 2020-12) {problem}", param=param)
+    check_valid_schema(schema, where, param)
     ignored = sorted(_IGNORED & _keywords_in(schema))
     if ignored:
         raise UnsupportedFeature(
@@ -157,6 +168,12 @@ def _check_schema(schema: JSONSchema, where: str, param: str) -> None:
             "the grammar engine (it would be silently ignored); remove it",
             param=param,
         )
+
+
+def check_valid_schema(schema: JSONSchema, where: str, param: str) -> None:
+    problem = check_schema(schema)
+    if problem is not None:
+        raise InvalidRequest(f"{where} is not a valid JSON Schema (Draft 2020-12) {problem}", param=param)
 
 
 def _keywords_in(schema: JSONSchema) -> set[str]:
