@@ -8,7 +8,7 @@ PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo serve serve-demo serve-tiny test test-fast bench clean prometheus llama-server
+.PHONY: setup demo serve serve-demo serve-tiny lint test test-fast bench clean prometheus llama-server
 
 setup: $(STAMP)
 
@@ -69,7 +69,13 @@ $(LLAMA_SERVER_DIR)/.tried: | $(STAMP)
 	} >build.log 2>&1 || echo "make: could not build llama-server (see $(LLAMA_SERVER_DIR)/build.log); its tests will skip" >&2
 	@touch $@
 
-test: $(STAMP) prometheus llama-server
+# The gates that cost seconds, run first by `make test` (and so by CI, .ci/run): lint and types.
+LINTED := server training
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy --strict $(LINTED)
+
+test: $(STAMP) lint prometheus llama-server
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

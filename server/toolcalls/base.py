@@ -108,6 +108,8 @@ class ToolFormat(Protocol):
     name: str
     envelope: Envelope
 
+    def __hash__(self) -> int: ...  # formats are cache keys (the rendered tool prompt)
+
     def render(self, content: str | None, calls: Sequence[ToolCall]) -> str: ...
 
     def parse(self, text: str) -> Parsed: ...

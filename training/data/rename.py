@@ -30,7 +30,7 @@ def invent_name(rng: random.Random, word: Callable[[random.Random], str], parts:
 def rename_record(record: Record, rng: random.Random, word: Callable[[random.Random], str]) -> Record:
     """`record` with every tool and top-level parameter renamed, consistently in the tool list,
     the calls, their arguments and the tools' error messages that quote a parameter."""
-    out = json.loads(json.dumps(record))
+    out: Record = json.loads(json.dumps(record))
     tools: dict[str, str] = {}
     params: dict[str, dict[str, str]] = {}
     for tool in out.get("tools", []):
