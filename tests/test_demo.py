@@ -52,14 +52,14 @@ def test_the_adapter_is_what_makes_the_support_tools_work(demo: Path) -> None:
 
 # Issue #3's targets, not all met yet: valid calls and false calls are, but tool names (parallel
 # requests that mix tools) and arguments (reasons worded as training never saw) are not. Measured
-# in the README; kept here so that a recipe that meets them turns these into passes (strict=False:
+# in docs/demo.md; kept here so that a recipe that meets them turns these into passes (strict=False:
 # they report XPASS then).
-NOT_MET = "issue #3 targets not met yet by the shipped recipe (README: The demo model)"
+NOT_MET = "issue #3 targets not met yet by the shipped recipe (docs/demo.md)"
 
 
 def test_the_adapter_holds_validity_and_false_calls_near_their_targets(demo: Path) -> None:
     # Three seeds at 1 thread gave valid 0.94-0.96 and false calls 0.01-0.04, CI's 2-thread
-    # build 0.94 and 0.07 (README); the margin is for that drift, not for a worse recipe.
+    # build 0.94 and 0.07 (docs/demo.md); the margin is for that drift, not for a worse recipe.
     exported = _report(demo)["scores"][_report(demo)["exported"]]
     assert exported["valid_call_rate"] >= 0.85
     assert exported["false_call_rate"] <= 0.1

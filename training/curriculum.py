@@ -1,7 +1,7 @@
 """The copy curriculum: the demo base model's first lesson, before the conversations.
 
 A model trained from scratch on whole conversations never learned, within the demo's budget, to
-copy a value it cannot memorise, such as a customer's order id (README: The demo model). Copying
+copy a value it cannot memorise, such as a customer's order id (docs/demo.md). Copying
 needs induction heads, and with a ~300-token tool list in front of every request they did not
 form. They do form on short prompts, but heads formed there alone did not carry over to long
 ones. So this stage trains on the first call of services conversations (random ids that can only

@@ -67,7 +67,7 @@ class DemoConfig:
     # names and argument keys are copied from the tool list, not learned by heart; 0: none
     rename_share: float = 0.5
     # chat template, a file in training/templates/: hermes_compact.jinja lists each tool on one
-    # line instead of its JSON schema (prompts about 40% shorter; README: The demo model)
+    # line instead of its JSON schema (prompts about 40% shorter; docs/demo.md)
     template: str = "hermes_compact.jinja"
     # tokenizer and base model shape (Qwen2)
     vocab_size: int = 2048
@@ -84,7 +84,7 @@ class DemoConfig:
     copy_batch: int = 16
     # base model: trained from scratch
     base_steps: int = 800
-    base_lr: float = 5e-4  # after the copy curriculum: 2e-3 undid half of its copying (README)
+    base_lr: float = 5e-4  # after the copy curriculum: 2e-3 undid half of its copying (docs/demo.md)
     base_batch: int = 8
     # adapter: LoRA SFT, then DPO
     lora_r: int = 16
@@ -93,7 +93,7 @@ class DemoConfig:
     sft_lr: float = 2e-3
     sft_batch: int = 8
     dpo_steps: int = 40
-    dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (README: The demo model)
+    dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (docs/demo.md)
     dpo_beta: float = 0.1
     dpo_batch: int = 8
     # A pretrained base instead of stages 2-3: a GGUF file or catalogue name (training/bases.py),

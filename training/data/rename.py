@@ -3,7 +3,7 @@ and their parameters under invented names, descriptions kept.
 
 A small model trained on a fixed catalogue learns its names by heart, so a tool it has never
 seen cannot be named: in the demo the support adapter never wrote `request_refund`, whose pieces
-the base had never emitted (README: The demo model). With a share of the base records renamed,
+the base had never emitted (docs/demo.md). With a share of the base records renamed,
 the name and the argument keys of a call can only come from the tool list, so the base learns to
 copy them and to choose a tool by its description. Pure functions of a seeded rng.
 """
