@@ -35,12 +35,12 @@ import openai  # noqa: E402
 
 from bench.common import median, pct, write_section  # noqa: E402
 from server.api.app import create_app  # noqa: E402
-from server.chat import Served  # noqa: E402
 from server.config import load_settings  # noqa: E402
 from server.constraints import ConstraintSpec, compile_constraint  # noqa: E402
 from server.engines import make_engine  # noqa: E402
 from server.engines.base import Cancel, Finish, GenerateRequest, Piece  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
+from server.served import Served  # noqa: E402
 from server.serving import build_registry  # noqa: E402
 from server.templates import render  # noqa: E402
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolChoice  # noqa: E402

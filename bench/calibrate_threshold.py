@@ -20,9 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server import catalogue, fetch  # noqa: E402
-from server.chat import ChatRequest, Served, prompt_for  # noqa: E402
+from server.chat import ChatRequest, prompt_for  # noqa: E402
 from server.config import load_settings  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
+from server.served import Served  # noqa: E402
 from server.serving import build_registry  # noqa: E402
 from server.types import Message  # noqa: E402
 from training import bfcl  # noqa: E402

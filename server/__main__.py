@@ -123,7 +123,8 @@ def _build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     for name, served in registry.models.items():
         logging.getLogger("callgate").info(
             "serving %s: format=%s (%s) trigger=%r template=%s context=%d", name, served.format.name,
-            served.format_source, served.format.envelope.open, served.template_source, served.info.context_length)
+            served.provenance.format, served.format.envelope.open, served.provenance.template,
+            served.info.context_length)
     return create_app(settings, registry, metrics), settings
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from server.adapter_pool import AdapterLoadFailed, AdapterPool
-from server.chat import Served
 from server.config import AdaptersSection, Settings
 from server.engines.base import AdapterFiles
 from server.errors import ConfigError, InvalidRequest, NotFound
 from server.manifest import MANIFEST, NAME_PATTERN, AdapterManifest, atomic_write_text, read_manifest, sha256_files
+from server.served import AdapterBinding, Provenance, Served
 from server.toolcalls.detect import resolve_format
 from server.types import ChoiceMode
 
@@ -152,19 +152,13 @@ def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Ser
         fmt, source = resolve_format(adapter.manifest.tool_format, template)
     except ConfigError as exc:
         raise AdapterRefused(f"adapter {adapter.name!r}: {exc}", param="lora_path") from None
-    return replace(
-        base,
-        name=adapter.name,
-        format=fmt,
-        template=template,
-        adapter=adapter.name,
-        format_source=source,
-        template_source=str(adapter.template_path) if adapter.template_path else base.template_source,
-        no_tool_threshold=base.no_tool_threshold if fmt.envelope.decision_point else None,
-        default_choice=ChoiceMode(adapter.manifest.tool_choice),
-        adapter_scale=scale,
-        lease=partial(pool.lease, adapter.files),
-    )
+    # The base's engine, info and queue; the rest is the adapter's own.
+    template_path = str(adapter.template_path) if adapter.template_path else base.provenance.template
+    policy = replace(base.policy, default_choice=ChoiceMode(adapter.manifest.tool_choice),
+                     no_tool_threshold=base.policy.no_tool_threshold if fmt.envelope.decision_point else None)
+    return replace(base, name=adapter.name, format=fmt, template=template, policy=policy,
+                   provenance=Provenance(source, template_path),
+                   adapter=AdapterBinding(adapter.name, scale, partial(pool.lease, adapter.files)))
 
 
 class AdapterRegistry:

@@ -12,17 +12,16 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, TypeVar
 
-from server.admission import Admission
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
 from server.constraints.native import native_constraint
-from server.engines.base import Cancel, CountsTokens, Engine, EngineInfo, Finish, Gbnf, GenerateRequest, Piece
+from server.engines.base import Cancel, CountsTokens, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
+from server.served import Served
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
 from server.toolcalls.detect import FormatSource
 from server.toolcalls.loose import reads_as_text
@@ -44,28 +43,6 @@ class ChatRequest:
     no_tool_threshold: float | None = None  # overrides the model's, when set
     thinking: bool | None = None  # the template's enable_thinking switch; None leaves its default
     client: str = ""  # who asks (a key's digest or an address): compilation is shared fairly
-
-
-@dataclass(frozen=True)
-class Served:
-    """A model (or adapter) as the gateway serves it: engine plus how to talk to it."""
-
-    name: str
-    engine: Engine
-    info: EngineInfo
-    format: ToolFormat
-    template: str
-    admission: Admission
-    no_tool_threshold: float | None = None
-    validation_retries: int = 1
-    adapter: str | None = None
-    format_source: FormatSource = "configured"  # or "detected" from the chat template
-    template_source: str = "model"  # "model" (embedded) or the override file's path
-    default_choice: ChoiceMode = ChoiceMode.AUTO  # when tools come without tool_choice (an adapter's manifest)
-    adapter_scale: float = 1.0
-    # Held from before queueing to the end of the answer: an adapter's lease loads it if needed
-    # and keeps it from being evicted meanwhile (server/adapter_pool.py).
-    lease: Callable[[], AbstractAsyncContextManager[object]] = nullcontext
 
 
 @dataclass(frozen=True)
@@ -241,7 +218,7 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
     a call (`required`); else the model's own answer decides, as in plain `auto`."""
     threshold = request.no_tool_threshold
     if threshold is None:
-        threshold = served.no_tool_threshold
+        threshold = served.policy.no_tool_threshold
     if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
         return request.choice
     env = served.format.envelope
@@ -251,7 +228,7 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
             f"{served.format.name!r} answers text with {env.reply[0]!r}",
             param="no_tool_threshold")
     p_open, *p_loose = await served.engine.token_probabilities(
-        prompt, [env.open, *env.loose_openers], served.adapter, served.adapter_scale)
+        prompt, [env.open, *env.loose_openers], served.adapter_name, served.adapter_scale)
     p_any = min(1.0, p_open + sum(p_loose))
     metrics.tool_open_probability.labels(served.name).observe(p_any)
     if p_any < threshold:
@@ -273,17 +250,17 @@ class _Run:
         self.choice = choice
         self.metrics = metrics
         self.tools: Mapping[str, Tool] = {t.name: t for t in request.tools}
-        self.labels = (served.name, served.adapter or "none")
+        self.labels = (served.name, served.adapter_name or "none")
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
     async def attempts(self, prompt: str, constraint: Constraint, cancel: Cancel) -> AsyncIterator[ChatEvent]:
-        retries = self.served.validation_retries
+        retries = self.served.policy.validation_retries
         for attempt in range(retries + 1):
             state = _AttemptState(repaired=attempt > 0)
             sampling = self._sampling(attempt)
             engine_request = GenerateRequest(
-                prompt, sampling, constraint.lark, self.served.adapter, self.served.adapter_scale, self.gbnf)
+                prompt, sampling, constraint.lark, self.served.adapter_name, self.served.adapter_scale, self.gbnf)
             async for event in self._generate(engine_request, cancel, state):
                 yield event
             if not state.retry_wanted:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.adapters import AdapterRegistry
-from server.chat import Served
 from server.errors import NotFound
+from server.served import Served
 
 
 @dataclass

@@ -10,13 +10,13 @@ from pathlib import Path
 from server import catalogue, fetch
 from server.adapters import open_adapters
 from server.admission import Admission
-from server.chat import Served
 from server.config import Settings
 from server.engines import make_engine
 from server.engines.base import Engine
 from server.errors import ConfigError
 from server.metrics import Metrics
 from server.registry import ModelRegistry
+from server.served import Policy, Provenance, Served
 from server.toolcalls.detect import resolve_format
 
 DEMO_MODEL = Path("models/demo/model.gguf")
@@ -62,10 +62,8 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
         format=tool_format,
         template=template,
         admission=_admission(settings, metrics, name, engine.parallelism),
-        no_tool_threshold=_threshold(settings, known),
-        validation_retries=settings.generation.validation_retries,
-        format_source=format_source,
-        template_source=template_source,
+        policy=Policy(_threshold(settings, known), settings.generation.validation_retries),
+        provenance=Provenance(format_source, template_source),
     )
     registry.add(base)
     registry.adapters = open_adapters(settings, base, path)

@@ -14,11 +14,12 @@ from server.adapter_pool import AdapterCapacity, AdapterLoadFailed, AdapterPool
 from server.adapters import STATE_FILE, AdapterRefused, resolve_folder
 from server.api.translate import to_chat_request
 from server.api.wire import ChatCompletionRequest
-from server.chat import ChatRequest, Served, prompt_for, run_chat
+from server.chat import ChatRequest, prompt_for, run_chat
 from server.engines.base import AdapterFiles, Cancel
 from server.errors import ConfigError, EngineError, InvalidRequest, NotFound, Timeout
 from server.metrics import Metrics
 from server.registry import ModelRegistry
+from server.served import Served
 from server.serving import build_registry
 from server.types import ChoiceMode, Message, Sampling, Tool, ToolChoice
 from tests.adapter_folders import MARKED_TEMPLATE, adapter_settings, base_file, make_adapter
@@ -214,7 +215,7 @@ def test_start_up_serves_good_folders_and_skips_bad_ones(tmp_path: Path, caplog:
     assert "no-such-format" in log and "not a valid adapter manifest" in log and "outside its folder" in log
     assert "conflicts with a served base model" in log and "cannot be checked" in log
     assert "'linked' is not an adapter folder inside the adapters directory" in log
-    assert registry.get("good").adapter == "good" and registry.names() == ["base", "good", "nohash"]
+    assert registry.get("good").adapter_name == "good" and registry.names() == ["base", "good", "nohash"]
     with pytest.raises(NotFound, match="served models: base, good, nohash"):
         registry.get("other-base")
 
@@ -230,19 +231,19 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
     request = ChatRequest(messages=(Message("user", "hi"),))
     assert "[adapter-template]" in prompt_for(strict, request)
     assert "[adapter-template]" not in prompt_for(plain, request)
-    assert strict.template_source.endswith("chat_template.jinja") and plain.template_source == "model"
-    assert strict.format.name == "pythonic" != parent.format.name and strict.format_source == "configured"
-    assert plain.format is parent.format and plain.format_source == "detected"  # "auto": from the template
-    assert strict.default_choice is ChoiceMode.REQUIRED and plain.default_choice is ChoiceMode.AUTO
+    assert strict.provenance.template.endswith("chat_template.jinja") and plain.provenance.template == "model"
+    assert strict.format.name == "pythonic" != parent.format.name and strict.provenance.format == "configured"
+    assert plain.format is parent.format and plain.provenance.format == "detected"  # "auto": from the template
+    assert strict.policy.default_choice is ChoiceMode.REQUIRED and plain.policy.default_choice is ChoiceMode.AUTO
     assert strict.adapter_scale == 0.5
     wire = ChatCompletionRequest.model_validate({"model": "strict", "messages": [{"role": "user", "content": "x"}],
                                                  "tools": [{"type": "function", "function": {"name": "f"}}]})
     limits = adapter_settings(base, tmp_path).limits
-    assert to_chat_request(wire, limits, strict.default_choice).choice.mode is ChoiceMode.REQUIRED
+    assert to_chat_request(wire, limits, strict.policy.default_choice).choice.mode is ChoiceMode.REQUIRED
     explicit = wire.model_copy(update={"tool_choice": "none"})
-    assert to_chat_request(explicit, limits, strict.default_choice).choice.mode is ChoiceMode.NONE
+    assert to_chat_request(explicit, limits, strict.policy.default_choice).choice.mode is ChoiceMode.NONE
     no_tools = wire.model_copy(update={"tools": None})
-    assert to_chat_request(no_tools, limits, strict.default_choice).choice.mode is ChoiceMode.NONE
+    assert to_chat_request(no_tools, limits, strict.policy.default_choice).choice.mode is ChoiceMode.NONE
 
 
 def _answer(served: Served, metrics: Metrics) -> list[object]:

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.admission import Admission
-from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, Served, run_chat
+from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, run_chat
 from server.engines.base import Cancel
 from server.errors import Overloaded, Timeout
 from server.metrics import Metrics
+from server.served import Policy, Served
 from server.toolcalls import get_format
 from server.types import ChoiceMode, Message, Sampling, Tool, ToolChoice
 from tests.fakes import INFO, FakeEngine
@@ -27,7 +28,7 @@ UNKNOWN = '<tool_call>\n{"name": "drop_tables", "arguments": {}}\n</tool_call>'
 
 def _served(engine: FakeEngine, retries: int = 1, threshold: float | None = None) -> Served:
     return Served("fake", engine, INFO, get_format("hermes"), INFO.chat_template or "",
-                  Admission(1, 4, 5.0), no_tool_threshold=threshold, validation_retries=retries)
+                  Admission(1, 4, 5.0), Policy(no_tool_threshold=threshold, validation_retries=retries))
 
 
 def _request(mode: ChoiceMode = ChoiceMode.AUTO, threshold: float | None = None) -> ChatRequest:
@@ -148,7 +149,7 @@ def test_threshold_is_refused_where_text_and_calls_start_alike() -> None:
     engine = FakeEngine([(["x"], "stop")])
     served = _served(engine, threshold=0.5)
     served = Served(served.name, engine, INFO, get_format("functionary_v3"), served.template, Admission(1, 4, 5.0),
-                    no_tool_threshold=0.5)
+                    Policy(no_tool_threshold=0.5))
     assert not get_format("functionary_v3").envelope.decision_point and get_format("hermes").envelope.decision_point
     with pytest.raises(UnsupportedFeature, match="no_tool_threshold"):
         _run(served, _request())

@@ -109,13 +109,13 @@ def _served(tmp_path: Path, family: str, tool_format: str | None):  # type: igno
 
 def test_auto_is_the_default_and_detects(tmp_path: Path) -> None:
     served = _served(tmp_path, "hermes", None)
-    assert (served.format.name, served.format_source) == ("hermes", "detected")
-    assert served.template_source.endswith("hermes.jinja")
+    assert (served.format.name, served.provenance.format) == ("hermes", "detected")
+    assert served.provenance.template.endswith("hermes.jinja")
 
 
 def test_an_explicit_format_overrides_detection(tmp_path: Path) -> None:
     served = _served(tmp_path, "base", "hermes")  # detection alone would say json_envelope
-    assert (served.format.name, served.format_source) == ("hermes", "configured")
+    assert (served.format.name, served.provenance.format) == ("hermes", "configured")
 
 
 def test_an_unknown_explicit_format_is_a_config_error() -> None:

@@ -9,9 +9,10 @@ import asyncio
 import pytest
 
 from server.admission import Admission
-from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, Served, run_chat
+from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, run_chat
 from server.engines.base import Cancel
 from server.metrics import Metrics
+from server.served import Served
 from server.toolcalls import CallDone, TextDelta, get_format
 from server.types import ChoiceMode, Message, Sampling, Tool, ToolChoice
 from tests.fakes import INFO, FakeEngine

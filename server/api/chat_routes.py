@@ -20,10 +20,11 @@ from server.api.deps import Gateway, GatewayDep, InferenceDep
 from server.api.responses import AnswerHeader, ChunkWriter, completion
 from server.api.translate import to_chat_request, to_messages, to_tools
 from server.api.wire import ApplyTemplateRequest, ChatCompletionRequest, ResponseFormat, ToolDef
-from server.chat import ChatEvent, ChatRequest, Served, prompt_for
+from server.chat import ChatEvent, ChatRequest, prompt_for
 from server.config import LimitsSection
 from server.limits import Schemas, check_schema_budget
 from server.plaintext import unmarked
+from server.served import Served
 from server.templates import thinking_switch
 from server.types import ChoiceMode
 
@@ -41,10 +42,10 @@ async def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) ->
     """The model it names and the ChatRequest it means, every request-level rule checked: the
     one path from a chat-shaped request (the other APIs translate into one) to the core."""
     served = gw.models.get(body.model)
-    request.state.model, request.state.adapter = served.name, served.adapter or "none"
+    request.state.model, request.state.adapter = served.name, served.adapter_name or "none"
     # Meta-schema checks cost ~0.2 ms a subschema: a full tool budget must not hold the loop.
     chat = await anyio.to_thread.run_sync(
-        _translate, body, gw.settings.limits, served.default_choice, thinking_switch(served.template))
+        _translate, body, gw.settings.limits, served.policy.default_choice, thinking_switch(served.template))
     return served, replace(chat, client=_client(request))
 
 

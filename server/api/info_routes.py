@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.adapters import AdapterRegistry
 from server.api.deps import GatewayDep, HealthDep, InferenceDep, MetricsDep, has_key
-from server.chat import Served
+from server.served import Served
 
 router = APIRouter()
 _STARTED = int(time.time())
@@ -41,7 +41,7 @@ def _card(served: Served, root: str, parent: str | None) -> dict[str, Any]:
         "max_model_len": served.info.context_length,
         "permission": [_permission()],
         "tool_format": served.format.name,
-        "tool_format_source": served.format_source,
+        "tool_format_source": served.provenance.format,
         "tool_call_trigger": served.format.envelope.open,
     }
 
