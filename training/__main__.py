@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.tokenizer import DEFAULT_VOCAB_SIZE
+
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -22,7 +24,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _add_init_tiny(sub: SubParsers) -> None:
-    from training.tokenizer import DEFAULT_VOCAB_SIZE
 
     parser = sub.add_parser(
         "init-tiny",

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.catalogue import MODELS_DIR, TEMPLATES_DIR, find, of_file
+from server.fetch import resolve, sha256_of
+
 SOURCE_FILE = "gguf_source.json"
 CACHE_ENV = "CALLGATE_BASES_CACHE"
 DEFAULT_CACHE = Path(".cache/bases")
@@ -41,7 +44,6 @@ def cache_dir() -> Path:
 
 def is_gguf_ref(spec: str) -> bool:
     """True when `spec` names a GGUF file or a catalogue model rather than a transformers model."""
-    from server.catalogue import find
 
     path = Path(spec)
     return (path.suffix == ".gguf" and not path.is_dir()) or (find(spec) is not None and not path.is_dir())
@@ -50,8 +52,6 @@ def is_gguf_ref(spec: str) -> bool:
 def resolve_base(spec: str, *, models_dir: Path | None = None, cache: Path | None = None) -> Base:
     """`spec` as a Base; a GGUF or catalogue name is fetched (if missing) and dequantized (if not
     cached yet). A folder dequantized earlier still knows its GGUF."""
-    from server.catalogue import MODELS_DIR, find, of_file
-    from server.fetch import resolve, sha256_of
 
     if not spec:
         raise ValueError("base_model is required")
@@ -107,7 +107,6 @@ def dequantize(gguf_path: Path, folder: Path, sha256: str, catalogue: str | None
 
 
 def _catalogue_template(catalogue: str | None) -> str | None:
-    from server.catalogue import TEMPLATES_DIR, find
 
     entry = find(catalogue) if catalogue else None
     if entry is None or entry.chat_template is None:

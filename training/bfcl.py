@@ -33,7 +33,7 @@ TYPE_MAP: dict[str, str | None] = {
     "ArrayList": "array", "Queue": "array", "Stack": "array",
     "dict": "object", "object": "object", "HashMap": "object", "Hashtable": "object",
     "any": None, "Any": None,
-}  # fmt: skip
+}
 
 
 def cache_dir() -> Path:

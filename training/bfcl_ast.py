@@ -25,9 +25,9 @@ Call = tuple[str, Mapping[str, Any]]  # (name, decoded arguments)
 
 _PY_TYPES: dict[str, type] = {
     "string": str, "integer": int, "float": float, "boolean": bool, "array": list, "dict": dict, "any": str,
-}  # fmt: skip
+}
 _SCHEMA_TO_BFCL = {"string": "string", "integer": "integer", "number": "float", "boolean": "boolean",
-                   "array": "array", "object": "dict"}  # fmt: skip
+                   "array": "array", "object": "dict"}
 _STANDARDIZE = re.compile(r"[ ,./\-_*^]")
 
 

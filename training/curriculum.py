@@ -29,6 +29,7 @@ import torch
 from server.types import Message, Tool
 from training.render import assistant_text, record_messages
 from training.runs import atomic_dir, plot_curves, write_json
+from training.sft import chat_template
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def drills(path: Path) -> list[Drill]:
         for i, message in enumerate(messages):
             if message.role == "assistant" and message.tool_calls and trained[i]:
                 values = tuple(v for call in message.tool_calls for v in json.loads(call.arguments).values()
-                               if isinstance(v, str) and any(c.isdigit() for c in v))  # fmt: skip
+                               if isinstance(v, str) and any(c.isdigit() for c in v))
                 if values:
                     found.append(Drill(tuple(messages[:i]), tuple(tools), message, values))
                 break
@@ -113,14 +114,12 @@ def copy_rate(model: Any, tokenizer: Any, template: str, probe: Sequence[Drill],
 
 
 def train_copy(init_dir: Path, train: Path, test: Path | None, run_dir: Path, output: Path,
-               config: CurriculumConfig, say: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+               config: CurriculumConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the model in `init_dir` on `train`'s drills, rendered with its tokenizer's chat
     template; the whole model goes to `output` (atomically), the loss log, metrics and a plot to
     `run_dir`. Returns the metrics."""
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from training.sft import chat_template
 
     pool = drills(train)
     if not pool:
@@ -150,7 +149,7 @@ def train_copy(init_dir: Path, train: Path, test: Path | None, run_dir: Path, ou
         if step % 10 == 0 or step == config.steps:
             log.append({"step": step, "loss": round(loss.item(), 4), "tools_shown": round(share, 3)})
     metrics: dict[str, Any] = {"steps": config.steps, "drills": len(pool), "seconds": round(time.time() - started, 1),
-                               "final_loss": log[-1]["loss"]}  # fmt: skip
+                               "final_loss": log[-1]["loss"]}
     if probe:
         metrics["copy_rate_with_tools"] = copy_rate(model, tokenizer, template, probe, with_tools=True)
         metrics["probe_drills"] = len(probe)

@@ -35,7 +35,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.manifest import atomic_write_text
+from server.manifest import atomic_write_text, sha256_files
+from training.bases import resolve_base
+from training.data.build import build_dataset
+from training.data.catalogue import GENERAL, SUPPORT
+from training.data.records import read_records, render_record
+from training.data.rename import rename_file
+from training.data.synth import SynthConfig
+from training.dpo import DPOConfig, run_dpo
+from training.eval_data import read_items
+from training.evaluate import run_eval
+from training.export import ExportOptions, export_adapter
+from training.generate import SampleSettings, TransformersBackend
+from training.recipe import RecipeError, load_recipe
+from training.sft import SFTConfig, run_sft
+from training.tokenizer import ENDOFTEXT, IM_END, sample_corpus, save_tokenizer, train_tokenizer, word
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -136,26 +150,22 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
 
 
 def _build_on_real_base(config: DemoConfig, work: Path, timings: dict[str, float],
-                        say: Callable[[str], None]) -> DemoResult:  # fmt: skip
+                        say: Callable[[str], None]) -> DemoResult:
     """Stages 1, 4-6 on a pretrained base: support data only, no tokenizer or base training."""
-    from training.bases import resolve_base
-    from training.data.build import build_dataset
-    from training.data.catalogue import SUPPORT
-    from training.data.synth import SynthConfig
 
     with _stage("data", "data: support", timings, say):
         n = config.support_records + 2 * config.eval_records
         share = config.eval_records / n
         support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1,
                                 SynthConfig(max_distractors=config.distractors),
-                                fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
+                                fractions=(1 - 2 * share, share, share), progress=say)
     with _stage("base", f"base model: {config.base_model} (dequantized once, cached)", timings, say):
         model_dir = resolve_base(config.base_model).folder
     return _adapters_and_report(config, work, model_dir, support, timings, say)
 
 
 def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, support: Any, timings: dict[str, float],
-                         say: Callable[[str], None]) -> DemoResult:  # fmt: skip
+                         say: Callable[[str], None]) -> DemoResult:
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
         sft = _train_adapter(config, work, model_dir, support)
     with _stage("dpo", f"adapter: DPO, {config.dpo_steps} steps", timings, say):
@@ -170,7 +180,7 @@ def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, suppor
     with _stage("export", f"export: the {best} adapter", timings, say):
         adapter_dir = _export(config, model_dir, dpo if best == "dpo" else sft, scores[best], support)
     report = {"scores": scores, "exported": best, "seconds": timings, "config": asdict(config),
-              "model": str(model_dir), "adapter": str(adapter_dir)}  # fmt: skip
+              "model": str(model_dir), "adapter": str(adapter_dir)}
     atomic_write_text(work / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(work / "report.md", report_markdown(report))
     say(report_markdown(report))
@@ -181,20 +191,17 @@ def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, suppor
 
 
 def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
-    from training.data.build import build_dataset
-    from training.data.catalogue import GENERAL, SUPPORT
-    from training.data.synth import SynthConfig
 
     synth = SynthConfig(max_distractors=config.distractors)
     general = build_dataset([GENERAL], work / "data-general", config.general_records, config.seed, synth,
-                            fractions=(0.94, 0.03, 0.03), progress=say)  # fmt: skip
+                            fractions=(0.94, 0.03, 0.03), progress=say)
     copying = build_dataset([GENERAL / "services.yaml"], work / "data-copy", config.copy_records, config.seed + 2,
-                            synth, fractions=(0.9, 0.05, 0.05), progress=say)  # fmt: skip
+                            synth, fractions=(0.9, 0.05, 0.05), progress=say)
     # The support split keeps enough held-out prompts to score: eval_records of test.
     n = config.support_records + 2 * config.eval_records
     share = config.eval_records / n
     support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
-                            fractions=(1 - 2 * share, share, share), progress=say)  # fmt: skip
+                            fractions=(1 - 2 * share, share, share), progress=say)
     if config.rename_share:  # not the copy records: renamed, their drills stopped copying ids
         general = _renamed(general, config.rename_share, config.seed + 3, say)
     return (general, copying), support
@@ -202,8 +209,6 @@ def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[A
 
 def _renamed(data: Any, share: float, seed: int, say: Callable[[str], None]) -> Any:
     """`data` whose train split has a `share` of its records' tools renamed (in a new file)."""
-    from training.data.rename import rename_file
-    from training.tokenizer import word
 
     target = data.train.with_name("train-renamed.jsonl")
     n = rename_file(data.train, target, share, seed, word)
@@ -212,9 +217,7 @@ def _renamed(data: Any, share: float, seed: int, say: Callable[[str], None]) -> 
 
 
 def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
-    from training.data.records import read_records, render_record
     from training.tiny import TEMPLATE_PATH, TinySpec, make_model, token_id
-    from training.tokenizer import ENDOFTEXT, IM_END, sample_corpus, save_tokenizer, train_tokenizer
 
     template = (TEMPLATE_PATH.parent / config.template).read_text(encoding="utf-8")
     records, _ = read_records(general_train)
@@ -223,7 +226,7 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
     spec = TinySpec(seed=config.seed, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
                     num_layers=config.layers, num_heads=config.heads, num_kv_heads=config.kv_heads,
                     intermediate_size=config.intermediate_size, initializer_range=0.02,
-                    perturb_vectors=False)  # fmt: skip
+                    perturb_vectors=False)
     model = make_model(spec, tokenizer.get_vocab_size(), token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT))
     out = work / "base-init"
     shutil.rmtree(out, ignore_errors=True)
@@ -233,11 +236,11 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
 
 
 def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: Any,
-                     say: Callable[[str], None]) -> Path:  # fmt: skip
+                     say: Callable[[str], None]) -> Path:
     from training.curriculum import CurriculumConfig, train_copy
 
     curriculum = CurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_lr,
-                                  batch_size=config.copy_batch, seed=config.seed)  # fmt: skip
+                                  batch_size=config.copy_batch, seed=config.seed)
     out = work / "copy-init"
     train_copy(init_dir, copying.train, copying.test, work / "copy", out, curriculum, say)
     return out
@@ -246,14 +249,13 @@ def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: An
 def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: tuple[Any, ...]) -> Path:
     from training.gguf_export import export_gguf
     from training.runs import atomic_dir
-    from training.sft import SFTConfig, run_sft
 
     sft = SFTConfig(base_model=str(init_dir), train=tuple(str(g.train) for g in general), val=str(general[0].val),
                     full=True,
                     loss_on="all", learning_rate=config.base_lr, warmup=30, max_steps=config.base_steps,
                     batch_size=config.base_batch, max_len=config.max_len, seed=config.seed,
                     save_steps=max(100, config.base_steps // 4), logging_steps=10,
-                    threads=config.threads)  # fmt: skip
+                    threads=config.threads)
     result = run_sft(sft, work / "base")
     target = Path(config.model_out)
     with atomic_dir(target) as tmp:
@@ -265,31 +267,26 @@ def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: tuple[A
 
 
 def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any) -> Path:
-    from training.sft import SFTConfig, run_sft
 
     sft = SFTConfig(base_model=str(model_dir), train=(str(support.train),), val=str(support.val),
                     lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
                     learning_rate=config.sft_lr, warmup=10, max_steps=config.sft_steps,
                     batch_size=config.sft_batch, max_len=config.max_len, seed=config.seed,
                     save_steps=max(50, config.sft_steps // 2), logging_steps=10,
-                    threads=config.threads)  # fmt: skip
+                    threads=config.threads)
     return run_sft(sft, work / "sft").output
 
 
 def _train_dpo(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Path, support: Any) -> Path:
-    from training.dpo import DPOConfig, run_dpo
 
     dpo = DPOConfig(base_model=str(model_dir), adapter=str(sft_adapter), pairs=(str(support.pairs),),
                     learning_rate=config.dpo_lr, beta=config.dpo_beta, max_steps=config.dpo_steps,
                     batch_size=config.dpo_batch, max_len=config.max_len, seed=config.seed,
-                    threads=config.threads)  # fmt: skip
+                    threads=config.threads)
     return run_dpo(dpo, work / "dpo").output
 
 
 def _evaluate(config: DemoConfig, out: Path, model_dir: Path, adapter: Path | None, test: Path) -> dict[str, Any]:
-    from training.eval_data import read_items
-    from training.evaluate import run_eval
-    from training.generate import SampleSettings, TransformersBackend
 
     items, skipped = read_items(test, limit=config.eval_records)
     backend = TransformersBackend(model_dir, adapter, batch_size=16, threads=config.threads)
@@ -300,12 +297,10 @@ def _evaluate(config: DemoConfig, out: Path, model_dir: Path, adapter: Path | No
 
 
 def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str, Any], support: Any) -> Path:
-    from server.manifest import sha256_files
-    from training.export import ExportOptions, export_adapter
 
     numbers = {f"support_test.{k}": float(v) for k, v in scores.items() if k in FOUR and v is not None}
     options = ExportOptions(base_id=None if config.base_model else "callgate/demo", scores=numbers,
-                            data_sha256=sha256_files([support.train, support.pairs]))  # fmt: skip
+                            data_sha256=sha256_files([support.train, support.pairs]))
     return export_adapter(adapter, model_dir, config.adapter_name, Path(config.adapter_out), options)
 
 
@@ -325,12 +320,12 @@ def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def report_markdown(report: dict[str, Any]) -> str:
     names = {"valid_call_rate": "valid-call rate", "tool_name_accuracy": "tool-name accuracy",
-             "argument_match": "argument match", "false_call_rate": "false-call rate"}  # fmt: skip
+             "argument_match": "argument match", "false_call_rate": "false-call rate"}
     targets = {"valid_call_rate": ">= 0.9", "tool_name_accuracy": ">= 0.9", "argument_match": ">= 0.8",
-               "false_call_rate": "<= 0.05"}  # fmt: skip
+               "false_call_rate": "<= 0.05"}
     scores = report["scores"]
     lines = ["| held-out support prompts | " + " | ".join(scores) + " | target |",
-             "|---|" + "---:|" * len(scores) + "---|"]  # fmt: skip
+             "|---|" + "---:|" * len(scores) + "---|"]
     for key in FOUR:
         cells = ["-" if s.get(key) is None else f"{s[key]:.3f}" for s in scores.values()]
         lines.append(f"| {names[key]} | " + " | ".join(cells) + f" | {targets[key]} |")
@@ -339,14 +334,14 @@ def report_markdown(report: dict[str, Any]) -> str:
     arguments = sorted({k for s in scores.values() for k in s.get("by_argument", {})})
     if arguments:
         lines += ["", "| argument (valid calls, right names) | " + " | ".join(scores) + " |",
-                  "|---|" + "---:|" * len(scores)]  # fmt: skip
+                  "|---|" + "---:|" * len(scores)]
         for key in arguments:
             cells = [_argument_cell(s.get("by_argument", {}).get(key)) for s in scores.values()]
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     total = sum(report["seconds"].values())
     lines.append("")
     lines.append(f"Exported: the {report['exported']} adapter. Build time {total / 60:.1f} min: "
-                 + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ".")  # fmt: skip
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -383,7 +378,6 @@ def add_command(sub: SubParsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.recipe import RecipeError, load_recipe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -398,5 +392,5 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     result = build_demo(config)
     print(json.dumps({"model": str(result.model_dir), "adapter": str(result.adapter_dir),
-                      "scores": result.report["scores"]}, indent=2))  # fmt: skip
+                      "scores": result.report["scores"]}, indent=2))
     return 0

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.manifest import atomic_write_text
+from training.bases import resolve_base
+from training.recipe import dump_yaml
+from training.render import render_pairs
 from training.sft import (
     TEMPLATE_FILE,
     add_common_flags,
+    chat_template,
     check_adapter,
     embedding_rows,
     finish_run,
@@ -27,6 +31,7 @@ from training.sft import (
     pick_dtype,
     progress,
     read_json_lines,
+    run_trainer_cli,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +94,6 @@ class DPOSetup:
 
 def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     """The template the SFT adapter was trained with, so DPO prompts are the served ones."""
-    from training.sft import chat_template
 
     if config.chat_template:
         return chat_template(config.chat_template, tokenizer)
@@ -103,8 +107,6 @@ def to_pair_dataset(pairs: Sequence[Mapping[str, Any]], template: str, tokenizer
     appends eos_token to an answer that does not end with it: with a template whose end-of-turn
     is not the tokenizer's eos_token, the answers gain one token the gateway never sees.)"""
     from datasets import Dataset
-
-    from training.render import render_pairs
 
     texts, stats = render_pairs(progress(pairs, "rendering pairs"), template, tokenizer, max_len)
     prompts = [_without_auto_bos(t.prompt, tokenizer) for t in texts]
@@ -133,8 +135,6 @@ def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
     """Base + the SFT adapter as the trainable "default" adapter (TRL adds the frozen "ref")."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from training.bases import resolve_base
 
     base = AutoModelForCausalLM.from_pretrained(resolve_base(config.base_model).model, dtype=dtype)
     return PeftModel.from_pretrained(base, config.adapter, is_trainable=True)
@@ -183,8 +183,6 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
     from trl.trainer.dpo_trainer import DPOTrainer
 
     from training import runs
-    from training.bases import resolve_base
-    from training.recipe import dump_yaml
 
     if not config.base_model or not config.adapter:
         raise ValueError("base_model and adapter are required (DPO starts from the SFT adapter)")
@@ -270,7 +268,6 @@ def add_command(sub: Any) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from training.sft import run_trainer_cli
 
     extra = {"base_model": args.base_model, "adapter": args.adapter, "pairs": args.pairs,
              "val": args.val, "max_steps": args.max_steps}

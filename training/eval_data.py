@@ -20,7 +20,7 @@ from training.verifier import Expected, expected_of
 
 # BFCL's single-turn Python categories (bfcl_eval's "python" collection); "simple" names simple_python.
 BFCL_AST = ("simple_python", "multiple", "parallel", "parallel_multiple",
-            "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")  # fmt: skip
+            "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
 BFCL_IRRELEVANCE = ("irrelevance", "live_irrelevance")  # right: no call
 BFCL_RELEVANCE = ("live_relevance",)  # right: any call
 BFCL_CATEGORIES = BFCL_AST + BFCL_IRRELEVANCE + BFCL_RELEVANCE
@@ -62,7 +62,7 @@ def bfcl_categories(names: Sequence[str]) -> list[str]:
             out.append(alias)
         else:
             raise ValueError(f"unsupported BFCL category {name!r}; use one of: {', '.join(BFCL_CATEGORIES)}, "
-                             f"or {', '.join(ALIASES)}")  # fmt: skip
+                             f"or {', '.join(ALIASES)}")
     return list(dict.fromkeys(out))
 
 

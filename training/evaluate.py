@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.manifest import atomic_write_text
+from training.data.records import BadRecords
+from training.eval_data import BFCL_CATEGORIES, bfcl_categories, bfcl_items, bfcl_pass, read_items
+from training.eval_report import write_report
+from training.generate import EndpointBackend, SampleSettings, TransformersBackend, dump_sample
+from training.verifier import aggregate, argument_hits, verdict
 
 if TYPE_CHECKING:
     from training.data.records import BadRecords
@@ -39,8 +44,6 @@ class Scored:
 
 def score_items(items: Sequence[EvalItem], backend: Backend, settings: SampleSettings) -> list[Scored]:
     """One answer per item (settings.n must be 1), scored by the verifier; BFCL's pass rule too."""
-    from training.eval_data import BFCL_CATEGORIES, bfcl_pass
-    from training.verifier import verdict
 
     if settings.n != 1:
         raise ValueError("evaluation scores one answer per item (n=1)")
@@ -56,12 +59,11 @@ def score_items(items: Sequence[EvalItem], backend: Backend, settings: SampleSet
 def summarize(scored: Sequence[Scored]) -> dict[str, Any]:
     """The four numbers overall and by group, accuracy per argument, and BFCL accuracy by
     category (with their mean)."""
-    from training.verifier import aggregate, argument_hits
 
     groups = sorted({s.item.group for s in scored})
     by_group = {g: aggregate(s.verdict for s in scored if s.item.group == g).to_json() for g in groups}
     out: dict[str, Any] = {"overall": aggregate(s.verdict for s in scored).to_json(), "by_group": by_group,
-                           "errors": sum(s.sample.error is not None for s in scored)}  # fmt: skip
+                           "errors": sum(s.sample.error is not None for s in scored)}
     hits: dict[str, list[bool]] = {}
     for s in scored:
         if s.verdict.valid and s.verdict.name_ok:  # argument match's own denominator
@@ -79,20 +81,17 @@ def summarize(scored: Sequence[Scored]) -> dict[str, Any]:
 
 
 def run_eval(items: Sequence[EvalItem], backend: Backend, settings: SampleSettings, out: Path,
-             skipped: BadRecords | None = None) -> dict[str, Any]:  # fmt: skip
+             skipped: BadRecords | None = None) -> dict[str, Any]:
     """Answer, score and write the run folder `out`; returns the metrics written."""
-    from training.data.records import BadRecords
-    from training.eval_report import write_report
-    from training.generate import dump_sample
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     scored = score_items(items, backend, settings)
     metrics = {"backend": backend.describe(), "sampling": asdict(settings), **summarize(scored),
                "skipped": (skipped or BadRecords()).summary(), "seconds": time.perf_counter() - start,
-               "tokens": sum(s.sample.tokens for s in scored)}  # fmt: skip
+               "tokens": sum(s.sample.tokens for s in scored)}
     rows = [{"id": s.item.id, "group": s.item.group, "verdict": s.verdict.to_json(), "bfcl_pass": s.bfcl_pass,
-             "answer": dump_sample(s.sample)} for s in scored]  # fmt: skip
+             "answer": dump_sample(s.sample)} for s in scored]
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out, metrics)
@@ -108,14 +107,14 @@ def add_command(sub: SubParsers) -> None:
         "eval", help="evaluate a model or an endpoint: the four numbers, BFCL AST accuracy, report",
         description="Answer evaluation items with a model in-process (transformers + PEFT) or an "
                     "OpenAI-compatible endpoint, score each answer as the gateway parses it, and write "
-                    "metrics.json, results.jsonl, report.md and plots to --out.")  # fmt: skip
+                    "metrics.json, results.jsonl, report.md and plots to --out.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", "--base-model", dest="model", type=Path,
                         help="base model in-process: transformers folder, GGUF file or catalogue name")
     source.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--adapter", type=Path, help="PEFT adapter folder (with --model)")
     parser.add_argument("--tool-format", help="tool-call format (with --model; default: adapter manifest, "
-                                              "else detected from the chat template)")  # fmt: skip
+                                              "else detected from the chat template)")
     parser.add_argument("--served-model", help="model name at the endpoint (with --endpoint)")
     parser.add_argument("--api-key", default="unused")
     parser.add_argument("--tool-choice", choices=("auto", "required", "none"),
@@ -124,7 +123,7 @@ def add_command(sub: SubParsers) -> None:
     data.add_argument("--data", type=Path, action="append", help="JSONL of canonical records (repeatable)")
     data.add_argument("--bfcl", nargs="+", metavar="CATEGORY",
                       help="BFCL categories (simple, multiple, parallel, parallel_multiple, irrelevance, "
-                           "live_*, or: live, non_live, all)")  # fmt: skip
+                           "live_*, or: live, non_live, all)")
     parser.add_argument("--limit", type=int, help="at most this many items per file or category")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -148,7 +147,6 @@ def _run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     import yaml
 
-    from training.generate import SampleSettings
     from training.runs import CONFIG
 
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "handler"}
@@ -159,7 +157,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = run_eval(items, _backend(args), settings, args.out, skipped)
     print(json.dumps({"out": str(args.out), "overall": metrics["overall"],
                       "bfcl_mean": metrics.get("bfcl", {}).get("mean"), "errors": metrics["errors"],
-                      "skipped": metrics["skipped"]["count"]}, indent=2))  # fmt: skip
+                      "skipped": metrics["skipped"]["count"]}, indent=2))
     return 0
 
 
@@ -175,8 +173,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 
 def _items(args: argparse.Namespace) -> tuple[list[EvalItem], BadRecords]:
-    from training.data.records import BadRecords
-    from training.eval_data import bfcl_categories, bfcl_items, read_items
 
     items: list[EvalItem] = []
     skipped = BadRecords()
@@ -191,7 +187,6 @@ def _items(args: argparse.Namespace) -> tuple[list[EvalItem], BadRecords]:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    from training.generate import EndpointBackend, TransformersBackend
 
     if args.endpoint:
         return EndpointBackend(args.endpoint, args.served_model, args.tool_choice, api_key=args.api_key)

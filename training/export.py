@@ -27,9 +27,13 @@ from server.manifest import (
     AdapterManifest,
     BaseModelRef,
     LoraSpec,
+    read_manifest,
     sha256_files,
     write_manifest,
 )
+from server.toolcalls import format_names
+from server.toolcalls.detect import detect_format
+from training.bases import resolve_base
 
 if TYPE_CHECKING:
     from training.__main__ import SubParsers
@@ -62,7 +66,6 @@ def export_adapter(
     """Write `out/<name>/` from the PEFT adapter in `adapter_dir` trained on `base_dir` (a
     transformers folder, or a GGUF file or catalogue name: its dequantized folder, and the GGUF
     the LoRA is written for and whose sha256 the manifest records)."""
-    from training.bases import resolve_base
     from training.gguf_export import OutType
     from training.gguf_lora import LoraConversionError, convert_lora, read_json
 
@@ -202,8 +205,6 @@ def _numeric_leaves(data: dict[str, Any], prefix: str) -> list[tuple[str, float]
 
 
 def _tool_format(given: str | None, template: str) -> str:
-    from server.toolcalls import format_names
-    from server.toolcalls.detect import detect_format
 
     if given is None:
         return detect_format(template).format
@@ -239,7 +240,6 @@ def add_command(sub: SubParsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from server.manifest import read_manifest
     from training.gguf_lora import read_json
 
     options = ExportOptions(

@@ -19,6 +19,7 @@ from server.toolcalls import Parsed, ParsedCall, ToolFormat, get_format
 from server.toolcalls.detect import detect_format
 from server.toolcalls.prompting import render_chat
 from server.types import Message, Tool
+from training.bases import resolve_base
 
 if TYPE_CHECKING:
     import openai
@@ -94,8 +95,6 @@ class TransformersBackend:
     def __post_init__(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from training.bases import resolve_base
-
         self.model_dir = Path(resolve_base(str(self.model_dir)).model)  # a GGUF / catalogue name: its float folder
         if self.threads is not None:
             import torch
@@ -114,12 +113,12 @@ class TransformersBackend:
         if not self.template:
             raise ValueError(f"{self.model_dir} has no chat template (tokenizer_config.json chat_template)")
         self.format = get_format(self.tool_format or _manifest_format(self.adapter_dir)
-                                 or detect_format(self.template).format)  # fmt: skip
+                                 or detect_format(self.template).format)
 
     def describe(self) -> dict[str, Any]:
         adapter = str(self.adapter_dir) if self.adapter_dir else None
         return {"backend": "transformers", "model": str(self.model_dir), "adapter": adapter,
-                "tool_format": self.format.name}  # fmt: skip
+                "tool_format": self.format.name}
 
     def sample(self, prompts: Sequence[Prompt], settings: SampleSettings) -> list[list[Sample]]:
         results: list[list[Sample]] = [[] for _ in prompts]
@@ -140,7 +139,7 @@ class TransformersBackend:
         """The prompt text, exactly as the gateway renders it for this template."""
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
         return render_chat(self.template, self.format, prompt.messages, prompt.tools, add_generation_prompt=True,
-                           bos_token=str(bos), eos_token=str(eos))  # fmt: skip
+                           bos_token=str(bos), eos_token=str(eos))
 
     def _generate(self, texts: list[str], settings: SampleSettings, seed: int) -> list[Sample]:
         """n answers per text, texts batched (left-padded), in order."""
@@ -151,11 +150,11 @@ class TransformersBackend:
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
             if settings.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )  # fmt: skip
+        )
         with torch.inference_mode():
             out = self.model.generate(**ids, **sampling, max_new_tokens=settings.max_tokens,
                                       num_return_sequences=settings.n, eos_token_id=self._stop_ids(),
-                                      pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+                                      pad_token_id=self.tokenizer.pad_token_id)
         return [self.decode(row.tolist()) for row in out[:, ids["input_ids"].shape[1] :]]
 
     def decode(self, tokens: Sequence[int]) -> Sample:
@@ -164,7 +163,7 @@ class TransformersBackend:
         stops = set(self._stop_ids())
         end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
         text = str(self.tokenizer.decode(list(tokens[:end]), skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False))  # fmt: skip
+                                         clean_up_tokenization_spaces=False))
         finish = "stop" if end < len(tokens) else "length"
         return Sample(text, self.format.parse(text), min(end + 1, len(tokens)), finish_reason=finish)
 
@@ -228,7 +227,7 @@ class EndpointBackend:
             "model": self.model, "messages": [wire_message(m) for m in prompt.messages],
             "temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens,
             "seed": seed, "extra_body": self.extra_body or None,
-        }  # fmt: skip
+        }
         if prompt.tools:
             request["tools"] = [templates.tool_dict(t) for t in prompt.tools]
             if self.tool_choice is not None:
@@ -260,7 +259,7 @@ def wire_message(message: Message) -> dict[str, Any]:
     if message.tool_calls:
         out["tool_calls"] = [{"id": c.id or f"call_{i}", "type": "function",
                               "function": {"name": c.name, "arguments": c.arguments}}
-                             for i, c in enumerate(message.tool_calls)]  # fmt: skip
+                             for i, c in enumerate(message.tool_calls)]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     return out

@@ -33,7 +33,11 @@ from server.manifest import atomic_write_text
 from server.toolcalls import Parsed
 from training.data.records import Record, parse_record, read_records, to_json, validation_reason, write_records
 from training.eval_data import EvalItem, read_items
-from training.generate import Sample, SampleSettings, dump_sample
+from training.eval_report import pyplot, save
+from training.evaluate import log_to, run_eval
+from training.generate import Sample, SampleSettings, TransformersBackend, dump_sample
+from training.recipe import dump_yaml, load_recipe
+from training.sft import CONFIGS, SFTConfig, run_sft
 from training.verifier import Verdict, verdict
 
 if TYPE_CHECKING:
@@ -70,7 +74,7 @@ class RaftConfig:
 
 class Trainer(Protocol):
     def __call__(self, config: RaftConfig, train_file: Path, init_adapter: Path | None,
-                 learning_rate: float, out: Path) -> Path:  # fmt: skip
+                 learning_rate: float, out: Path) -> Path:
         """Fine-tune on `train_file`, from `init_adapter` (None: a fresh LoRA), in the run folder
         `out`; returns the adapter folder (PEFT files)."""
         ...
@@ -95,7 +99,7 @@ def best_correct(samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> int 
 
 
 def pick_per_prompt(items: Sequence[EvalItem], samples: Sequence[Sequence[Sample]],
-                    verdicts: Sequence[Sequence[Verdict]]) -> list[Pick]:  # fmt: skip
+                    verdicts: Sequence[Sequence[Verdict]]) -> list[Pick]:
     """Each prompt's best fully correct answer, for the prompts that have one."""
     picks = []
     for item, answers, judged in zip(items, samples, verdicts, strict=True):
@@ -144,7 +148,7 @@ def as_record(pick: Pick, cycle: int) -> Record | str:
 def answer_message(parsed: Parsed) -> dict[str, Any]:
     """A parsed answer as a canonical assistant message (arguments as objects)."""
     calls = [{"id": f"call_{k}", "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
-             for k, c in enumerate(parsed.calls)]  # fmt: skip
+             for k, c in enumerate(parsed.calls)]
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content.strip() or None}
     if calls:
         message["tool_calls"] = calls
@@ -186,8 +190,6 @@ class RaftResult:
 
 def run_raft(config: RaftConfig, out: Path, trainer: Trainer | None = None) -> RaftResult:
     """RAFT cycles into the run folder `out` (see the module docstring)."""
-    from training.evaluate import log_to
-    from training.recipe import dump_yaml
     from training.runs import CONFIG
 
     out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,6 @@ class _Inputs:
 
 
 def _run(config: RaftConfig, out: Path, train: Trainer) -> RaftResult:
-    from training.evaluate import run_eval
 
     inputs = _read_inputs(config)
     greedy = SampleSettings(max_tokens=config.max_tokens, seed=config.seed)
@@ -244,21 +245,20 @@ def _read_inputs(config: RaftConfig) -> _Inputs:
             log.warning("%s data: %d bad lines skipped: %s", name, len(bad), bad.summary()["by_reason"])
     if not items or not heldout:
         raise ValueError(f"RAFT needs training prompts and held-out records; found {len(items)} in "
-                         f"{config.train_data}, {len(heldout)} in {config.heldout_data}")  # fmt: skip
+                         f"{config.train_data}, {len(heldout)} in {config.heldout_data}")
     return _Inputs(items, heldout, pool, len(bad_items) + len(bad_heldout) + len(bad_pool or ()))
 
 
 def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBackend, adapter: Path | None,
-           folder: Path, train: Trainer) -> tuple[CycleStats, TransformersBackend] | None:  # fmt: skip
+           folder: Path, train: Trainer) -> tuple[CycleStats, TransformersBackend] | None:
     """One cycle: sample, score, select, train, evaluate; None when nothing could be kept."""
-    from training.evaluate import run_eval
 
     settings = SampleSettings(n=config.samples, temperature=config.temperature, top_p=config.top_p,
-                              max_tokens=config.max_tokens, seed=config.seed + k)  # fmt: skip
+                              max_tokens=config.max_tokens, seed=config.seed + k)
     items = inputs.items
     samples = backend.sample([i.prompt for i in items], settings)
     verdicts = [[verdict(i.prompt.tools, i.expected, s.parsed) for s in row]
-                for i, row in zip(items, samples, strict=True)]  # fmt: skip
+                for i, row in zip(items, samples, strict=True)]
     picks = pick_per_prompt(items, samples, verdicts)
     kept = keep_top(picks, config.keep_fraction)
     _write_samples(folder / "samples.jsonl", items, samples, verdicts, {id(p.sample) for p in kept})
@@ -274,23 +274,21 @@ def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBac
     flat = [v for row in verdicts for v in row]
     stats = CycleStats(k, rate, len(items), sum(v.reward for v in flat) / len(flat),
                        sum(v.correct for v in flat) / len(flat), len(picks), len(kept), len(replayed), unusable,
-                       metrics["overall"], _score(metrics, config.metric), str(trained))  # fmt: skip
+                       metrics["overall"], _score(metrics, config.metric), str(trained))
     log.info("cycle %d: kept %d of %d picks, lr %.2e, held-out %s = %.4f", k, len(kept), len(picks), rate,
-             config.metric, stats.score)  # fmt: skip
+             config.metric, stats.score)
     return stats, backend
 
 
 def sft_trainer(config: RaftConfig, train_file: Path, init_adapter: Path | None,
-                learning_rate: float, out: Path) -> Path:  # fmt: skip
+                learning_rate: float, out: Path) -> Path:
     """The SFT recipe (training.sft) on the cycle's file, continuing `init_adapter`; RAFT sets
     the base model, data, adapter, learning rate, seed and threads over the recipe's values."""
-    from training.recipe import load_recipe
-    from training.sft import CONFIGS, SFTConfig, run_sft
 
     recipe = load_recipe(SFTConfig, config.sft_recipe or CONFIGS / "sft.yaml", config.sft_set)
     sft = replace(recipe, base_model=str(config.model), train=(str(train_file),), train_weights=(),
                   init_adapter=str(init_adapter) if init_adapter else None, learning_rate=learning_rate,
-                  seed=config.seed, threads=config.threads)  # fmt: skip
+                  seed=config.seed, threads=config.threads)
     result = run_sft(sft, out)
     if result.kind != "adapter":
         raise ValueError("RAFT trains adapters; the SFT recipe must not set full: true")
@@ -298,7 +296,6 @@ def sft_trainer(config: RaftConfig, train_file: Path, init_adapter: Path | None,
 
 
 def _backend(config: RaftConfig, adapter: Path | None) -> TransformersBackend:
-    from training.generate import TransformersBackend
 
     return TransformersBackend(config.model, adapter, config.tool_format, threads=config.threads)
 
@@ -311,11 +308,11 @@ def _score(metrics: dict[str, Any], metric: str) -> float:
 
 
 def _write_samples(path: Path, items: Sequence[EvalItem], samples: Sequence[Sequence[Sample]],
-                   verdicts: Sequence[Sequence[Verdict]], kept: set[int]) -> None:  # fmt: skip
+                   verdicts: Sequence[Sequence[Verdict]], kept: set[int]) -> None:
     rows = [{"id": item.id, "k": k, "reward": v.reward, "correct": v.correct, "kept": id(s) in kept,
              "answer": dump_sample(s)}
             for item, row, judged in zip(items, samples, verdicts, strict=True)
-            for k, (s, v) in enumerate(zip(row, judged, strict=True))]  # fmt: skip
+            for k, (s, v) in enumerate(zip(row, judged, strict=True))]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -332,14 +329,13 @@ def _write_train(path: Path, kept: Sequence[Pick], cycle: int, replayed: Sequenc
 
 
 def _write_metrics(out: Path, config: RaftConfig, history: list[float], cycles: list[CycleStats], stopped: str,
-                   skipped: int, best: int | None = None) -> None:  # fmt: skip
+                   skipped: int, best: int | None = None) -> None:
     value = {"metric": config.metric, "history": history, "best_cycle": best, "stopped": stopped,
-             "skipped_lines": skipped, "cycles": [asdict(c) for c in cycles]}  # fmt: skip
+             "skipped_lines": skipped, "cycles": [asdict(c) for c in cycles]}
     atomic_write_text(out / "metrics.json", json.dumps(value, indent=2) + "\n")
 
 
 def _plot(path: Path, metric: str, history: list[float], cycles: list[CycleStats]) -> None:
-    from training.eval_report import pyplot, save
 
     plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +362,6 @@ def _plot(path: Path, metric: str, history: list[float], cycles: list[CycleStats
 def load_config(path: Path | None, overrides: Sequence[str] = ()) -> RaftConfig:
     """A RaftConfig from a YAML recipe (optional) and `key=value` overrides (training.recipe);
     unknown keys and ill-typed values raise ValueError naming them."""
-    from training.recipe import load_recipe
 
     return load_recipe(RaftConfig, path, overrides)
 
@@ -376,11 +371,11 @@ def add_command(sub: Any) -> None:
         "raft", help="RAFT: sample, verify, keep the best correct answers, fine-tune; repeat",
         description="Reward-ranked fine-tuning cycles with the tool-calling verifier (see training/raft.py).",
         epilog="settings: " + "; ".join(f"{f.name}: {f.metadata.get('help', f.type)}" for f in fields(RaftConfig)),
-    )  # fmt: skip
+    )
     parser.add_argument("--config", type=Path, default=Path(__file__).parent / "configs" / "raft.yaml",
-                        help="YAML recipe of RaftConfig settings")  # fmt: skip
+                        help="YAML recipe of RaftConfig settings")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting (repeatable), e.g. --set samples=4")  # fmt: skip
+                        help="override one setting (repeatable), e.g. --set samples=4")
     parser.add_argument("--out", type=Path, help="run folder (default runs/raft-<time>)")
     parser.add_argument("--base-model", help="the base model (sets `model`): transformers folder, GGUF file or "
                         "catalogue name")
@@ -398,7 +393,7 @@ def _run_command(args: Any) -> int:
     out = make_run_dir("raft", args.out)
     result = run_raft(config, out)
     print(json.dumps({"out": str(out), "best_cycle": result.best_cycle, "best_adapter": _str(result.best_adapter),
-                      "history": result.history, "stopped": result.stopped}, indent=2))  # fmt: skip
+                      "history": result.history, "stopped": result.stopped}, indent=2))
     return 0
 
 

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from server.manifest import VLLM_RANKS, atomic_write_text
+from training.bases import is_gguf_ref, resolve_base
+from training.recipe import dump_yaml, load_recipe
+from training.render import render_records
 
 if TYPE_CHECKING:
     import torch
@@ -127,8 +130,6 @@ def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: P
     `assistant_masks` (-100 where 0) and skips its own chat-template tokenization."""
     from datasets import Dataset
 
-    from training.render import render_records
-
     examples, stats = render_records(progress(records, "rendering records"), template, tokenizer, max_len)
     masks = [e.assistant_masks if loss_on == "assistant" else [1] * len(e.input_ids) for e in examples]
     if loss_on != "assistant":
@@ -184,8 +185,6 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftM
     """The base model, wrapped in a trainable LoRA (new or `init_adapter`) unless `full`."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from training.bases import resolve_base
 
     model = AutoModelForCausalLM.from_pretrained(resolve_base(config.base_model).model, dtype=dtype)
     if config.full:
@@ -278,8 +277,6 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
     from trl.trainer.sft_trainer import SFTTrainer
 
     from training import runs
-    from training.bases import resolve_base
-    from training.recipe import dump_yaml
 
     if not config.base_model:
         raise ValueError("base_model is required")
@@ -374,7 +371,6 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Seque
 def model_ref(base: str) -> str:
     """A local base model is recorded by absolute path, a hub id as is; a GGUF file or catalogue
     name by its dequantized folder (which names its GGUF: training/bases.py)."""
-    from training.bases import is_gguf_ref, resolve_base
 
     if is_gguf_ref(base):
         base = resolve_base(base).model
@@ -415,7 +411,6 @@ def run_trainer_cli(config_cls: type[T], run: Callable[..., Any], args: argparse
                     extra: Mapping[str, Any]) -> int:
     """The sft / dpo command body: recipe + flags -> `run(config, out, resume=)`; bad recipes,
     paths and data exit 2 with the reason; the result is printed as JSON."""
-    from training.recipe import load_recipe
 
     try:
         config = load_recipe(config_cls, args.config, args.set, extra)

@@ -46,6 +46,7 @@ from server.toolcalls.loose import reads_as_text
 from server.toolcalls.validation import validate_call
 from server.types import Tool
 from training.bfcl_ast import PossibleAnswer, bfcl_name, match_calls
+from training.data.records import server_tools
 
 if TYPE_CHECKING:
     from training.data.records import Record
@@ -121,7 +122,6 @@ class ToolCallingVerifier:
 
     def score_record(self, record: Record, completion: str) -> Verdict:
         """Score raw model text against a canonical record's expected answer (its last message)."""
-        from training.data.records import server_tools
 
         return self.score(server_tools(record), expected_of(record), completion)
 

@@ -115,7 +115,7 @@ def cache_key(spec: ConstraintSpec, fmt: ToolFormat) -> str:
         [[t.name, t.parameters] for t in spec.tools],
         spec.choice.mode.value, spec.choice.name, spec.parallel, spec.text.kind, spec.text.schema,
         sorted(spec.token_ids),
-    ]  # fmt: skip
+    ]
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -18,7 +18,7 @@ from server.types import JSONSchema
 SUPPORTED = frozenset({
     "type", "enum", "const", "anyOf", "$ref", "properties", "required", "additionalProperties",
     "items", "minItems", "maxItems", "minLength", "maxLength",
-})  # fmt: skip
+})
 ALL_TYPES = ("object", "array", "string", "number", "boolean", "null")
 # Generic JSON values in the pinned layout (", " and ": "; json.dumps' escapes).
 JSON_RULES = r"""json-value ::= json-object | json-array | json-string | json-number | "true" | "false" | "null"
@@ -140,7 +140,7 @@ class _Converter:
         if kind == "string":
             return _string(schema)
         return {"integer": "json-int", "number": "json-number", "boolean": '("true" | "false")',
-                "null": '"null"'}[kind]  # fmt: skip
+                "null": '"null"'}[kind]
 
     def array(self, schema: JSONSchema) -> str:
         low, high = int(schema.get("minItems", 0)), schema.get("maxItems")

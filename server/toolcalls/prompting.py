@@ -40,7 +40,7 @@ def render_chat(
         tools = ()
     return render(template, messages, tools, add_generation_prompt=add_generation_prompt,
                   bos_token=bos_token, eos_token=eos_token, enable_thinking=enable_thinking,
-                  specials=specials)  # fmt: skip
+                  specials=specials)
 
 
 @lru_cache(maxsize=32)
@@ -71,7 +71,7 @@ def _tool_prompt(tools: tuple[tuple[str, str, str], ...], fmt: ToolFormat) -> st
         json.dumps({"name": name, "description": description, "parameters": json.loads(parameters)},
                    ensure_ascii=False)
         for name, description, parameters in tools
-    )  # fmt: skip
+    )
     answer = fmt.render("...", [])
     text_line = "" if answer == "..." else f"\nOtherwise answer the user in this shape: {answer}"
     return (

@@ -27,13 +27,13 @@ _NAMES = {"True": True, "False": False, "None": None, "true": True, "false": Fal
 _HANDLED = frozenset({
     "type", "enum", "const", "anyOf", "$ref", "items", "minItems", "maxItems",
     "properties", "required", "additionalProperties",
-})  # fmt: skip
+})
 _SCALAR = ("string", "number", "integer")
 # Keywords that constrain strings or numbers only: the %json of those branches enforces them.
 _SCALAR_KEYWORDS = frozenset({
     "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
     "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-})  # fmt: skip
+})
 _MAX_EXPANDED = 64
 
 
@@ -184,7 +184,7 @@ class PyGrammar:
         if required - set(props):
             raise UnsupportedFeature(f"tool format {self.fmt!r} needs required properties declared in `properties`")
         pairs = [(f"{lark_string(json.dumps(k, ensure_ascii=False) + ': ')} {self.value(s)}", k in required)
-                 for k, s in props.items() if s is not False]  # fmt: skip
+                 for k, s in props.items() if s is not False]
         return self.add(f'"{{" {chain(pairs, self)} "}}"')
 
 

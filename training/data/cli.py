@@ -19,6 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.manifest import atomic_write_text
+from training.data.build import build_dataset, dataset_report
+from training.data.loaders import convert, load_bfcl
+from training.data.pairs import near_miss_pairs
+from training.data.records import read_records, write_records
+from training.data.split import dedupe, split_records
+from training.data.synth import SynthConfig
+
 if TYPE_CHECKING:
     from training.data.records import BadRecords
     from training.data.synth import SynthConfig
@@ -31,7 +39,7 @@ FORMATS = ("xlam", "glaive", "hermes", "openai", "bfcl")
 
 def add_command(sub: SubParsers) -> None:
     parser = sub.add_parser("data", help="training data: synthesize, convert, split, pair",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     _add_synth(steps)
     _add_convert(steps)
@@ -48,7 +56,7 @@ def _add_synth(steps: SubParsers) -> None:
     p.add_argument("--fractions", default="0.8,0.1,0.1", help="train,val,test shares")
     p.add_argument("--held-out-tool", action="append", default=[], help="a tool seen only in test (repeat)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="SynthConfig override, e.g. --set parallel=0.2 --set max_distractors=2")  # fmt: skip
+                   help="SynthConfig override, e.g. --set parallel=0.2 --set max_distractors=2")
     p.set_defaults(handler=_guarded(_run_synth))
 
 
@@ -95,21 +103,17 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from training.data.build import build_dataset
-    from training.data.synth import SynthConfig
 
     config = apply_overrides(SynthConfig(), args.set)
     paths = build_dataset(args.catalogue, args.out, args.n, args.seed, config, _fractions(args.fractions),
-                          tuple(args.held_out_tool))  # fmt: skip
+                          tuple(args.held_out_tool))
     report = json.loads(paths.report.read_text())
     print(json.dumps({"out": str(args.out), "counts": {k: v["count"] for k, v in report["splits"].items()},
-                      "pairs": report["pairs"]["count"], "seconds": report["seconds"]}, indent=2))  # fmt: skip
+                      "pairs": report["pairs"]["count"], "seconds": report["seconds"]}, indent=2))
     return 0
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from training.data.loaders import convert, load_bfcl
-    from training.data.records import write_records
 
     start = time.perf_counter()
     if args.fmt == "bfcl":
@@ -124,9 +128,6 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_split(args: argparse.Namespace) -> int:
-    from training.data.build import dataset_report
-    from training.data.records import read_records, write_records
-    from training.data.split import dedupe, split_records
 
     start = time.perf_counter()
     records, bad = read_records(args.records)
@@ -140,9 +141,6 @@ def _run_split(args: argparse.Namespace) -> int:
 
 
 def _run_pairs(args: argparse.Namespace) -> int:
-    from server.manifest import atomic_write_text
-    from training.data.pairs import near_miss_pairs
-    from training.data.records import read_records
 
     start = time.perf_counter()
     records, bad = read_records(args.records)
@@ -153,7 +151,6 @@ def _run_pairs(args: argparse.Namespace) -> int:
 
 
 def _report(beside: Path, summary: dict[str, Any], bad: BadRecords, start: float) -> None:
-    from server.manifest import atomic_write_text
 
     summary = {**summary, "bad_records": bad.summary(), "seconds": round(time.perf_counter() - start, 2)}
     path = beside.with_name(beside.name.removesuffix(".jsonl") + ".report.json")

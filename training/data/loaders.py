@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from training import bfcl
 from training.data.records import BadRecords, Record, parse_record, validation_reason
 from training.data.sources import glaive, hermes, openai_chat, xlam
 from training.data.sources.bfcl import convert_entry
@@ -77,7 +78,6 @@ def load_bfcl(
     """A BFCL category as evaluation records: from the wheel, or from local files in BFCL's
     layout (`questions`: one entry per line; `answers`: {"id", "ground_truth"} per line)."""
     if questions is None:
-        from training import bfcl
 
         entries: list[tuple[str, Row | str]] = [(f"index {i}", e) for i, e in enumerate(bfcl.load_category(category))]
         truth = bfcl.load_possible_answers(category)

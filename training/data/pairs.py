@@ -20,7 +20,7 @@ from training.data.mistakes import off_by_digit
 from training.data.records import ChatMessage, Record, ToolSpec
 
 PAIR_KINDS = ("wrong_value", "wrong_type", "missing_arg", "extra_arg", "wrong_function", "call_on_irrelevant",
-              "call_on_underspecified")  # fmt: skip
+              "call_on_underspecified")
 Json = dict[str, Any]
 _Seen = dict[tuple[str, str], list[Any]]  # (tool, argument) -> values seen in records
 
@@ -35,7 +35,7 @@ class Pair:
 
     def to_json(self) -> Json:
         return {"messages": self.messages, "tools": self.tools, "chosen": self.chosen, "rejected": self.rejected,
-                "meta": self.meta}  # fmt: skip
+                "meta": self.meta}
 
 
 def near_miss_pairs(records: Sequence[Record], seed: int) -> list[Pair]:

@@ -70,7 +70,7 @@ def _assistant(text: str, call_id: str) -> Json:
     before, _, call_text = text.partition(_CALL)
     call = _call(call_text.strip())
     return {"role": "assistant", "content": before.strip() or None,
-            "tool_calls": [tool_call(call.get("name"), call.get("arguments", {}), call_id)]}  # fmt: skip
+            "tool_calls": [tool_call(call.get("name"), call.get("arguments", {}), call_id)]}
 
 
 def _call(text: str) -> Json:

@@ -37,7 +37,7 @@ def _message(m: Json, before: list[Json]) -> Json:
     if role == "assistant":
         calls = [tool_call((c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments", {}),
                            str(c.get("id") or f"call_{_count(before) + i}"))
-                 for i, c in enumerate(m.get("tool_calls") or [])]  # fmt: skip
+                 for i, c in enumerate(m.get("tool_calls") or [])]
         if m.get("function_call"):
             fc = m["function_call"]
             calls.append(tool_call(fc.get("name"), fc.get("arguments", {}), f"call_{_count(before)}"))

@@ -15,7 +15,7 @@ from training.data.sources.common import ConversionError, Json, arguments_object
 _SCALARS = {
     "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
     "number": "number", "bool": "boolean", "boolean": "boolean", "None": "null", "NoneType": "null",
-}  # fmt: skip
+}
 _ARRAYS = {"list", "tuple", "set", "sequence", "array", "iterable"}
 _OBJECTS = {"dict", "mapping", "object"}
 
@@ -25,7 +25,7 @@ def convert_row(row: Json, where: str) -> Json:
     answers = _as_list(row.get("answers"), "answers")
     calls = [tool_call(a.get("name"), a.get("arguments", {}), f"call_{i}") for i, a in enumerate(answers)]
     answer: Json = {"role": "assistant", "content": None, "tool_calls": calls} if calls else {
-        "role": "assistant", "content": ""}  # fmt: skip
+        "role": "assistant", "content": ""}
     query = row.get("query")
     if not isinstance(query, str) or not query.strip():
         raise ConversionError("no query")
@@ -49,7 +49,7 @@ def _tool(raw: Json) -> Json:
     already_schema = params.get("type") == "object" and "properties" in params
     schema = params if already_schema else _parameters(params, name)
     return {"type": "function", "function": {"name": name, "description": raw.get("description") or "",
-                                             "parameters": schema}}  # fmt: skip
+                                             "parameters": schema}}
 
 
 def _parameters(params: Json, tool: str) -> Json:
