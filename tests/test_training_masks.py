@@ -201,7 +201,7 @@ def test_prompt_that_the_template_renders_differently_is_refused(tokenizer: Any)
 
 
 def test_jsonl_lines_that_are_not_records_are_counted(tmp_path: Path) -> None:
-    from training.sft import read_json_lines
+    from training.trainkit import read_json_lines
 
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(SINGLE) + "\nnot json\n[1, 2]\n\n" + json.dumps(NO_TOOL) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ import torch
 from server.types import Message, Tool
 from training.render import assistant_text, record_messages
 from training.runs import atomic_dir, plot_curves, write_json
-from training.sft import chat_template
+from training.trainkit import chat_template
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from server.manifest import atomic_write_text
 from training.bases import resolve_base
 from training.recipe import dump_yaml
 from training.render import render_pairs
-from training.sft import (
+from training.trainkit import (
     TEMPLATE_FILE,
     add_common_flags,
     chat_template,

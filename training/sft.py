@@ -8,19 +8,31 @@ RAFT call it); `add_command` is the `python -m training sft` CLI.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from server.manifest import VLLM_RANKS, atomic_write_text
-from training.bases import is_gguf_ref, resolve_base
-from training.recipe import dump_yaml, load_recipe
+from server.manifest import atomic_write_text
+from training.bases import resolve_base
+from training.recipe import dump_yaml
 from training.render import render_records
+from training.trainkit import (
+    TEMPLATE_FILE,
+    add_common_flags,
+    chat_template,
+    check_adapter,
+    check_rank,
+    embedding_rows,
+    finish_run,
+    model_ref,
+    pick_dtype,
+    progress,
+    read_json_lines,
+    run_trainer_cli,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,10 +43,8 @@ if TYPE_CHECKING:
     from training.render import RenderStats
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 CONFIGS = Path(__file__).parent / "configs"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-TEMPLATE_FILE = "chat_template.jinja"
 
 
 @dataclass(frozen=True)
@@ -83,25 +93,6 @@ class SFTResult:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of a JSONL file and the number of lines that were not one (skipped)."""
-    records, bad = [], 0
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                records.append(obj)
-            else:
-                bad += 1
-    return records, bad
-
-
 def mix_records(sources: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float],
                 seed: int) -> list[dict[str, Any]]:
     """Each source repeated floor(w) times plus a seeded fraction w - floor(w) of it (replay mixing)."""
@@ -137,37 +128,7 @@ def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: P
     return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "assistant_masks": masks}), stats
 
 
-def progress(items: Sequence[T], desc: str) -> Iterable[T]:
-    """A progress bar on stderr for long loops (tqdm ships with transformers)."""
-    from tqdm.auto import tqdm
-
-    bar: Iterable[T] = tqdm(items, desc=desc, unit="rec", file=sys.stderr, mininterval=1.0, disable=len(items) < 500)
-    return bar
-
-
-def chat_template(config_template: str | None, tokenizer: PreTrainedTokenizerBase) -> str:
-    if config_template:
-        return Path(config_template).read_text(encoding="utf-8")
-    template = tokenizer.chat_template
-    if not isinstance(template, str) or not template:
-        raise ValueError("the tokenizer has no chat template; set chat_template to a .jinja file")
-    return template
-
-
 # --- model ----------------------------------------------------------------------------------------
-
-
-def pick_dtype(name: str) -> torch.dtype:
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def check_rank(rank: int) -> None:
-    if rank not in VLLM_RANKS:
-        raise ValueError(f"lora_r={rank} cannot be served by vLLM; use one of {VLLM_RANKS}")
 
 
 def linear_module_names(model: PreTrainedModel) -> list[str]:
@@ -196,21 +157,6 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftM
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
-
-
-def embedding_rows(model: Any) -> int:
-    return int(model.get_input_embeddings().weight.shape[0])
-
-
-def check_adapter(model: Any, vocab_rows: int) -> None:
-    """Refuse what vLLM and llama.cpp cannot load: modules_to_save, resized embeddings, odd ranks."""
-    for name, cfg in model.peft_config.items():
-        if getattr(cfg, "modules_to_save", None):
-            raise ValueError(f"adapter {name!r} has modules_to_save={cfg.modules_to_save}; vLLM refuses those")
-        check_rank(int(cfg.r))
-    rows = embedding_rows(model)
-    if rows != vocab_rows:
-        raise ValueError(f"the embeddings were resized ({vocab_rows} -> {rows}); adapters must not add tokens")
 
 
 # --- trainer ----------------------------------------------------------------------------------------
@@ -358,26 +304,6 @@ def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) ->
         (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
 
 
-def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> None:
-    """metrics.json, and plots/<name>.png of the logged `keys` for each name."""
-    from training import runs
-
-    log_lines = runs.read_log(run_dir / runs.LOG)
-    made = [runs.plot_curves(log_lines, keys, run_dir / "plots" / f"{name}.png", name) for name, keys in plots.items()]
-    metrics["plots"] = [str(p) for p in made if p is not None]
-    runs.write_json(run_dir / runs.METRICS, metrics)
-
-
-def model_ref(base: str) -> str:
-    """A local base model is recorded by absolute path, a hub id as is; a GGUF file or catalogue
-    name by its dequantized folder (which names its GGUF: training/bases.py)."""
-
-    if is_gguf_ref(base):
-        base = resolve_base(base).model
-    path = Path(base)
-    return str(path.resolve()) if path.exists() else base
-
-
 # --- CLI ---------------------------------------------------------------------------------------------
 
 
@@ -393,38 +319,9 @@ def add_command(sub: Any) -> None:
     parser.set_defaults(handler=_run_cli)
 
 
-def add_common_flags(parser: argparse.ArgumentParser, default_recipe: Path) -> None:
-    parser.add_argument("--config", type=Path, default=default_recipe, help="YAML recipe")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field (repeatable), e.g. --set lora_r=8")
-    parser.add_argument("--out", type=Path, help="run folder (default runs/<command>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-
-
 def _run_cli(args: argparse.Namespace) -> int:
     extra = {"base_model": args.base_model, "train": args.train, "val": args.val,
              "max_steps": args.max_steps, "full": args.full}
     return run_trainer_cli(SFTConfig, run_sft, args, extra)
 
 
-def run_trainer_cli(config_cls: type[T], run: Callable[..., Any], args: argparse.Namespace,
-                    extra: Mapping[str, Any]) -> int:
-    """The sft / dpo command body: recipe + flags -> `run(config, out, resume=)`; bad recipes,
-    paths and data exit 2 with the reason; the result is printed as JSON."""
-
-    try:
-        config = load_recipe(config_cls, args.config, args.set, extra)
-    except (OSError, ValueError) as exc:  # RecipeError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.resume and args.out is None:
-        print("--resume needs --out (the run folder to continue)", file=sys.stderr)
-        return 2
-    try:
-        result = run(config, args.out, resume=args.resume)
-    except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"run_dir": str(result.run_dir), "output": str(result.output),
-                      **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}}, indent=2))
-    return 0
