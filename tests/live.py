@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -98,3 +99,21 @@ def fetched_model(name: str) -> Path:
         link.parent.mkdir(exist_ok=True)
         link.symlink_to(path.resolve())
     return path
+
+
+# A text answer that cannot end early: a JSON object whose one string is longer than max_tokens.
+LONG = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "seed": 1,
+        "response_format": {
+    "type": "json_schema", "json_schema": {"name": "long", "schema": {
+        "type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]}}}}
+
+
+def wait_healthy(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    pytest.fail("gateway did not become healthy")

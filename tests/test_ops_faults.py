@@ -22,13 +22,9 @@ from server.config import load_settings
 from server.engines import make_engine
 from server.engines.base import Cancel, Engine, EngineInfo, Event, GenerateRequest
 from server.errors import EngineError
-from tests.live import WEATHER, Live, live_gateway
+from tests.live import LONG, WEATHER, Live, live_gateway
 
 USER = [{"role": "user", "content": "hi"}]
-# A text answer that cannot end early: a JSON object whose one string is longer than max_tokens.
-LONG = {"model": "tiny", "messages": USER, "max_tokens": 2000, "seed": 1, "response_format": {
-    "type": "json_schema", "json_schema": {"name": "long", "schema": {
-        "type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]}}}}
 
 
 class FaultyEngine:

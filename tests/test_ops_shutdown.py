@@ -16,8 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.test_ops_faults import LONG
-from tests.test_server_process import _wait_healthy
+from tests.live import LONG, wait_healthy
 
 
 def _free_port() -> int:
@@ -34,7 +33,7 @@ def _start(model: Path, tmp_path: Path, shutdown_timeout_s: float) -> tuple[subp
         [sys.executable, "-m", "server", "--config", str(config), "--model", str(model), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url + "/health")
+    wait_healthy(url + "/health")
     return proc, url
 
 

@@ -17,8 +17,7 @@ from server.api.app import create_app
 from server.config import load_settings
 from server.metrics import Metrics
 from server.serving import build_registry
-from tests.live import Live, serve
-from tests.test_ops_faults import LONG
+from tests.live import LONG, Live, serve
 
 SMALL = 4096  # bytes of socket buffer each side: a few chunks, far less than the stream
 

@@ -7,14 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
 from server.config import load_settings
+from tests.live import wait_healthy
 
 
 def _free_port() -> int:
@@ -39,7 +38,7 @@ def test_serves_with_flags_and_shuts_down_cleanly(tiny_model, tmp_path: Path) ->
          "--served-model-name", "demo", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}/health")
+        wait_healthy(f"http://127.0.0.1:{port}/health")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["demo"]  # the flag beats the YAML
         r = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}], seed=1)
@@ -53,15 +52,6 @@ def test_serves_with_flags_and_shuts_down_cleanly(tiny_model, tmp_path: Path) ->
     assert "serving demo: format=hermes" in output
 
 
-def _wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    pytest.fail("gateway did not become healthy")
 
 
 def test_settings_precedence_yaml_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

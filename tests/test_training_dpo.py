@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_training_masks import MULTI_TURN, NO_TOOL, RECORDS, SINGLE, TOOLS, call
+from tests.training_records import MULTI_TURN, NO_TOOL, RECORDS, SINGLE, TOOLS, call
 from training.dpo import DPOConfig
 
 pytestmark = [

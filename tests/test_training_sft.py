@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from server.manifest import VLLM_RANKS
-from tests.test_training_masks import ERROR_RECOVERY, MULTI_TURN, NO_TOOL, PARALLEL, RECORDS, SINGLE
+from tests.training_records import ERROR_RECOVERY, MULTI_TURN, NO_TOOL, PARALLEL, RECORDS, SINGLE
 from training.sft import SFTConfig
 
 pytestmark = [
