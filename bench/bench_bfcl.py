@@ -105,13 +105,17 @@ def score(category: str, entry_id: str, tools: list[Tool], answer: Answer, fmt_n
             decoded.append((name, args))
         except (KeyError, ValueError, jsonschema.ValidationError):
             valid = False
-    lost = not calls and any(c.name in by_name for c in get_format(fmt_name).parse(answer["content"]).calls)
+    in_text = any(c.name in by_name for c in get_format(fmt_name).parse(answer["content"]).calls)
+    lost = not calls and in_text
     if category == "irrelevance":
+        # "wrote": the model wrote a call to a declared tool, returned as a call or left in the text;
+        # an arm that returns no calls at all has no false calls, not a model that knew better.
         return {"n": 1, "ok": int(not calls), "called": int(bool(calls)), "valid": int(valid), "lost": 0,
-                "false": int(bool(calls))}
+                "false": int(bool(calls)), "wrote": int(bool(calls) or in_text)}
     possible = bfcl.load_possible_answers(category)[entry_id]
     ok = valid and bfcl_ast.match_calls(by_name, decoded, possible).ok
-    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0}
+    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0,
+            "wrote": 0}
 
 
 def run_arm(arm: str, ask: Callable[[list[Tool], list[Message]], Answer], model_dir: Path,
@@ -130,14 +134,15 @@ def run_arm(arm: str, ask: Callable[[list[Tool], list[Message]], Answer], model_
 
 
 def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: str) -> str:
-    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text | false calls |",
+    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text "
+            "| false calls (model wrote one) |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for category in categories:
         wanted = {entry_id: tools for entry_id, tools, _ in entries(category, n)}
         for arm in ARMS:
             path = model_dir / arm / f"{category}.jsonl"
             answers = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-            totals: dict[str, int] = {"n": 0, "ok": 0, "called": 0, "valid": 0, "lost": 0, "false": 0}
+            totals: dict[str, int] = {"n": 0, "ok": 0, "called": 0, "valid": 0, "lost": 0, "false": 0, "wrote": 0}
             for a in answers:
                 if a["id"] in wanted:
                     for k, v in score(category, a["id"], wanted[a["id"]], a, fmt_name).items():
@@ -145,7 +150,7 @@ def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: 
             if not totals["n"]:
                 continue
             valid = "-" if category == "irrelevance" else f"{totals['valid'] / totals['n']:.2f}"
-            false = f"{totals['false']}/{totals['n']}" if category == "irrelevance" else "-"
+            false = f"{totals['false']}/{totals['n']} ({totals['wrote']})" if category == "irrelevance" else "-"
             lost = "-" if category == "irrelevance" else str(totals["lost"])
             rows.append(f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "
                         f"| {false} |")
