@@ -105,51 +105,73 @@ def score(category: str, entry_id: str, tools: list[Tool], answer: Answer, fmt_n
             decoded.append((name, args))
         except (KeyError, ValueError, jsonschema.ValidationError):
             valid = False
-    lost = not calls and any(c.name in by_name for c in get_format(fmt_name).parse(answer["content"]).calls)
+    in_text = any(c.name in by_name for c in get_format(fmt_name).parse(answer["content"]).calls)
+    lost = not calls and in_text
     if category == "irrelevance":
+        # "wrote": the model wrote a call to a declared tool, returned as a call or left in the text;
+        # an arm that returns no calls at all has no false calls, not a model that knew better.
         return {"n": 1, "ok": int(not calls), "called": int(bool(calls)), "valid": int(valid), "lost": 0,
-                "false": int(bool(calls))}
+                "false": int(bool(calls)), "wrote": int(bool(calls) or in_text)}
     possible = bfcl.load_possible_answers(category)[entry_id]
     ok = valid and bfcl_ast.match_calls(by_name, decoded, possible).ok
-    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0}
+    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0,
+            "wrote": 0}
 
 
-def run_arm(arm: str, ask: Callable[[list[Tool], list[Message]], Answer], model_dir: Path,
-            categories: list[str], n: int) -> None:
-    for category in categories:
-        path = model_dir / arm / f"{category}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.exists() else set()
-        for entry_id, tools, messages in entries(category, n):
-            if entry_id in done:
+def run_arms(asks: dict[str, Callable[[list[Tool], list[Message]], Answer]], model_dir: Path,
+             categories: list[str], n: int) -> None:
+    """Entry by entry, round robin over categories and arms, so a run cut short leaves every arm and
+    category with (nearly) the same entries answered."""
+    todo = {c: entries(c, n) for c in categories}
+    done: dict[tuple[str, str], set[str]] = {}
+    for arm in asks:
+        for category in categories:
+            done[arm, category] = set(_answers(model_dir / arm / f"{category}.jsonl"))
+    for i in range(n):
+        for category in categories:
+            if i >= len(todo[category]):
                 continue
-            answer = {"id": entry_id, **ask(tools, messages)}
-            with path.open("a") as f:
-                f.write(json.dumps(answer, ensure_ascii=False) + "\n")
-            print(f"{arm} {category} {entry_id}: {len(answer['calls'])} call(s), {answer['finish']}", flush=True)
+            entry_id, tools, messages = todo[category][i]
+            for arm, ask in asks.items():
+                if entry_id in done[arm, category]:
+                    continue
+                answer = {"id": entry_id, **ask(tools, messages)}
+                path = model_dir / arm / f"{category}.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as f:
+                    f.write(json.dumps(answer, ensure_ascii=False) + "\n")
+                print(f"{arm} {category} {entry_id}: {len(answer['calls'])} call(s), {answer['finish']}", flush=True)
 
 
 def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: str) -> str:
-    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text | false calls |",
+    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text "
+            "| false calls (model wrote one) |",
             "|---|---|---:|---:|---:|---:|---:|"]
     for category in categories:
         wanted = {entry_id: tools for entry_id, tools, _ in entries(category, n)}
+        answered = {arm: _answers(model_dir / arm / f"{category}.jsonl") for arm in ARMS}
+        # score the entries every arm has answered, so the arms are compared on the same prompts
+        common = set(wanted).intersection(*(set(a) for a in answered.values() if a))
         for arm in ARMS:
-            path = model_dir / arm / f"{category}.jsonl"
-            answers = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-            totals: dict[str, int] = {"n": 0, "ok": 0, "called": 0, "valid": 0, "lost": 0, "false": 0}
+            answers = [a for entry_id, a in answered[arm].items() if entry_id in common]
+            totals: dict[str, int] = {"n": 0, "ok": 0, "called": 0, "valid": 0, "lost": 0, "false": 0, "wrote": 0}
             for a in answers:
-                if a["id"] in wanted:
-                    for k, v in score(category, a["id"], wanted[a["id"]], a, fmt_name).items():
-                        totals[k] += v
+                for k, v in score(category, a["id"], wanted[a["id"]], a, fmt_name).items():
+                    totals[k] += v
             if not totals["n"]:
                 continue
             valid = "-" if category == "irrelevance" else f"{totals['valid'] / totals['n']:.2f}"
-            false = f"{totals['false']}/{totals['n']}" if category == "irrelevance" else "-"
+            false = f"{totals['false']}/{totals['n']} ({totals['wrote']})" if category == "irrelevance" else "-"
             lost = "-" if category == "irrelevance" else str(totals["lost"])
             rows.append(f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "
                         f"| {false} |")
     return f"### {model}\n\n" + "\n".join(rows) + "\n"
+
+
+def _answers(path: Path) -> dict[str, Answer]:
+    if not path.exists():
+        return {}
+    return {a["id"]: a for a in map(json.loads, path.read_text().splitlines())}
 
 
 @contextmanager
@@ -196,8 +218,7 @@ def main() -> None:
                     "llama-server": partial(chat_answer, upstream, name),
                     "callgate": partial(chat_answer, gateway, name),
                 }
-                for arm in args.arms:
-                    run_arm(arm, asks[arm], model_dir, args.categories, args.per_category)
+                run_arms({arm: asks[arm] for arm in args.arms}, model_dir, args.categories, args.per_category)
         sections.append(table(name, model_dir, args.categories, args.per_category, fmt_name))
     body = "\n".join(sections)
     print(body)

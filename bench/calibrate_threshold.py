@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server import catalogue, fetch  # noqa: E402
-from server.chat import ChatRequest, prompt_for  # noqa: E402
+from server.chat import ChatRequest, call_probabilities, prompt_for  # noqa: E402
 from server.config import load_settings  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
 from server.served import Served  # noqa: E402
@@ -34,14 +34,12 @@ CUTS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 
 
 async def p_any(served: Served, category: str, skip: int, n: int) -> list[float]:
-    env = served.format.envelope
     out = []
     for entry in bfcl.load_category(category)[skip : skip + n]:
         tools = tuple(bfcl.to_tool(doc) for doc in entry["function"])
         messages = tuple(Message(m["role"], m["content"]) for m in entry["question"][0])
         prompt = prompt_for(served, ChatRequest(messages=messages, tools=tools))
-        probs = await served.engine.token_probabilities(prompt, [env.open, *env.loose_openers])
-        out.append(min(1.0, sum(probs)))
+        out.append((await call_probabilities(served, prompt))[1])
     return out
 
 

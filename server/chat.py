@@ -211,25 +211,38 @@ async def run_chat(
             raise EngineError(f"the engine failed: {type(exc).__name__}: {exc}") from exc
 
 
+async def call_probabilities(served: Served, prompt: str) -> tuple[float, float]:
+    """(P(the format's own opener), P(any opener)) at the token where a call and a text answer part:
+    the first token for most formats; after their shared start for formats whose text answers
+    begin like calls (`{"` in json_envelope, `>>>` in functionary), where P(call) is P(the call's
+    next token) or, when the opener ends at the shared start (a function name follows), 1 - P(text).
+    The loose openers (a ```json block) count only where the decision is at the first token."""
+    env = served.format.envelope
+    prefix = env.decision_prefix
+    call_rest, text_rest = env.open[len(prefix):], env.reply[0][len(prefix):]
+    loose = env.loose_openers if not prefix else ()
+    probs = await served.engine.token_probabilities(
+        prompt + prefix, [call_rest or text_rest, *loose], served.adapter_name, served.adapter_scale)
+    p_open = probs[0] if call_rest else 1.0 - probs[0]
+    return p_open, min(1.0, p_open + sum(probs[1:]))
+
+
 async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Metrics) -> ToolChoice:
-    """The calibrated no-tool decision in `auto`, from the next token's probabilities: below the
-    threshold summed over every opener (the format's own and the loose ones its models write,
-    such as a ```json block), no call (`none`); at or above it on the format's own opener alone,
-    a call (`required`); else the model's own answer decides, as in plain `auto`."""
+    """The calibrated no-tool decision in `auto`, from the probabilities of the next token where a
+    call and a text answer part (`call_probabilities`): below the threshold summed over every opener
+    (the format's own and the loose ones its models write, such as a ```json block), no call
+    (`none`); at or above it on the format's own opener alone, a call (`required`); else the
+    model's own answer decides, as in plain `auto`."""
     threshold = request.no_tool_threshold
     if threshold is None:
         threshold = served.policy.no_tool_threshold
     if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
         return request.choice
-    env = served.format.envelope
-    if not env.decision_point:
+    if not served.format.envelope.decision_point:
         raise UnsupportedFeature(
             f"no_tool_threshold needs a format whose calls and text answers start differently; "
-            f"{served.format.name!r} answers text with {env.reply[0]!r}",
-            param="no_tool_threshold")
-    p_open, *p_loose = await served.engine.token_probabilities(
-        prompt, [env.open, *env.loose_openers], served.adapter_name, served.adapter_scale)
-    p_any = min(1.0, p_open + sum(p_loose))
+            f"{served.format.name!r} writes both alike", param="no_tool_threshold")
+    p_open, p_any = await call_probabilities(served, prompt)
     metrics.tool_open_probability.labels(served.name).observe(p_any)
     if p_any < threshold:
         return ToolChoice(ChoiceMode.NONE)

@@ -21,6 +21,7 @@ class FakeEngine:
     p_open: float = 0.5  # of the format's own opener (the first candidate)
     p_loose: float = 0.0  # of each loose opener after it
     requests: list[GenerateRequest] = field(default_factory=list)
+    probed: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # token_probabilities' questions
     cancelled: int = 0
     # Adapters: what was loaded and unloaded, in order; a load waits on `load_gate` when set
     # and raises for names in `broken`, as an engine does on a bad file.
@@ -50,6 +51,7 @@ class FakeEngine:
     async def token_probabilities(
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
+        self.probed.append((prompt, tuple(candidates)))
         return [self.p_open if i == 0 else self.p_loose for i, _ in enumerate(candidates)]
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from server.admission import Admission
-from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, run_chat
+from server.chat import CallEvent, ChatRequest, ContentEvent, DoneEvent, prompt_for, run_chat
 from server.engines.base import Cancel
 from server.errors import Overloaded, Timeout
 from server.metrics import Metrics
@@ -143,16 +143,27 @@ async def _enter(admission: Admission) -> None:
         pass
 
 
-def test_threshold_is_refused_where_text_and_calls_start_alike() -> None:
-    from server.errors import UnsupportedFeature
-
-    engine = FakeEngine([(["x"], "stop")])
-    served = _served(engine, threshold=0.5)
-    served = Served(served.name, engine, INFO, get_format("functionary_v3"), served.template, Admission(1, 4, 5.0),
+@pytest.mark.parametrize("fmt,prefix,candidate,p_first,expected", [
+    # json_envelope: `{"tool_calls": [` or `{"response": `: P(call) is P("tool_calls...") after `{"`
+    ("json_envelope", '{"', 'tool_calls": [', 0.9, "required"),
+    ("json_envelope", '{"', 'tool_calls": [', 0.1, "none"),
+    # functionary: `>>>name` or `>>>all`: the call's opener ends at `>>>`, so P(call) = 1 - P("all")
+    ("functionary_v3", ">>>", "all\n", 0.9, "none"),
+    ("functionary_v3", ">>>", "all\n", 0.1, "required"),
+])
+def test_the_threshold_decides_where_calls_and_text_part(fmt: str, prefix: str, candidate: str, p_first: float,
+                                                         expected: str) -> None:
+    """Formats whose text answers start like their calls (SmolLM2 and Gemma are served in
+    json_envelope) are read after the shared start, not refused."""
+    engine = FakeEngine([(["x"], "stop")], p_open=p_first)
+    served = Served("fake", engine, INFO, get_format(fmt), INFO.chat_template or "", Admission(1, 4, 5.0),
                     Policy(no_tool_threshold=0.5))
-    assert not get_format("functionary_v3").envelope.decision_point and get_format("hermes").envelope.decision_point
-    with pytest.raises(UnsupportedFeature, match="no_tool_threshold"):
-        _run(served, _request())
+    assert get_format(fmt).envelope.decision_prefix == prefix
+    _run(served, _request())
+    [(prompt, candidates)] = engine.probed
+    assert prompt == prompt_for(served, _request()) + prefix and candidates == (candidate,)
+    [start] = [line for line in (engine.requests[0].grammar or "").splitlines() if line.startswith("start:")]
+    assert start == {"required": "start: calls", "none": "start: reply"}[expected]
 
 
 def test_a_repeated_call_ends_the_answer() -> None:

@@ -7,6 +7,7 @@ argument schema. Formats know nothing of HTTP, engines or OpenAI's wire shapes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -71,8 +72,8 @@ class Envelope:
     `call` (exactly one call) and `calls` (one or more), built from `lead` (the first opener
     with any text before it), `open`, `close`, `args_open` and `call_body`, which the compiler
     appends: `open`, `close` and `args_open` are special tokens when the vocabulary has them,
-    else literal text. `open` is the trigger: its first token is the decision point of the
-    no-tool threshold.
+    else literal text. `open` is the trigger; the no-tool threshold reads the token where `open`
+    and a text answer part (`decision_prefix`).
 
     A text answer is `reply[0] + text + reply[1]`; `text_sep` is written between text and the
     first call, or is None when a call section is the whole output (no text before calls).
@@ -93,10 +94,16 @@ class Envelope:
     loose_openers: tuple[str, ...] = ()
 
     @property
+    def decision_prefix(self) -> str:
+        """What a call and a text answer both start with (`{"` in json_envelope, `>>>` in
+        functionary): the no-tool threshold reads the next token's probabilities after it."""
+        return os.path.commonprefix([self.open, self.reply[0]])
+
+    @property
     def decision_point(self) -> bool:
-        """Whether the first token tells a call from a text answer (the no-tool threshold
-        reads P(open) there): not so when a text answer begins like a call (`>>>all`, `{"`)."""
-        return not (self.reply[0] and self.reply[0][0] == self.open[0])
+        """Whether a call and a text answer part at some token (the no-tool threshold reads there)."""
+        prefix = self.decision_prefix
+        return self.open != prefix or self.reply[0] != prefix
 
     @property
     def banned(self) -> tuple[str, ...]:
