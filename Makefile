@@ -28,7 +28,7 @@ models/demo/model.gguf: $(STAMP)
 
 demo: models/demo/model.gguf
 
-# A real model from the catalogue, fetched and verified on first use (server/catalogue.py).
+# A real model from the catalogue, fetched and verified on first use (server/serving/catalogue.py).
 MODEL ?= qwen2.5-coder-0.5b-instruct
 serve: $(STAMP)
 	$(BIN)/python -m server --model $(MODEL) --port $(PORT)

@@ -7,7 +7,7 @@ adapter groups, tokens/s of a concurrent load all on the base vs mixed over base
 adapters (sequences in one batch share the context's adapter, so a mix runs group by group).
 
 Builds a seeded random Qwen2 (`--size`), two PEFT LoRAs with random non-zero weights (r=16 on
-every linear layer) and converts them with training/gguf_lora.py.
+every linear layer) and converts them with training/export/gguf_lora.py.
 
     python bench/bench_adapter_switch.py [--size medium] [--reps 30] [--write]
     python bench/bench_adapter_switch.py --groups [--size small] [--write]
@@ -49,8 +49,8 @@ def build(size: str, root: Path) -> tuple[Path, list[AdapterFiles], int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.gguf_lora import convert_lora
-    from training.tiny import TinySpec, build_tiny
+    from training.demo.tiny import TinySpec, build_tiny
+    from training.export.gguf_lora import convert_lora
 
     tiny = build_tiny(root / "base", TinySpec(**SIZES[size]))  # type: ignore[arg-type]
     adapters = []

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 
 from bench.common import median, pct, write_section  # noqa: E402
-from tests.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
+from tests.support.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path("/work/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")

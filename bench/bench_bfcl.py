@@ -5,7 +5,7 @@
 - `llama-server`: llama-server `--jinja` `/v1/chat/completions` with the tools, its own parser;
 - `callgate`: the gateway, `tool_choice` auto.
 
-Scored with BFCL's AST matching (training/bfcl_ast.py, checked against bfcl_eval's checker), per
+Scored with BFCL's AST matching (training/evaluation/bfcl_ast.py, checked against bfcl_eval's checker), per
 category: AST accuracy, valid-call rate (entries answered with calls that all name a declared tool
 with schema-valid arguments, over the entries that need a call), calls lost as text (answers with no
 `tool_calls` whose text holds a call-shaped block naming a declared tool), false calls on
@@ -32,12 +32,12 @@ import httpx  # noqa: E402
 import jsonschema  # noqa: E402
 
 from bench.common import write_section  # noqa: E402
-from server import catalogue, fetch  # noqa: E402
+from server.serving import catalogue, fetch  # noqa: E402
 from server.toolcalls import get_format  # noqa: E402
 from server.toolcalls.detect import detect_format  # noqa: E402
 from server.toolcalls.prompting import render_chat  # noqa: E402
 from server.types import Message, Tool  # noqa: E402
-from training import bfcl, bfcl_ast  # noqa: E402
+from training.evaluation import bfcl, bfcl_ast  # noqa: E402
 
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance", "live_simple"]
 ARMS = ["raw", "llama-server", "callgate"]
@@ -176,8 +176,8 @@ def _answers(path: Path) -> dict[str, Answer]:
 
 @contextmanager
 def servers(path: Path, threads: int) -> Iterator[tuple[str, str]]:
-    from tests.live import live_gateway
-    from tests.upstreams import llama_server
+    from tests.support.live import live_gateway
+    from tests.support.upstreams import llama_server
 
     with tempfile.TemporaryDirectory() as logs, \
             llama_server(path, Path(logs), slots=1, ctx=4096, extra=("--jinja", "-t", str(threads))) as upstream:

@@ -24,7 +24,7 @@ from server.constraints import ConstraintSpec, clear_cache, compile_constraint, 
 from server.errors import GatewayError
 from server.toolcalls import ToolFormat, get_format
 from server.types import ChoiceMode, TextFormat, Tool, ToolChoice
-from training import bfcl
+from training.evaluation import bfcl
 
 TITLE = "Constraint compile time"
 MARKERS = frozenset({"<tool_call>", "</tool_call>"})

@@ -24,7 +24,7 @@ from server.engines.llamacpp import LlamaCppEngine  # noqa: E402
 from server.templates import render  # noqa: E402
 from server.toolcalls import get_format  # noqa: E402
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolChoice  # noqa: E402
-from training.tiny import TinySpec, build_tiny  # noqa: E402
+from training.demo.tiny import TinySpec, build_tiny  # noqa: E402
 
 TOOL = Tool("search_orders", "Find orders.", {
     "type": "object",

@@ -1,5 +1,5 @@
 """Schemathesis against the gateway's OpenAPI schema, for the record: runs the fuzz test
-(tests/test_ops_schemathesis.py, the tiny model, in process) and writes its request count,
+(tests/server/ops/test_ops_schemathesis.py, the tiny model, in process) and writes its request count,
 statuses and failures to docs/benchmarks.md under "Fuzzing (schemathesis)".
 
     python bench/bench_fuzz.py [--write]
@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import write_section  # noqa: E402
-from tests.test_ops_schemathesis import EXAMPLES  # noqa: E402
+from tests.server.ops.test_ops_schemathesis import EXAMPLES  # noqa: E402
 
 TITLE = "Fuzzing (schemathesis)"
-TEST = "tests/test_ops_schemathesis.py"
+TEST = "tests/server/ops/test_ops_schemathesis.py"
 LINE = re.compile(r"schemathesis: (\d+) requests, statuses (\{.*?\}), (\d+) distinct failures")
 
 

@@ -122,7 +122,7 @@ async def _sample_held(client: httpx.AsyncClient, level: Level, stop: float) -> 
 
 
 def _tiny_model() -> Path:
-    from training.tiny import build_tiny
+    from training.demo.tiny import build_tiny
 
     return Path(build_tiny(Path(tempfile.mkdtemp(prefix="bench_load_"))).gguf)
 

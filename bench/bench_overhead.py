@@ -40,12 +40,12 @@ from server.constraints import ConstraintSpec, compile_constraint  # noqa: E402
 from server.engines import make_engine  # noqa: E402
 from server.engines.base import Cancel, Finish, GenerateRequest, Piece  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
-from server.served import Served  # noqa: E402
-from server.serving import build_registry  # noqa: E402
+from server.serving.build import build_registry  # noqa: E402
+from server.serving.served import Served  # noqa: E402
 from server.templates import render  # noqa: E402
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolChoice  # noqa: E402
-from tests.live import serve  # noqa: E402  (IPPROTO_TCP socket: Nagle off, as python -m server gets)
-from training.tiny import build_tiny  # noqa: E402
+from tests.support.live import serve  # noqa: E402  (IPPROTO_TCP socket: Nagle off, as python -m server gets)
+from training.demo.tiny import build_tiny  # noqa: E402
 
 PING = {
     "type": "function",

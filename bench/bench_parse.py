@@ -2,7 +2,7 @@
 the stream parser fed one token's text at a time (as the gateway feeds it), on realistic
 outputs (answers, one call, parallel calls, text then a call; arguments with unicode, quotes,
 nested objects and long strings). Tokens are counted with the demo models' byte-level BPE
-(training/tokenizer.py), not estimated from characters. Prints a Markdown table; --write records
+(training/demo/tokenizer.py), not estimated from characters. Prints a Markdown table; --write records
 it in docs/benchmarks.md under "Tool-call parsing cost".
 
     python bench/bench_parse.py [--write] [--samples N] [--repeat R]
@@ -27,7 +27,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from bench.common import pct, write_section  # noqa: E402
 from server.toolcalls import ToolFormat, format_names, get_format  # noqa: E402
 from server.types import ToolCall  # noqa: E402
-from training.tokenizer import train_tokenizer  # noqa: E402
+from training.demo.tokenizer import train_tokenizer  # noqa: E402
 
 TITLE = "Tool-call parsing cost"
 JSON_FAMILY = ("hermes", "llama3_json", "mistral", "mistral_v11", "granite", "phi4_mini", "functionary_v3",

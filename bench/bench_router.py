@@ -32,11 +32,11 @@ from bench.common import median, pct, write_section  # noqa: E402
 from server.engines import llamaserver  # noqa: E402
 from server.engines.base import Cancel, Finish, GenerateRequest, Piece  # noqa: E402
 from server.engines.remote import Upstream  # noqa: E402
-from server.router import Router  # noqa: E402
+from server.engines.router import Router  # noqa: E402
 from server.types import Sampling  # noqa: E402
-from tests.live import live_gateway  # noqa: E402
-from tests.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
-from training.tiny import TinySpec, build_tiny  # noqa: E402
+from tests.support.live import live_gateway  # noqa: E402
+from tests.support.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
+from training.demo.tiny import TinySpec, build_tiny  # noqa: E402
 
 PROMPT = "<|im_start|>user\nIs the server up?<|im_end|>\n<|im_start|>assistant\n"
 MESSAGES = [{"role": "user", "content": "Is the server up?"}]

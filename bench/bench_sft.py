@@ -1,4 +1,4 @@
-"""SFT throughput through the real training path (training.sft.build_trainer: records rendered
+"""SFT throughput through the real training path (training.recipes.sft.build_trainer: records rendered
 with the chat template, TRL's SFTTrainer, PEFT LoRA or full): supervised tokens per second (tokens
 in the loss / wall time), all tokens per second, and peak memory (CUDA max allocated, or the
 process's max RSS on CPU). Random weights, shapes from Qwen2.5 or the demo model's; each shape
@@ -44,8 +44,8 @@ def build_base(folder: Path, shape: str, vocab: int, hidden: int | None, dtype: 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from training.tiny import TEMPLATE_PATH
-    from training.tokenizer import ENDOFTEXT, IM_END, save_tokenizer, train_tokenizer
+    from training.demo.tiny import TEMPLATE_PATH
+    from training.demo.tokenizer import ENDOFTEXT, IM_END, save_tokenizer, train_tokenizer
 
     tokenizer = train_tokenizer(vocab, seed=0)
     save_tokenizer(tokenizer, folder, TEMPLATE_PATH.read_text(encoding="utf-8"))
@@ -66,7 +66,7 @@ def record_of_length(folder: Path, seq: int) -> tuple[dict[str, Any], int, int]:
     """One tool-call record whose rendering is about `seq` tokens; (record, tokens, loss tokens)."""
     from transformers import AutoTokenizer
 
-    from training.render import render_record
+    from training.recipes.render import render_record
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
@@ -90,7 +90,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import TrainerCallback
 
-    from training.sft import SFTConfig, build_trainer
+    from training.recipes.sft import SFTConfig, build_trainer
 
     stamps: dict[int, float] = {}
 
@@ -192,7 +192,7 @@ def main() -> None:
                 build_base(base, shape, args.vocab, args.hidden, args.dtype)
             results.append(run_child(args, shape, mode, base))
             print(json.dumps(results[-1]), file=sys.stderr)
-    body = (f"Random-weight Qwen2 models through `training.sft.build_trainer` (template rendering, TRL "
+    body = (f"Random-weight Qwen2 models through `training.recipes.sft.build_trainer` (template rendering, TRL "
             f"SFTTrainer, PEFT LoRA r=16 on all linear layers, or full), one repeated tool-call record of "
             f"{results[0]['seq']} tokens of which {results[0]['loss_tokens_per_row']} are in the loss (the "
             f"assistant call + `<|im_end|>`; the tokenizer is the demo's, {args.vocab} tokens, also for the Qwen "

@@ -19,14 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server import catalogue, fetch  # noqa: E402
 from server.chat import ChatRequest, call_probabilities, prompt_for  # noqa: E402
 from server.config import load_settings  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
-from server.served import Served  # noqa: E402
-from server.serving import build_registry  # noqa: E402
+from server.serving import catalogue, fetch  # noqa: E402
+from server.serving.build import build_registry  # noqa: E402
+from server.serving.served import Served  # noqa: E402
 from server.types import Message  # noqa: E402
-from training import bfcl  # noqa: E402
+from training.evaluation import bfcl  # noqa: E402
 
 POSITIVE = ["simple_python", "multiple", "live_simple"]
 NEGATIVE = ["irrelevance", "live_irrelevance"]

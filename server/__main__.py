@@ -1,6 +1,6 @@
 """`python -m server`: run the gateway (flags override the YAML file and the environment);
 `python -m server selftest`: check every tool_choice mode of a gateway (see server/selftest.py);
-`python -m server fetch NAME`: download a catalogue model, verified (see server/catalogue.py)."""
+`python -m server fetch NAME`: download a catalogue model, verified (see server/serving/catalogue.py)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["selftest"]:
         return _selftest(parse_selftest_args(argv[1:]))
     if argv[:1] == ["fetch"]:
-        from server.fetch import main as fetch_main
+        from server.serving.fetch import main as fetch_main
 
         return fetch_main(argv[1:])
     args = parse_args(argv)
@@ -104,7 +104,7 @@ def _build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from server.api.app import create_app
     from server.config import load_settings
     from server.metrics import Metrics
-    from server.serving import build_registry
+    from server.serving.build import build_registry
 
     settings = load_settings(
         args.config,

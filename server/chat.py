@@ -21,7 +21,7 @@ from server.constraints.native import native_constraint
 from server.engines.base import Cancel, CountsTokens, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
-from server.served import Served
+from server.serving.served import Served
 from server.toolcalls import CallDone, ParsedCall, StreamEvent, TextDelta, ToolFormat
 from server.toolcalls.detect import FormatSource
 from server.toolcalls.loose import reads_as_text

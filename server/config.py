@@ -137,7 +137,7 @@ EngineKind = Literal["llamacpp", "vllm", "llama-server"]
 
 class EngineSection(BaseModel):
     """Where tokens come from: llama.cpp in this process (the default), or upstream servers
-    (vLLM, llama-server) behind the replica router (server/router.py, docs/deploy.md)."""
+    (vLLM, llama-server) behind the replica router (server/engines/router.py, docs/deploy.md)."""
 
     kind: EngineKind = Field("llamacpp", description='"llamacpp" (embedded), "vllm" or "llama-server"')
     urls: list[str] = Field(default_factory=list, description="upstream replicas of one model, e.g. http://vllm-0:8000")

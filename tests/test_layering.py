@@ -27,7 +27,8 @@ def test_tool_call_core_is_pure(module: str) -> None:
         assert not _has(mods, heavy), f"{module} pulls in {heavy}"
 
 
-@pytest.mark.parametrize("module", ["server.chat", "server.constraints", "server.engines.llamacpp", "server.serving"])
+@pytest.mark.parametrize(
+    "module", ["server.chat", "server.constraints", "server.engines.llamacpp", "server.serving.build"])
 def test_nothing_below_api_imports_fastapi(module: str) -> None:
     mods = _loaded_after(module)
     assert not _has(mods, "fastapi") and not _has(mods, "starlette")
@@ -41,9 +42,9 @@ def test_engines_know_nothing_of_tools_or_formats() -> None:
 
 
 def test_server_never_imports_training() -> None:
-    mods = _loaded_after("server.api.app") | _loaded_after("server.__main__") | _loaded_after("server.serving")
+    mods = _loaded_after("server.api.app") | _loaded_after("server.__main__") | _loaded_after("server.serving.build")
     assert not _has(mods, "training")
 
 
 def test_training_uses_the_servers_tool_call_core() -> None:
-    assert _has(_loaded_after("training.bfcl"), "server.types")
+    assert _has(_loaded_after("training.evaluation.bfcl"), "server.types")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.tokenizer import DEFAULT_VOCAB_SIZE
+from training.demo.tokenizer import DEFAULT_VOCAB_SIZE
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -38,8 +38,8 @@ def _add_init_tiny(sub: SubParsers) -> None:
 
 
 def _run_init_tiny(args: argparse.Namespace) -> int:
-    from training.gguf_export import OutType
-    from training.tiny import TinySpec, build_tiny
+    from training.demo.tiny import TinySpec, build_tiny
+    from training.export.gguf_model import OutType
 
     start = time.perf_counter()
     spec = TinySpec(seed=args.seed, vocab_size=args.vocab_size)
@@ -60,13 +60,13 @@ def _run_init_tiny(args: argparse.Namespace) -> int:
 # each below). Those modules must import their heavy dependencies inside the handler only.
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (_add_init_tiny,)
 COMMAND_MODULES: tuple[str, ...] = (
-    "training.sft",
-    "training.dpo",
-    "training.export",
+    "training.recipes.sft",
+    "training.recipes.dpo",
+    "training.export.adapter",
     "training.data.cli",
-    "training.evaluate",
-    "training.raft",
-    "training.demo",
+    "training.evaluation.evaluate",
+    "training.recipes.raft",
+    "training.demo.build",
 )
 
 

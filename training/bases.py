@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.catalogue import MODELS_DIR, TEMPLATES_DIR, find, of_file
-from server.fetch import resolve, sha256_of
+from server.serving.catalogue import MODELS_DIR, TEMPLATES_DIR, find, of_file
+from server.serving.fetch import resolve, sha256_of
 
 SOURCE_FILE = "gguf_source.json"
 CACHE_ENV = "CALLGATE_BASES_CACHE"
@@ -77,7 +77,7 @@ def _folder_base(folder: Path) -> Base:
         gguf = Path(info["gguf"])
         return Base(model=str(folder), gguf=gguf if gguf.is_file() else None, gguf_sha256=info["sha256"],
                     ref=info.get("catalogue") or info["gguf"])
-    own = folder / "model.gguf"  # the tiny model's layout (training/tiny.py)
+    own = folder / "model.gguf"  # the tiny model's layout (training/demo/tiny.py)
     return Base(model=str(folder), gguf=own if own.is_file() else None, gguf_sha256=None, ref=str(folder.resolve()))
 
 
@@ -86,7 +86,7 @@ def dequantize(gguf_path: Path, folder: Path, sha256: str, catalogue: str | None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.runs import atomic_dir
+    from training.recipes.runs import atomic_dir
 
     where, name = str(gguf_path.resolve().parent), gguf_path.resolve().name
     model: Any = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)

@@ -1,6 +1,6 @@
 """Adapter admin routes, behind the admin key, with vLLM's names, bodies and answers:
 POST /v1/load_lora_adapter and POST /v1/unload_lora_adapter (plain-text success, OpenAI-shaped
-errors). `lora_path` must be an adapter folder inside adapters.dir (server/adapters.py checks)."""
+errors). `lora_path` must be an adapter folder inside adapters.dir (server/adapters/registry.py checks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from server.adapters import AdapterRegistry
+from server.adapters.registry import AdapterRegistry
 from server.api.deps import AdminDep, Gateway, GatewayDep
 from server.errors import InvalidRequest
 

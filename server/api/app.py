@@ -22,7 +22,7 @@ from server.api.middleware import BodyLimit, Drain, Lifecycle, RequestMetrics
 from server.auth import KeyRing, warn_if_exposed
 from server.config import Settings
 from server.metrics import Metrics
-from server.registry import ModelRegistry
+from server.serving.registry import ModelRegistry
 
 
 def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | None = None) -> FastAPI:

@@ -24,7 +24,7 @@ from server.chat import ChatEvent, ChatRequest, prompt_for
 from server.config import LimitsSection
 from server.limits import Schemas, check_schema_budget
 from server.plaintext import unmarked
-from server.served import Served
+from server.serving.served import Served
 from server.templates import thinking_switch
 from server.types import ChoiceMode
 

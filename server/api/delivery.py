@@ -19,7 +19,7 @@ from server.api.deps import Gateway
 from server.api.middleware import Lifecycle, ShuttingDown
 from server.chat import ChatEvent, ChatRequest, DoneEvent, run_chat
 from server.errors import GatewayError
-from server.served import Served
+from server.serving.served import Served
 from server.types import Cancel
 
 T = TypeVar("T")

@@ -15,7 +15,7 @@ from server.auth import KeyRing, Scope
 from server.config import Settings
 from server.errors import GatewayError
 from server.metrics import Metrics
-from server.registry import ModelRegistry
+from server.serving.registry import ModelRegistry
 
 
 @dataclass

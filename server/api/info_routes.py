@@ -14,9 +14,9 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.adapters import AdapterRegistry
+from server.adapters.registry import AdapterRegistry
 from server.api.deps import GatewayDep, HealthDep, InferenceDep, MetricsDep, has_key
-from server.served import Served
+from server.serving.served import Served
 
 router = APIRouter()
 _STARTED = int(time.time())

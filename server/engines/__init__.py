@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from server.engines.remote import Upstream
+    from server.engines.router import Replica
     from server.metrics import Metrics
-    from server.router import Replica
 
 
 def make_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
@@ -28,7 +28,7 @@ def make_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
     from server.engines.llamacpp import LlamaCppEngine
 
     model = settings.model
-    assert model.path is not None  # resolved by server.serving before engines are made
+    assert model.path is not None  # resolved by server.serving.build before engines are made
     return LlamaCppEngine(model.path, context_length=model.context_length, threads=model.threads, slots=model.slots)
 
 
@@ -68,7 +68,7 @@ def _upstreams(settings: Settings) -> list[Upstream]:
 
 
 def _router(settings: Settings, replicas: Sequence[Replica], metrics: Metrics | None) -> Engine:
-    from server.router import Router, RouterPolicy
+    from server.engines.router import Router, RouterPolicy
 
     s = settings.engine
     policy = RouterPolicy(s.health_interval_s, s.breaker_failures, s.breaker_open_s, s.retries)

@@ -2,7 +2,7 @@
 semantics. Generation is `/v1/completions` with the rendered prompt, the adapter as `model`
 and the constraint as `structured_outputs.grammar` (llguidance Lark, which vLLM's `guidance`
 backend compiles as is); adapters are pushed with `/v1/load_lora_adapter`; `/metrics` feeds the
-router's load figure. Field names follow vLLM's own source (see tests/vllm_protocol.py).
+router's load figure. Field names follow vLLM's own source (see tests/support/vllm_protocol.py).
 """
 
 from __future__ import annotations

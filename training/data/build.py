@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from server.manifest import atomic_write_text
+from server.adapters.manifest import atomic_write_text
 from training.data.pairs import Pair, near_miss_pairs
 from training.data.records import BadRecords, Record, write_records
 from training.data.split import dedupe

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.manifest import atomic_write_text
+from server.adapters.manifest import atomic_write_text
 from training.data.build import build_dataset, dataset_report
 from training.data.loaders import convert, load_bfcl
 from training.data.pairs import near_miss_pairs

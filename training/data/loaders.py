@@ -15,11 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training import bfcl
 from training.data.records import BadRecords, Record, parse_record, validation_reason
 from training.data.sources import glaive, hermes, openai_chat, xlam
 from training.data.sources.bfcl import convert_entry
 from training.data.sources.rows import Row, read_rows
+from training.evaluation import bfcl
 
 Converter = Callable[[dict[str, Any], str], dict[str, Any]]
 FORMATS: dict[str, Converter] = {

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server import templates
-from server.manifest import atomic_write_text
+from server.adapters.manifest import atomic_write_text
 from server.toolcalls.base import ParsedCall
 from server.toolcalls.validation import check_schema, validate_call
 from server.types import Message, Tool, ToolCall

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from server.manifest import atomic_write_text
+from server.adapters.manifest import atomic_write_text
 
 Record = dict[str, Any]
 

@@ -4,7 +4,7 @@ An entry's prompt is its question turns; its expected answer is an assistant mes
 each ground-truth function with the first acceptable value of every argument (an argument whose
 only acceptable value is "" is left out), and `meta.possible_answers` keeps every acceptable
 value for scoring. Irrelevance categories expect no call (an empty text answer). Function names
-get "." replaced by "_" as in training.bfcl.to_tool; types are mapped the same way.
+get "." replaced by "_" as in training.evaluation.bfcl.to_tool; types are mapped the same way.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from server.templates import tool_dict
-from training.bfcl import to_tool
 from training.data.sources.common import ConversionError, Json, tool_call
+from training.evaluation.bfcl import to_tool
 
 
 def convert_entry(entry: Json, answers: dict[str, Any], category: str) -> Json:

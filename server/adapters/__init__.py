@@ -1,0 +1,1 @@
+"""LoRA adapters as served: the folder registry, the manifest, the pool of loaded adapters."""

@@ -1,0 +1,327 @@
+"""Supervised fine-tuning: TRL's SFTTrainer over a PEFT LoRA (or the full model), on records
+rendered by training.recipes.render (the gateway's template renderer, assistant-only loss mask) and
+handed to TRL pre-tokenized, so TRL never re-renders. Writes a run folder (training.recipes.runs) and
+publishes `adapter/` or `model/` atomically. `run_sft` is the in-process API (build-demo and
+RAFT call it); `add_command` is the `python -m training sft` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from server.adapters.manifest import atomic_write_text
+from training.bases import resolve_base
+from training.recipes.common import (
+    TEMPLATE_FILE,
+    add_common_flags,
+    chat_template,
+    check_adapter,
+    check_rank,
+    embedding_rows,
+    finish_run,
+    model_ref,
+    pick_dtype,
+    progress,
+    read_json_lines,
+    run_trainer_cli,
+)
+from training.recipes.loader import dump_yaml
+from training.recipes.render import render_records
+
+if TYPE_CHECKING:
+    import torch
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+    from training.recipes.render import RenderStats
+
+log = logging.getLogger(__name__)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One SFT recipe (training/configs/sft*.yaml); every field can be overridden with --set."""
+
+    base_model: str = ""  # a transformers folder, hub id, GGUF file or catalogue name (training/bases.py)
+    train: tuple[str, ...] = ()  # canonical-record JSONL files
+    train_weights: tuple[float, ...] = ()  # per train file: 1 = once, 0.3 = a seeded 30%, 2 = twice
+    val: str | None = None  # JSONL for eval_loss
+    chat_template: str | None = None  # a .jinja file instead of the tokenizer's own template
+    full: bool = False  # full fine-tune (no LoRA): writes model/ instead of adapter/
+    init_adapter: str | None = None  # continue training this PEFT adapter folder
+    lora_r: int = 16  # must be one of vLLM's ranks (server.adapters.manifest.VLLM_RANKS)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("all-linear",)  # "all-linear" = every Linear but lm_head
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup: float = 0.03  # < 1: ratio of the steps; >= 1: a step count
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_len: int = 1024  # longer records are dropped (and counted), never cut
+    loss_on: Literal["assistant", "all"] = "assistant"  # "all": every token (pretraining a base from scratch)
+    seed: int = 0
+    gradient_checkpointing: bool | None = None  # None: on with CUDA, off on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    eval_steps: int | None = None  # evaluate every N steps (and always at the end when val is set)
+    save_steps: int = 200  # checkpoint every N steps, for --resume
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    run_dir: Path
+    output: Path  # run_dir/adapter or run_dir/model
+    kind: Literal["adapter", "model"]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def mix_records(sources: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float],
+                seed: int) -> list[dict[str, Any]]:
+    """Each source repeated floor(w) times plus a seeded fraction w - floor(w) of it (replay mixing)."""
+    if weights and len(weights) != len(sources):
+        raise ValueError(f"train_weights has {len(weights)} values for {len(sources)} train files")
+    rng = random.Random(seed)
+    mixed: list[dict[str, Any]] = []
+    for records, weight in zip(sources, weights or [1.0] * len(sources), strict=True):
+        if weight < 0:
+            raise ValueError("train_weights must be >= 0")
+        whole, frac = int(weight), weight - int(weight)
+        mixed.extend(list(records) * whole)
+        mixed.extend(rng.sample(list(records), round(frac * len(records))))
+    rng.shuffle(mixed)
+    return mixed
+
+
+def load_train_records(config: SFTConfig) -> tuple[list[dict[str, Any]], int]:
+    loaded = [read_json_lines(Path(p)) for p in config.train]
+    return mix_records([r for r, _ in loaded], config.train_weights, config.seed), sum(b for _, b in loaded)
+
+
+def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase,
+               max_len: int, loss_on: str = "assistant") -> tuple[Dataset, RenderStats]:
+    """Pre-tokenized rows {input_ids, assistant_masks}: TRL 1.16 builds labels from
+    `assistant_masks` (-100 where 0) and skips its own chat-template tokenization."""
+    from datasets import Dataset
+
+    examples, stats = render_records(progress(records, "rendering records"), template, tokenizer, max_len)
+    masks = [e.assistant_masks if loss_on == "assistant" else [1] * len(e.input_ids) for e in examples]
+    if loss_on != "assistant":
+        stats.loss_tokens = stats.tokens
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "assistant_masks": masks}), stats
+
+
+# --- model ----------------------------------------------------------------------------------------
+
+
+def linear_module_names(model: PreTrainedModel) -> list[str]:
+    """Names (last component) of every Linear layer except the output head: what PEFT's
+    "all-linear" means, spelled out so the manifest and vLLM see real module names."""
+    import torch
+
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module is not head}
+    return sorted(names)
+
+
+def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftModel:
+    """The base model, wrapped in a trainable LoRA (new or `init_adapter`) unless `full`."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_base(config.base_model).model, dtype=dtype)
+    if config.full:
+        return model
+    if config.init_adapter:
+        return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    check_rank(config.lora_r)
+    targets = linear_module_names(model) if config.target_modules == ("all-linear",) else list(config.target_modules)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+# --- trainer ----------------------------------------------------------------------------------------
+
+
+def trainer_args(config: SFTConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
+    import torch
+    from trl.trainer.sft_config import SFTConfig as TRLConfig
+
+    from training.recipes.runs import CHECKPOINTS
+
+    cuda = torch.cuda.is_available()
+    checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
+    eval_every = has_eval and config.eval_steps is not None
+    return TRLConfig(
+        output_dir=str(run_dir / CHECKPOINTS),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if eval_every else "no",
+        eval_steps=config.eval_steps if eval_every else None,
+        seed=config.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=checkpointing,
+        max_length=None,  # render_records already dropped what does not fit
+        packing=False,
+        report_to="none",
+        # Batches of similar lengths: less padding, which on CPU is most of the waste. (Dropping the
+        # attention mask of right-padded batches was tried: TRL 1.16's compute_loss needs the mask or
+        # position_ids, and fwd+bwd of the demo shape on CPU measured the same with or without it.)
+        train_sampling_strategy="group_by_length",
+        dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
+    )
+
+
+@dataclass
+class SFTSetup:
+    """A ready SFTTrainer and what run_sft needs after training (tests inspect its batches)."""
+
+    trainer: Any
+    run_dir: Path
+    tokenizer: Any
+    template: str
+    vocab_rows: int
+    data: dict[str, Any]
+
+
+def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapping[str, Any]] | None = None,
+                  callbacks: Sequence[TrainerCallback] = ()) -> SFTSetup:
+    """Render the data, load the model (LoRA unless `full`) and build TRL's SFTTrainer."""
+    import torch
+    from transformers import AutoTokenizer
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    from training.recipes import runs
+
+    if not config.base_model:
+        raise ValueError("base_model is required")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = runs.make_run_dir("sft", out)
+    atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
+    template = chat_template(config.chat_template, tokenizer)
+    train_set, eval_set, data = build_datasets(config, train_records, template, tokenizer)
+    dtype = pick_dtype(config.dtype)
+    model = load_model(config, dtype)
+    vocab_rows = embedding_rows(model)
+    if not config.full:
+        check_adapter(model, vocab_rows)
+    trainer = SFTTrainer(model=model, args=trainer_args(config, run_dir, dtype, eval_set is not None),
+                         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+                         callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks])
+    return SFTSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
+
+
+def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]] | None, template: str,
+                   tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    bad_lines = 0
+    if train_records is None:
+        train_records, bad_lines = load_train_records(config)
+    train_set, stats = to_dataset(train_records, template, tokenizer, config.max_len, config.loss_on)
+    stats.skipped["bad_json"] += bad_lines
+    if len(train_set) == 0:
+        raise ValueError(f"no trainable records: {stats.as_dict()}")
+    data: dict[str, Any] = {"train_data": stats.as_dict()}
+    if not config.val:
+        return train_set, None, data
+    records, bad = read_json_lines(Path(config.val))
+    eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len, config.loss_on)
+    eval_stats.skipped["bad_json"] += bad
+    data["val_data"] = eval_stats.as_dict()
+    return train_set, (eval_set if len(eval_set) else None), data
+
+
+def run_sft(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapping[str, Any]] | None = None,
+            resume: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
+    """Train and publish `out/adapter` (LoRA) or `out/model` (full). `train_records` (an
+    already-mixed list) replaces the config's train files; `resume` continues from the last
+    checkpoint in `out`. Bad records are skipped and counted in metrics.json."""
+    from training.recipes import runs
+
+    setup = build_trainer(config, out, train_records=train_records, callbacks=callbacks)
+    trainer, run_dir = setup.trainer, setup.run_dir
+    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics: dict[str, Any] = {**result.metrics, "global_step": result.global_step,
+                               "resumed_from": str(checkpoint) if checkpoint else None, **setup.data}
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    kind: Literal["adapter", "model"] = "model" if config.full else "adapter"
+    output = run_dir / kind
+    if trainer.accelerator.is_main_process:
+        save_output(trainer.model, setup, config, output)
+        finish_run(run_dir, metrics, {"loss": ("loss", "eval_loss")})
+    trainer.accelerator.wait_for_everyone()
+    return SFTResult(run_dir=run_dir, output=output, kind=kind, metrics=metrics)
+
+
+def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) -> None:
+    """Written to a temp folder and renamed into place: never half an adapter."""
+    from training.recipes.runs import atomic_dir
+
+    with atomic_dir(output) as tmp:
+        if config.full:
+            model.save_pretrained(tmp)
+            setup.tokenizer.save_pretrained(tmp)
+        else:
+            check_adapter(model, setup.vocab_rows)
+            model.peft_config["default"].base_model_name_or_path = model_ref(config.base_model)
+            model.save_pretrained(tmp, selected_adapters=["default"])
+        (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def add_command(sub: Any) -> None:
+    parser = sub.add_parser("sft", help="supervised fine-tuning (LoRA or full) on canonical records",
+                            description="TRL SFTTrainer with a PEFT LoRA; loss on assistant turns only.")
+    add_common_flags(parser, CONFIGS / "sft.yaml")
+    parser.add_argument("--base-model", help="transformers folder, hub id, GGUF file or catalogue name")
+    parser.add_argument("--train", nargs="+", help="canonical-record JSONL files")
+    parser.add_argument("--val", help="validation JSONL")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--full", action="store_true", default=None, help="full fine-tune instead of LoRA")
+    parser.set_defaults(handler=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    extra = {"base_model": args.base_model, "train": args.train, "val": args.val,
+             "max_steps": args.max_steps, "full": args.full}
+    return run_trainer_cli(SFTConfig, run_sft, args, extra)
+
+
