@@ -1,8 +1,8 @@
 """A model, or an adapter on one, as the gateway serves it, in parts that say what each is: what
 runs it (engine, what the engine reported, the admission queue), how to talk to it (chat
 template and tool-call format), where those came from, the gateway's policy for its requests
-and, for an adapter, its binding on the base model's engine. serving.py builds the base model's;
-adapters.py derives each adapter's from it. Knows nothing of HTTP.
+and, for an adapter, its binding on the base model's engine. build.py makes the base model's;
+adapters/registry.py derives each adapter's from it. Knows nothing of HTTP.
 """
 
 from __future__ import annotations
