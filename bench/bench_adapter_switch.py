@@ -34,10 +34,22 @@ from server.types import Sampling  # noqa: E402
 
 SIZES = {  # TinySpec fields
     "tiny": {},
-    "medium": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 768,
-               "initializer_range": 0.02},
-    "small": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "intermediate_size": 1536,
-              "initializer_range": 0.02},
+    "medium": {
+        "hidden_size": 256,
+        "num_layers": 4,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "intermediate_size": 768,
+        "initializer_range": 0.02,
+    },
+    "small": {
+        "hidden_size": 512,
+        "num_layers": 8,
+        "num_heads": 8,
+        "num_kv_heads": 2,
+        "intermediate_size": 1536,
+        "initializer_range": 0.02,
+    },
 }
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FIRST_TOKEN = Sampling(max_tokens=1, temperature=0.0)
@@ -55,8 +67,10 @@ def build(size: str, root: Path) -> tuple[Path, list[AdapterFiles], int]:
     tiny = build_tiny(root / "base", TinySpec(**SIZES[size]))  # type: ignore[arg-type]
     adapters = []
     for seed, name in enumerate(("a", "b"), start=1):
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny.hf_dir, dtype=torch.float32),
-                               LoraConfig(r=16, lora_alpha=16, target_modules=LINEAR))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(tiny.hf_dir, dtype=torch.float32),
+            LoraConfig(r=16, lora_alpha=16, target_modules=LINEAR),
+        )
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for param in model.parameters():
@@ -70,8 +84,10 @@ def build(size: str, root: Path) -> tuple[Path, list[AdapterFiles], int]:
 
 def prompt(variant: int, words: int) -> str:
     body = " ".join(f"item{variant}-{i}" for i in range(words))
-    return (f"<|im_start|>system\nVariant {variant}. Catalogue: {body}<|im_end|>\n"
-            "<|im_start|>user\nWhich item fits?<|im_end|>\n<|im_start|>assistant\n")
+    return (
+        f"<|im_start|>system\nVariant {variant}. Catalogue: {body}<|im_end|>\n"
+        "<|im_start|>user\nWhich item fits?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 async def run(engine: LlamaCppEngine, text: str, adapter: str | None, sampling: Sampling = FIRST_TOKEN) -> Finish:
@@ -157,8 +173,9 @@ async def main_async(args: argparse.Namespace) -> str:
     )
 
 
-async def group_load(engine: LlamaCppEngine, names: list[str | None], concurrency: int, tokens: int,
-                     words: int) -> tuple[float, list[float]]:
+async def group_load(
+    engine: LlamaCppEngine, names: list[str | None], concurrency: int, tokens: int, words: int
+) -> tuple[float, list[float]]:
     """tokens/s and per-request latencies of len(names) requests, `concurrency` at a time."""
     gate = asyncio.Semaphore(concurrency)
     latencies: list[float] = []
@@ -206,7 +223,8 @@ async def groups_async(args: argparse.Namespace) -> str:
         f"time; median of {args.rounds} interleaved rounds after a warm-up; 1-minute load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (a shared machine).\n\n"
         "| load | tokens/s | vs all base | p50 latency s | max latency s |\n|---|---|---|---|---|\n"
-        + "\n".join(rows) + "\n\nSequences in one batch share the context's adapter set: requests for the "
+        + "\n".join(rows)
+        + "\n\nSequences in one batch share the context's adapter set: requests for the "
         "running (adapter, scale) join the batch, others wait at most `SWITCH_PATIENCE_S` (1 s) before the "
         "running group stops taking new sequences, drains and the oldest waiter's group runs (no starvation). "
         "A mix therefore runs in smaller batches than one group, which is the cost shown here."

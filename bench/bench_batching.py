@@ -34,13 +34,20 @@ from tests.support.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = Path("/work/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 STORY = "Write a long story about a robot who learns to cook, with many details."
 CALL = "What is the weather in Paris right now?"
 FIRST_TEXT = re.compile(r'"content":\s*"[^"]')  # a chunk with text, not the empty role chunk
-LONG = "Summarise this log.\n" + "".join(f"line {i}: order {1000 + i} shipped to warehouse {i % 7}\n"
-                                        for i in range(115))
+LONG = "Summarise this log.\n" + "".join(
+    f"line {i}: order {1000 + i} shipped to warehouse {i % 7}\n" for i in range(115)
+)
 
 
 @dataclass
@@ -53,15 +60,21 @@ class Cell:
     latencies: list[float]
 
     def row(self) -> str:
-        return (f"| {self.arm} | {self.mode} | {self.concurrency} | {self.tokens / self.seconds:.1f} "
-                f"| {pct(self.latencies, 50):.2f} | {pct(self.latencies, 90):.2f} |")
+        return (
+            f"| {self.arm} | {self.mode} | {self.concurrency} | {self.tokens / self.seconds:.1f} "
+            f"| {pct(self.latencies, 50):.2f} | {pct(self.latencies, 90):.2f} |"
+        )
 
 
 def body(mode: str, seed: int, max_tokens: int, prompt: str | None = None) -> dict[str, Any]:
     request: dict[str, Any] = {"model": "m", "max_tokens": max_tokens, "temperature": 1.0, "seed": seed}
     if mode == "required":
-        return {**request, "messages": [{"role": "user", "content": prompt or CALL}], "tools": [WEATHER],
-                "tool_choice": "required"}
+        return {
+            **request,
+            "messages": [{"role": "user", "content": prompt or CALL}],
+            "tools": [WEATHER],
+            "tool_choice": "required",
+        }
     return {**request, "messages": [{"role": "user", "content": prompt or STORY}]}
 
 
@@ -91,8 +104,9 @@ async def first_tokens(url: str, concurrency: int, max_tokens: int) -> tuple[lis
 
     async def ttft(client: httpx.AsyncClient, prompt: str, seed: int) -> float:
         start = time.perf_counter()
-        async with client.stream("POST", "/v1/chat/completions",
-                                 json={**body("text", seed, max_tokens, prompt), "stream": True}) as r:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json={**body("text", seed, max_tokens, prompt), "stream": True}
+        ) as r:
             r.raise_for_status()
             elapsed = float("nan")
             async for line in r.aiter_lines():  # read to the end: the slot stays busy until then
@@ -125,8 +139,9 @@ def grammar_ratio(model: Path, args: argparse.Namespace) -> dict[int, tuple[floa
     grammar = compile_constraint(spec, get_format("hermes")).lark
 
     async def one(constrained: bool, seed: int) -> int:
-        request = GenerateRequest(prompt, Sampling(max_tokens=args.tokens, temperature=1.0, seed=seed),
-                                  grammar if constrained else None)
+        request = GenerateRequest(
+            prompt, Sampling(max_tokens=args.tokens, temperature=1.0, seed=seed), grammar if constrained else None
+        )
         async for event in engine.generate(request, Cancel()):
             if isinstance(event, Finish):
                 return event.completion_tokens
@@ -222,19 +237,28 @@ def main() -> None:
     if not LLAMA_SERVER.is_file():
         sys.exit(f"llama-server is not built at {LLAMA_SERVER}: `make llama-server`")
     logs = Path(tempfile.mkdtemp(prefix="bench_batching_"))
-    embedded_env = {"CALLGATE_MODEL__THREADS": "1", "CALLGATE_MODEL__SLOTS": str(args.slots),
-                    "CALLGATE_MODEL__CONTEXT_LENGTH": str(args.context)}
+    embedded_env = {
+        "CALLGATE_MODEL__THREADS": "1",
+        "CALLGATE_MODEL__SLOTS": str(args.slots),
+        "CALLGATE_MODEL__CONTEXT_LENGTH": str(args.context),
+    }
     load_before = os.getloadavg()[0]
     grammar = grammar_ratio(args.model, args)
-    front_env = {"CALLGATE_ENGINE__KIND": "llama-server", "CALLGATE_ENGINE__SLOTS_PER_REPLICA": str(args.slots),
-                 "CALLGATE_MODEL__CONTEXT_LENGTH": str(args.context),
-                 # A busy 1-thread llama-server can miss a health check; that is not what is measured.
-                 "CALLGATE_ENGINE__HEALTH_INTERVAL_S": "30", "CALLGATE_ENGINE__BREAKER_FAILURES": "100",
-                 "CALLGATE_ENGINE__READ_TIMEOUT_S": "600"}
+    front_env = {
+        "CALLGATE_ENGINE__KIND": "llama-server",
+        "CALLGATE_ENGINE__SLOTS_PER_REPLICA": str(args.slots),
+        "CALLGATE_MODEL__CONTEXT_LENGTH": str(args.context),
+        # A busy 1-thread llama-server can miss a health check; that is not what is measured.
+        "CALLGATE_ENGINE__HEALTH_INTERVAL_S": "30",
+        "CALLGATE_ENGINE__BREAKER_FAILURES": "100",
+        "CALLGATE_ENGINE__READ_TIMEOUT_S": "600",
+    }
     extra = ("--jinja", "--threads-http", str(4 * args.slots))
-    with (gateway(args.model, embedded_env, logs / "embedded.log") as embedded,
-          llama_server(args.model, logs, slots=args.slots, ctx=args.context * args.slots, extra=extra) as ls,
-          gateway(args.model, {**front_env, "CALLGATE_ENGINE__URLS": f'["{ls.url}"]'}, logs / "front.log") as front):
+    with (
+        gateway(args.model, embedded_env, logs / "embedded.log") as embedded,
+        llama_server(args.model, logs, slots=args.slots, ctx=args.context * args.slots, extra=extra) as ls,
+        gateway(args.model, {**front_env, "CALLGATE_ENGINE__URLS": f'["{ls.url}"]'}, logs / "front.log") as front,
+    ):
         urls = {"callgate embedded": embedded, "llama-server": ls.url, "callgate -> llama-server": front}
         cells = measure(urls, args)
         top = max(args.concurrency)
@@ -242,18 +266,27 @@ def main() -> None:
     report(cells, ttfts, grammar, args, load_before)
 
 
-def report(cells: list[Cell], ttfts: dict[str, tuple[list[float], float]],
-           grammar_speeds: dict[int, tuple[float, float]], args: argparse.Namespace, load_before: float) -> None:
+def report(
+    cells: list[Cell],
+    ttfts: dict[str, tuple[list[float], float]],
+    grammar_speeds: dict[int, tuple[float, float]],
+    args: argparse.Namespace,
+    load_before: float,
+) -> None:
     table = ["| arm | mode | concurrency | tokens/s | p50 s | p90 s |", "|---|---|---|---|---|---|"]
     table += [c.row() for c in cells]
     by = {(c.arm, c.mode, c.concurrency): c for c in cells}
-    ratios = ["| mode | concurrency | embedded / llama-server tokens/s | embedded / llama-server p50 |",
-              "|---|---|---|---|"]
+    ratios = [
+        "| mode | concurrency | embedded / llama-server tokens/s | embedded / llama-server p50 |",
+        "|---|---|---|---|",
+    ]
     for mode in ("text", "required"):
         for c in args.concurrency:
             e, s = by[("callgate embedded", mode, c)], by[("llama-server", mode, c)]
-            ratios.append(f"| {mode} | {c} | {e.tokens / e.seconds / (s.tokens / s.seconds):.2f} "
-                          f"| {pct(e.latencies, 50) / pct(s.latencies, 50):.2f} |")
+            ratios.append(
+                f"| {mode} | {c} | {e.tokens / e.seconds / (s.tokens / s.seconds):.2f} "
+                f"| {pct(e.latencies, 50) / pct(s.latencies, 50):.2f} |"
+            )
     grammar = ["| concurrency | grammar off tokens/s | grammar on tokens/s | on / off |", "|---|---|---|---|"]
     same, total = grammar_speeds.pop(0)
     for c, (off, on) in grammar_speeds.items():
@@ -261,25 +294,37 @@ def report(cells: list[Cell], ttfts: dict[str, tuple[list[float], float]],
     first = ["| arm | short prompts: median TTFT s | max TTFT s | the long prompt's TTFT s |", "|---|---|---|---|"]
     for arm, (short, long_) in ttfts.items():
         first.append(f"| {arm} | {median(short):.2f} | {max(short):.2f} | {long_:.2f} |")
-    note = (f"Model {args.model.name}; one llama.cpp thread per server; {args.slots} slots (`-np {args.slots}`), "
-            f"{args.context} tokens of context per slot; {args.requests} requests per cell "
-            f"({max(4, args.requests // 4)} at concurrency 1), max_tokens {args.tokens}, temperature 1, seeds "
-            f"0..n; one warm-up round per arm and mode fills every slot's prompt cache; all three servers up at "
-            f"once, the arms interleaved cell by cell. tokens/s = completion "
-            f"tokens of the cell / its wall time. A shared 2-core machine (other jobs running; 1-minute load "
-            f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after): compare arms within this run only.")
-    text = "\n\n".join([note, "\n".join(table), "\n".join(ratios),
-                        "Grammar on vs off, the embedded engine in the bench process (same prompt and seeds, "
-                        f"{args.rounds} interleaved rounds, medians; on: the text grammar of `tool_choice: none`, "
-                        "which bans the call opener):", "\n".join(grammar),
-                        f"Seeded answers (grammar on) identical alone and in one batch of {total}: "
-                        f"{same:.0f} of {total:.0f}.",
-                        f"Time to first token at concurrency {max(args.concurrency)}: one ~2,000-token prompt "
-                        "among short ones, all sent at once, streamed:", "\n".join(first)])
+    note = (
+        f"Model {args.model.name}; one llama.cpp thread per server; {args.slots} slots (`-np {args.slots}`), "
+        f"{args.context} tokens of context per slot; {args.requests} requests per cell "
+        f"({max(4, args.requests // 4)} at concurrency 1), max_tokens {args.tokens}, temperature 1, seeds "
+        f"0..n; one warm-up round per arm and mode fills every slot's prompt cache; all three servers up at "
+        f"once, the arms interleaved cell by cell. tokens/s = completion "
+        f"tokens of the cell / its wall time. A shared 2-core machine (other jobs running; 1-minute load "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after): compare arms within this run only."
+    )
+    text = "\n\n".join(
+        [
+            note,
+            "\n".join(table),
+            "\n".join(ratios),
+            "Grammar on vs off, the embedded engine in the bench process (same prompt and seeds, "
+            f"{args.rounds} interleaved rounds, medians; on: the text grammar of `tool_choice: none`, "
+            "which bans the call opener):",
+            "\n".join(grammar),
+            f"Seeded answers (grammar on) identical alone and in one batch of {total}: {same:.0f} of {total:.0f}.",
+            f"Time to first token at concurrency {max(args.concurrency)}: one ~2,000-token prompt "
+            "among short ones, all sent at once, streamed:",
+            "\n".join(first),
+        ]
+    )
     print(text)
     if args.write:
-        write_section("Continuous batching: embedded vs llama-server", text,
-                      ("llama_cpp_python", "llguidance", "fastapi", "uvicorn"))
+        write_section(
+            "Continuous batching: embedded vs llama-server",
+            text,
+            ("llama_cpp_python", "llguidance", "fastapi", "uvicorn"),
+        )
 
 
 if __name__ == "__main__":

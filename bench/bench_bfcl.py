@@ -61,8 +61,14 @@ def wire_tools(tools: list[Tool]) -> list[dict[str, Any]]:
 
 
 def chat_answer(url: str, model: str, tools: list[Tool], messages: list[Message]) -> Answer:
-    body = {"model": model, "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "tools": wire_tools(tools), "tool_choice": "auto", "temperature": 0, "max_tokens": MAX_TOKENS}
+    body = {
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "tools": wire_tools(tools),
+        "tool_choice": "auto",
+        "temperature": 0,
+        "max_tokens": MAX_TOKENS,
+    }
     r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
     if r.status_code != 200:
         return {"calls": [], "content": "", "finish": f"http {r.status_code}: {r.text[:200]}"}
@@ -77,8 +83,12 @@ def raw_answer(url: str, template: str, fmt_name: str, tools: list[Tool], messag
     body = {"prompt": prompt, "n_predict": MAX_TOKENS, "temperature": 0, "cache_prompt": True}
     text = httpx.post(url + "/completion", json=body, timeout=600).json()["content"]
     parsed = strict_parse(fmt_name, text)
-    return {"calls": [[c.name, c.arguments] for c in parsed.calls if c.error is None], "content": parsed.content,
-            "finish": "raw", "text": text}
+    return {
+        "calls": [[c.name, c.arguments] for c in parsed.calls if c.error is None],
+        "content": parsed.content,
+        "finish": "raw",
+        "text": text,
+    }
 
 
 def strict_parse(fmt_name: str, text: str) -> Any:
@@ -110,16 +120,31 @@ def score(category: str, entry_id: str, tools: list[Tool], answer: Answer, fmt_n
     if category == "irrelevance":
         # "wrote": the model wrote a call to a declared tool, returned as a call or left in the text;
         # an arm that returns no calls at all has no false calls, not a model that knew better.
-        return {"n": 1, "ok": int(not calls), "called": int(bool(calls)), "valid": int(valid), "lost": 0,
-                "false": int(bool(calls)), "wrote": int(bool(calls) or in_text)}
+        return {
+            "n": 1,
+            "ok": int(not calls),
+            "called": int(bool(calls)),
+            "valid": int(valid),
+            "lost": 0,
+            "false": int(bool(calls)),
+            "wrote": int(bool(calls) or in_text),
+        }
     possible = bfcl.load_possible_answers(category)[entry_id]
     ok = valid and bfcl_ast.match_calls(by_name, decoded, possible).ok
-    return {"n": 1, "ok": int(ok), "called": int(bool(calls)), "valid": int(valid), "lost": int(lost), "false": 0,
-            "wrote": 0}
+    return {
+        "n": 1,
+        "ok": int(ok),
+        "called": int(bool(calls)),
+        "valid": int(valid),
+        "lost": int(lost),
+        "false": 0,
+        "wrote": 0,
+    }
 
 
-def run_arms(asks: dict[str, Callable[[list[Tool], list[Message]], Answer]], model_dir: Path,
-             categories: list[str], n: int) -> None:
+def run_arms(
+    asks: dict[str, Callable[[list[Tool], list[Message]], Answer]], model_dir: Path, categories: list[str], n: int
+) -> None:
     """Entry by entry, round robin over categories and arms, so a run cut short leaves every arm and
     category with (nearly) the same entries answered."""
     todo = {c: entries(c, n) for c in categories}
@@ -144,9 +169,11 @@ def run_arms(asks: dict[str, Callable[[list[Tool], list[Message]], Answer]], mod
 
 
 def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: str) -> str:
-    rows = ["| category | arm | entries | AST accuracy | valid-call rate | calls lost as text "
-            "| false calls (model wrote one) |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| category | arm | entries | AST accuracy | valid-call rate | calls lost as text "
+        "| false calls (model wrote one) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for category in categories:
         wanted = {entry_id: tools for entry_id, tools, _ in entries(category, n)}
         answered = {arm: _answers(model_dir / arm / f"{category}.jsonl") for arm in ARMS}
@@ -163,8 +190,10 @@ def table(model: str, model_dir: Path, categories: list[str], n: int, fmt_name: 
             valid = "-" if category == "irrelevance" else f"{totals['valid'] / totals['n']:.2f}"
             false = f"{totals['false']}/{totals['n']} ({totals['wrote']})" if category == "irrelevance" else "-"
             lost = "-" if category == "irrelevance" else str(totals["lost"])
-            rows.append(f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "
-                        f"| {false} |")
+            rows.append(
+                f"| {category} | {arm} | {totals['n']} | {totals['ok'] / totals['n']:.2f} | {valid} | {lost} "
+                f"| {false} |"
+            )
     return f"### {model}\n\n" + "\n".join(rows) + "\n"
 
 
@@ -179,8 +208,10 @@ def servers(path: Path, threads: int) -> Iterator[tuple[str, str]]:
     from tests.support.live import live_gateway
     from tests.support.upstreams import llama_server
 
-    with tempfile.TemporaryDirectory() as logs, \
-            llama_server(path, Path(logs), slots=1, ctx=4096, extra=("--jinja", "-t", str(threads))) as upstream:
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        llama_server(path, Path(logs), slots=1, ctx=4096, extra=("--jinja", "-t", str(threads))) as upstream,
+    ):
         gateway = live_gateway(path, **{"model.threads": threads})
         live = next(gateway)
         try:
@@ -223,8 +254,11 @@ def main() -> None:
     body = "\n".join(sections)
     print(body)
     if args.write:
-        write_section("BFCL on real models: unconstrained vs llama-server --jinja vs callgate", body,
-                      ("llama-cpp-python", "llguidance"))
+        write_section(
+            "BFCL on real models: unconstrained vs llama-server --jinja vs callgate",
+            body,
+            ("llama-cpp-python", "llguidance"),
+        )
 
 
 if __name__ == "__main__":

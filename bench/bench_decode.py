@@ -26,13 +26,23 @@ from server.toolcalls import get_format  # noqa: E402
 from server.types import ChoiceMode, Message, Sampling, TextFormat, Tool, ToolChoice  # noqa: E402
 from training.demo.tiny import TinySpec, build_tiny  # noqa: E402
 
-TOOL = Tool("search_orders", "Find orders.", {
-    "type": "object",
-    "properties": {"query": {"type": "string"}, "limit": {"type": "integer"},
-                   "status": {"type": "string", "enum": ["open", "shipped", "returned"]}},
-    "required": ["query"]})
-MODELS = {"tiny (0.4M)": TinySpec(), "small (~30M)": TinySpec(hidden_size=512, num_layers=8, num_heads=8,
-                                                              num_kv_heads=4, intermediate_size=1536)}
+TOOL = Tool(
+    "search_orders",
+    "Find orders.",
+    {
+        "type": "object",
+        "properties": {
+            "query": {"type": "string"},
+            "limit": {"type": "integer"},
+            "status": {"type": "string", "enum": ["open", "shipped", "returned"]},
+        },
+        "required": ["query"],
+    },
+)
+MODELS = {
+    "tiny (0.4M)": TinySpec(),
+    "small (~30M)": TinySpec(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536),
+}
 MODES = {"unconstrained": None, "auto (text)": ChoiceMode.NONE, "required (call)": ChoiceMode.REQUIRED}
 
 
@@ -83,13 +93,18 @@ def main() -> None:
     table = "\n".join(rows)
     print(table)
     if args.write:
-        note = (f"{args.rounds} interleaved rounds of {args.tokens} tokens per mode, temperature 1, same seeds; "
-                "the grammar's next mask is computed while llama.cpp evaluates the current token. "
-                "`auto (text)` is free text under the grammar that bans the call opener; `required (call)` "
-                "is a Hermes call whose arguments are constrained by the tool's JSON Schema (it may finish "
-                "early, so tokens/s is over what was generated).")
-        write_section("Decode speed: constrained vs unconstrained", note + "\n\n" + table,
-                      ("llama_cpp_python", "llguidance", "numpy"))
+        note = (
+            f"{args.rounds} interleaved rounds of {args.tokens} tokens per mode, temperature 1, same seeds; "
+            "the grammar's next mask is computed while llama.cpp evaluates the current token. "
+            "`auto (text)` is free text under the grammar that bans the call opener; `required (call)` "
+            "is a Hermes call whose arguments are constrained by the tool's JSON Schema (it may finish "
+            "early, so tokens/s is over what was generated)."
+        )
+        write_section(
+            "Decode speed: constrained vs unconstrained",
+            note + "\n\n" + table,
+            ("llama_cpp_python", "llguidance", "numpy"),
+        )
 
 
 if __name__ == "__main__":

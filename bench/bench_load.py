@@ -27,8 +27,17 @@ import httpx  # noqa: E402
 
 from bench.common import pct, write_section  # noqa: E402
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+}
 HELD = re.compile(r'^callgate_(?:queue_depth|running_requests)\{model="tiny"\} (\S+)$', re.M)
 
 
@@ -48,13 +57,17 @@ class Level:
 
     def row(self) -> str:
         ok, busy = self.statuses["200"], self.statuses["429"]
-        return (f"| {self.concurrency} | {ok + busy + self.unexpected} | {ok} | {busy} | {self.unexpected} "
-                f"| {ok / self.seconds:.1f} | {pct(self.latencies, 50):.2f} | {pct(self.latencies, 99):.2f} "
-                f"| {self.held} | {self.rss_before_mb:.0f} | {self.rss_after_mb:.0f} |")
+        return (
+            f"| {self.concurrency} | {ok + busy + self.unexpected} | {ok} | {busy} | {self.unexpected} "
+            f"| {ok / self.seconds:.1f} | {pct(self.latencies, 50):.2f} | {pct(self.latencies, 99):.2f} "
+            f"| {self.held} | {self.rss_before_mb:.0f} | {self.rss_after_mb:.0f} |"
+        )
 
 
-HEADER = ("| concurrency | requests | 200 | 429 | other | ok/s | p50 s | p99 s | held at once | RSS before MB "
-          "| RSS after MB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| concurrency | requests | 200 | 429 | other | ok/s | p50 s | p99 s | held at once | RSS before MB "
+    "| RSS after MB |\n|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def start_gateway(model: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
@@ -63,8 +76,12 @@ def start_gateway(model: Path, extra: list[str] | None = None) -> tuple[subproce
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "server", "--model", str(model), "--served-model-name", "tiny", "--port", str(port)]
-    proc = subprocess.Popen(cmd + (extra or []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        cmd + (extra or []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -99,8 +116,14 @@ async def run_level(url: str, pid: int, concurrency: int, duration: float, max_t
 async def _client(client: httpx.AsyncClient, level: Level, stop: float, max_tokens: int) -> None:
     rng = random.Random()
     while time.monotonic() < stop:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "weather in Paris?"}],
-                "tools": [WEATHER], "tool_choice": "required", "max_tokens": max_tokens, "seed": rng.randrange(1000)}
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "weather in Paris?"}],
+            "tools": [WEATHER],
+            "tool_choice": "required",
+            "max_tokens": max_tokens,
+            "seed": rng.randrange(1000),
+        }
         start = time.perf_counter()
         try:
             r = await client.post("/v1/chat/completions", json=body)
@@ -142,8 +165,10 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=60)
     growth = levels[-1].rss_after_mb - levels[0].rss_before_mb
-    body = (f"{HEADER}\n" + "\n".join(lv.row() for lv in levels) + f"\n\nGateway RSS growth across the run: "
-            f"{growth:+.1f} MB. Default queue: 64 waiting per model (429 past it, clients back off by Retry-After).")
+    body = (
+        f"{HEADER}\n" + "\n".join(lv.row() for lv in levels) + f"\n\nGateway RSS growth across the run: "
+        f"{growth:+.1f} MB. Default queue: 64 waiting per model (429 past it, clients back off by Retry-After)."
+    )
     print(body)
     if args.write:
         write_section("Load", body, ("llama_cpp_python", "llguidance", "fastapi", "uvicorn"))

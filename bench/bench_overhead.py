@@ -52,8 +52,11 @@ PING = {
     "function": {
         "name": "ping",
         "description": "Ping a host.",
-        "parameters": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
-                       "additionalProperties": False},
+        "parameters": {
+            "type": "object",
+            "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "additionalProperties": False,
+        },
     },
 }
 
@@ -68,8 +71,12 @@ class Workload:
     parallel: bool | None = None
 
     def body(self, model: str, seed: int, stream: bool = False) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": self.user}],
-                                "max_tokens": self.max_tokens, "seed": seed}
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": self.user}],
+            "max_tokens": self.max_tokens,
+            "seed": seed,
+        }
         if self.tools:
             body["tools"] = list(self.tools)
         if self.tool_choice:
@@ -128,8 +135,14 @@ async def direct(served: Served, w: Workload, seed: int) -> Sample:
     close = served.format.envelope.close
     start = time.perf_counter()
     tools = tuple(_tool(t) for t in w.tools)
-    prompt = render(served.template, [Message("user", w.user)], tools, add_generation_prompt=True,
-                    bos_token=served.info.bos_token, eos_token=served.info.eos_token)
+    prompt = render(
+        served.template,
+        [Message("user", w.user)],
+        tools,
+        add_generation_prompt=True,
+        bos_token=served.info.bos_token,
+        eos_token=served.info.eos_token,
+    )
     mode = ChoiceMode(w.tool_choice) if w.tool_choice else (ChoiceMode.AUTO if tools else ChoiceMode.NONE)
     spec = ConstraintSpec(tools, ToolChoice(mode), w.parallel is not False, TextFormat(), served.info.special_tokens)
     lark = compile_constraint(spec, served.format).lark
@@ -149,8 +162,9 @@ async def direct(served: Served, w: Workload, seed: int) -> Sample:
     calls = tuple((c.name, c.arguments) for c in parsed.calls)
     reason = "tool_calls" if calls and not parsed.unclosed else finish.reason
     answer = Answer(parsed.content, calls, reason, finish.completion_tokens)
-    return Sample(end - start, None if first is None else first - start,
-                  None if closed is None else closed - start, answer)
+    return Sample(
+        end - start, None if first is None else first - start, None if closed is None else closed - start, answer
+    )
 
 
 # -- the HTTP arms ----------------------------------------------------------------------------
@@ -228,8 +242,15 @@ class Result:
     mismatches: list[str]
 
 
-def run_workload(w: Workload, n: int, warmup: int, served: Served, loop: asyncio.AbstractEventLoop,
-                 http: httpx.Client, oai: openai.OpenAI) -> Result:
+def run_workload(
+    w: Workload,
+    n: int,
+    warmup: int,
+    served: Served,
+    loop: asyncio.AbstractEventLoop,
+    http: httpx.Client,
+    oai: openai.OpenAI,
+) -> Result:
     calls: dict[str, Callable[[int], Sample]] = {
         "direct": lambda seed: loop.run_until_complete(direct(served, w, seed)),
         "httpx": lambda seed: via_httpx(http, w.body(served.name, seed)),
@@ -243,7 +264,7 @@ def run_workload(w: Workload, n: int, warmup: int, served: Served, loop: asyncio
     mismatches: list[str] = []
     for i in range(n):
         seed = i
-        order = ARMS[i % len(ARMS):] + ARMS[:i % len(ARMS)]  # rotate: no arm always follows another
+        order = ARMS[i % len(ARMS) :] + ARMS[: i % len(ARMS)]  # rotate: no arm always follows another
         got = {arm: calls[arm](seed) for arm in order}
         for arm, sample in got.items():
             arms[arm].samples.append(sample)
@@ -259,8 +280,10 @@ def _ms(v: float) -> str:
 
 
 def tables(results: dict[str, Result]) -> str:
-    rows = ["| workload | arm | p50 ms | p90 ms | p99 ms | added at p50 ms | paired Δ median ms |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| workload | arm | p50 ms | p90 ms | p99 ms | added at p50 ms | paired Δ median ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
         base = res.arms["direct"].totals_ms()
         for arm in ("direct", "httpx", "openai"):
@@ -268,11 +291,17 @@ def tables(results: dict[str, Result]) -> str:
             added = "" if arm == "direct" else _ms(pct(vals, 50) - pct(base, 50))
             paired = "" if arm == "direct" else _ms(median([b - a for a, b in zip(base, vals, strict=True)]))
             label = {"direct": "A direct engine", "httpx": "B HTTP (httpx)", "openai": "B HTTP (openai client)"}[arm]
-            rows.append(f"| {name} | {label} | {_ms(pct(vals, 50))} | {_ms(pct(vals, 90))} | {_ms(pct(vals, 99))} "
-                        f"| {added} | {paired} |")
-    rows += ["", "Streaming (SSE through httpx) against the engine's own events in the direct arm:", "",
-             "| workload | measure | engine p50 ms | SSE p50 ms | SSE p90 ms | SSE p99 ms | added at p50 ms |",
-             "|---|---|---|---|---|---|---|"]
+            rows.append(
+                f"| {name} | {label} | {_ms(pct(vals, 50))} | {_ms(pct(vals, 90))} | {_ms(pct(vals, 99))} "
+                f"| {added} | {paired} |"
+            )
+    rows += [
+        "",
+        "Streaming (SSE through httpx) against the engine's own events in the direct arm:",
+        "",
+        "| workload | measure | engine p50 ms | SSE p50 ms | SSE p90 ms | SSE p99 ms | added at p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
         direct_s, sse_s = res.arms["direct"].samples, res.arms["sse"].samples
         is_call = bool(res.workload.tools)  # random text may contain a closing tag too
@@ -280,11 +309,15 @@ def tables(results: dict[str, Result]) -> str:
         ref = [(s.call_closed if is_call else s.first) for s in direct_s]
         firsts = [s.first * 1e3 for s in sse_s if s.first is not None]
         refs = [r * 1e3 for r in ref if r is not None]
-        rows.append(f"| {name} | first content (engine: {ref_label}) | {_ms(pct(refs, 50))} | {_ms(pct(firsts, 50))} "
-                    f"| {_ms(pct(firsts, 90))} | {_ms(pct(firsts, 99))} | {_ms(pct(firsts, 50) - pct(refs, 50))} |")
+        rows.append(
+            f"| {name} | first content (engine: {ref_label}) | {_ms(pct(refs, 50))} | {_ms(pct(firsts, 50))} "
+            f"| {_ms(pct(firsts, 90))} | {_ms(pct(firsts, 99))} | {_ms(pct(firsts, 50) - pct(refs, 50))} |"
+        )
         base, tot = res.arms["direct"].totals_ms(), res.arms["sse"].totals_ms()
-        rows.append(f"| {name} | total (engine: Finish) | {_ms(pct(base, 50))} | {_ms(pct(tot, 50))} "
-                    f"| {_ms(pct(tot, 90))} | {_ms(pct(tot, 99))} | {_ms(pct(tot, 50) - pct(base, 50))} |")
+        rows.append(
+            f"| {name} | total (engine: Finish) | {_ms(pct(base, 50))} | {_ms(pct(tot, 50))} "
+            f"| {_ms(pct(tot, 90))} | {_ms(pct(tot, 99))} | {_ms(pct(tot, 50) - pct(base, 50))} |"
+        )
     return "\n".join(rows)
 
 
@@ -292,9 +325,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200, help="requests per arm per workload")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="llama.cpp threads (default 1: with all cores busy-waiting, the event loop "
-                         "thread has no core left and noise swamps the overhead; 0 = the gateway's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads (default 1: with all cores busy-waiting, the event loop "
+        "thread has no core left and noise swamps the overhead; 0 = the gateway's default)",
+    )
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
 
@@ -312,8 +349,10 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         try:
-            with httpx.Client(base_url=url, timeout=60) as http, \
-                    openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as oai:
+            with (
+                httpx.Client(base_url=url, timeout=60) as http,
+                openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60) as oai,
+            ):
                 results = {w.name: run_workload(w, args.n, args.warmup, served, loop, http, oai) for w in WORKLOADS}
         finally:
             loop.close()
@@ -332,8 +371,11 @@ def main() -> None:
             finishes[s.answer.finish] = finishes.get(s.answer.finish, 0) + 1
         outcomes.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(finishes.items())))
         if res.mismatches:
-            print(f"\nWARNING: {name}: {len(res.mismatches)} of {args.n * 3} HTTP answers differ from the direct "
-                  "engine's for the same seed; first few:", file=sys.stderr)
+            print(
+                f"\nWARNING: {name}: {len(res.mismatches)} of {args.n * 3} HTTP answers differ from the direct "
+                "engine's for the same seed; first few:",
+                file=sys.stderr,
+            )
             for line in res.mismatches[:5]:
                 print("  " + line, file=sys.stderr)
         else:
@@ -343,26 +385,42 @@ def main() -> None:
     if args.write:
         matched = all(not r.mismatches for r in results.values())
         http_impl = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        added = {name: pct(r.arms["httpx"].totals_ms(), 50) - pct(r.arms["direct"].totals_ms(), 50)
-                 for name, r in results.items()}
+        added = {
+            name: pct(r.arms["httpx"].totals_ms(), 50) - pct(r.arms["direct"].totals_ms(), 50)
+            for name, r in results.items()
+        }
         met = all(v <= 1.0 for v in added.values())
-        note = (f"The same generation (prompt, seed, grammar, max_tokens) as a direct in-process engine call "
-                f"(render + cached constraint + `engine.generate` to Finish) and through the gateway over HTTP "
-                f"on loopback (uvicorn with {http_impl}, in a thread of the same process, serving the same engine "
-                f"object; llama.cpp threads: {args.threads or 'all cores'}), {args.n} requests per arm per "
-                f"workload, run interleaved (rotating arm order) at concurrency 1 after {args.warmup} warm-up "
-                f"rounds; temperature 1 and the same seed per round in every arm. Times are send to whole answer "
-                f"parsed, client included. \"Added at p50\" is p50(HTTP) - p50(direct); \"paired Δ\" is the "
-                f"median of per-seed differences. Streamed calls are sent whole once their closing tag arrives, "
-                f"so SSE's first content in the call workload is compared with the engine piece that closes the "
-                f"call; in text, the stream parser holds back a tail that could open a call. Answers "
-                f"{'matched' if matched else 'did NOT all match'} between all arms for every seed. Target "
-                f"(<= 1 ms added at p50, httpx): {'met' if met else 'not met'} on this machine (1-minute load "
-                f"average {load} on {os.cpu_count()} cores: other work on the machine inflates every arm).")
-        write_section("Gateway overhead at concurrency 1", note + "\n\n" + table + "\n\n" +
-                      "Finish reasons (direct arm): " + "; ".join(outcomes) + ".",
-                      ("fastapi", "starlette", "uvicorn", "h11", "httptools", "httpx", "openai", "pydantic",
-                       "llama_cpp_python", "llguidance"))
+        note = (
+            f"The same generation (prompt, seed, grammar, max_tokens) as a direct in-process engine call "
+            f"(render + cached constraint + `engine.generate` to Finish) and through the gateway over HTTP "
+            f"on loopback (uvicorn with {http_impl}, in a thread of the same process, serving the same engine "
+            f"object; llama.cpp threads: {args.threads or 'all cores'}), {args.n} requests per arm per "
+            f"workload, run interleaved (rotating arm order) at concurrency 1 after {args.warmup} warm-up "
+            f"rounds; temperature 1 and the same seed per round in every arm. Times are send to whole answer "
+            f'parsed, client included. "Added at p50" is p50(HTTP) - p50(direct); "paired Δ" is the '
+            f"median of per-seed differences. Streamed calls are sent whole once their closing tag arrives, "
+            f"so SSE's first content in the call workload is compared with the engine piece that closes the "
+            f"call; in text, the stream parser holds back a tail that could open a call. Answers "
+            f"{'matched' if matched else 'did NOT all match'} between all arms for every seed. Target "
+            f"(<= 1 ms added at p50, httpx): {'met' if met else 'not met'} on this machine (1-minute load "
+            f"average {load} on {os.cpu_count()} cores: other work on the machine inflates every arm)."
+        )
+        write_section(
+            "Gateway overhead at concurrency 1",
+            note + "\n\n" + table + "\n\n" + "Finish reasons (direct arm): " + "; ".join(outcomes) + ".",
+            (
+                "fastapi",
+                "starlette",
+                "uvicorn",
+                "h11",
+                "httptools",
+                "httpx",
+                "openai",
+                "pydantic",
+                "llama_cpp_python",
+                "llguidance",
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,15 @@ async def _engine_arm(engine: object, seed: int) -> float:
 def overhead(gguf: Path, logs: Path, n: int, warmup: int) -> dict[str, list[float]]:
     with llama_server(gguf, logs, slots=SLOTS, ctx=4096) as server:
         upstream, info, facts = llamaserver.discover([Upstream(server.url, slots=SLOTS)])
-        gen = live_gateway(gguf, **{"engine.kind": "llama-server", "engine.urls": [server.url],
-                                    "model.served_name": "tiny", "engine.health_interval_s": 60.0})
+        gen = live_gateway(
+            gguf,
+            **{
+                "engine.kind": "llama-server",
+                "engine.urls": [server.url],
+                "model.served_name": "tiny",
+                "engine.health_interval_s": 60.0,
+            },
+        )
         live = next(gen)
         loop = asyncio.new_event_loop()
         direct = llamaserver.LlamaServerEngine(upstream, info, facts)
@@ -84,7 +91,7 @@ def overhead(gguf: Path, logs: Path, n: int, warmup: int) -> dict[str, list[floa
                 arms[name](10_000 + i)
         times: dict[str, list[float]] = {name: [] for name in names}
         for i in range(n):
-            order = names[i % 3:] + names[: i % 3]
+            order = names[i % 3 :] + names[: i % 3]
             for name in order:
                 times[name].append(arms[name](i) * 1e3)
         client.close()
@@ -95,16 +102,24 @@ def overhead(gguf: Path, logs: Path, n: int, warmup: int) -> dict[str, list[floa
     return times
 
 
-def throughput(gguf: Path, logs: Path, replicas: int, concurrency: int, seconds: float, tokens: int
-               ) -> tuple[float, float, float, int]:
+def throughput(
+    gguf: Path, logs: Path, replicas: int, concurrency: int, seconds: float, tokens: int
+) -> tuple[float, float, float, int]:
     """(requests/s, tokens/s, p50 latency s, failures) through the gateway."""
     from contextlib import ExitStack
 
     with ExitStack() as stack:
         servers = [stack.enter_context(llama_server(gguf, logs, slots=SLOTS, ctx=4 * 1024)) for _ in range(replicas)]
-        gen = live_gateway(gguf, **{"engine.kind": "llama-server", "engine.urls": [s.url for s in servers],
-                                    "model.served_name": "tiny", "engine.slots_per_replica": SLOTS,
-                                    "limits.max_queue": 1024})
+        gen = live_gateway(
+            gguf,
+            **{
+                "engine.kind": "llama-server",
+                "engine.urls": [s.url for s in servers],
+                "model.served_name": "tiny",
+                "engine.slots_per_replica": SLOTS,
+                "limits.max_queue": 1024,
+            },
+        )
         live = next(gen)
         stack.callback(gen.close)
         client = stack.enter_context(openai.OpenAI(base_url=live.v1, api_key="unused", max_retries=0, timeout=120))
@@ -118,8 +133,9 @@ def throughput(gguf: Path, logs: Path, replicas: int, concurrency: int, seconds:
             while time.monotonic() < deadline:
                 start = time.perf_counter()
                 try:
-                    r = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=tokens,
-                                                       seed=k * 100_000 + i)
+                    r = client.chat.completions.create(
+                        model="tiny", messages=MESSAGES, max_tokens=tokens, seed=k * 100_000 + i
+                    )
                     done_tokens += r.usage.completion_tokens if r.usage else 0
                     latencies.append(time.perf_counter() - start)
                 except openai.APIError:
@@ -152,15 +168,21 @@ def main() -> None:
         times = overhead(tiny.gguf, logs, args.n, args.warmup)
         runs = {r: throughput(mid.gguf, logs, r, args.concurrency, args.seconds, args.tokens) for r in (1, 2)}
     body = report(times, runs, args, mid.n_params)
-    body += (f"\n\n1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after, on "
-             f"{os.cpu_count()} cores: other work on the machine takes cores the second replica would use.")
+    body += (
+        f"\n\n1-minute load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after, on "
+        f"{os.cpu_count()} cores: other work on the machine takes cores the second replica would use."
+    )
     print(body)
     if args.write:
         write_section("Replica router", body, ("llama_cpp_python", "httpx", "openai", "fastapi", "uvicorn"))
 
 
-def report(times: dict[str, list[float]], runs: dict[int, tuple[float, float, float, int]],
-           args: argparse.Namespace, mid_params: int) -> str:
+def report(
+    times: dict[str, list[float]],
+    runs: dict[int, tuple[float, float, float, int]],
+    args: argparse.Namespace,
+    mid_params: int,
+) -> str:
     base = median(times["direct"])
     lines = [
         f"llama-server (llama.cpp's C++ server, built from the llama-cpp-python {_version()} sources) on loopback, "
@@ -173,12 +195,16 @@ def report(times: dict[str, list[float]], runs: dict[int, tuple[float, float, fl
         "| arm | p50 ms | p90 ms | p99 ms | added at p50 ms |",
         "|---|---|---|---|---|",
     ]
-    labels = {"direct": "engine -> replica (HTTP client only)", "router": "router -> engine -> replica",
-              "gateway": "openai client -> gateway -> router -> replica"}
+    labels = {
+        "direct": "engine -> replica (HTTP client only)",
+        "router": "router -> engine -> replica",
+        "gateway": "openai client -> gateway -> router -> replica",
+    }
     for name, values in times.items():
         added = "" if name == "direct" else f"{median(values) - base:.2f}"
-        lines.append(f"| {labels[name]} | {median(values):.2f} | {pct(values, 90):.2f} | {pct(values, 99):.2f} | "
-                     f"{added} |")
+        lines.append(
+            f"| {labels[name]} | {median(values):.2f} | {pct(values, 90):.2f} | {pct(values, 99):.2f} | {added} |"
+        )
     lines += [
         "",
         f"Throughput through the gateway: a {mid_params / 1e6:.0f}M-parameter random model (the replicas are the "

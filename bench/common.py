@@ -61,8 +61,10 @@ def median(values: list[float]) -> float:
 def write_section(title: str, body: str, packages: tuple[str, ...]) -> None:
     """Replace (or append) the `## title` section of docs/benchmarks.md."""
     command = "python " + " ".join(sys.argv)
-    section = (f"## {title}\n\n- machine: {machine()}\n- versions: {versions(*packages)}\n"
-               f"- commit: {commit()}\n- command: `{command}`\n\n{body.strip()}\n")
+    section = (
+        f"## {title}\n\n- machine: {machine()}\n- versions: {versions(*packages)}\n"
+        f"- commit: {commit()}\n- command: `{command}`\n\n{body.strip()}\n"
+    )
     DOC.parent.mkdir(exist_ok=True)
     text = DOC.read_text() if DOC.exists() else HEADER
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from server.toolcalls.dispatch import dispatch, tool_specs  # noqa: E402
 
 
-def get_weather(city: Annotated[str, "City name, e.g. Paris"],
-                unit: Literal["celsius", "fahrenheit"] = "celsius") -> dict[str, Any]:
+def get_weather(
+    city: Annotated[str, "City name, e.g. Paris"], unit: Literal["celsius", "fahrenheit"] = "celsius"
+) -> dict[str, Any]:
     """Current weather for a city."""
     return {"city": city, "temperature": 21 if unit == "celsius" else 70, "unit": unit, "sky": "clear"}
 
@@ -36,8 +37,16 @@ def track_order(order_id: Annotated[int, "The order number"]) -> dict[str, Any]:
 TOOLS = [get_weather, track_order]
 
 
-def run_agent(client: OpenAI, model: str, question: str, tools: list[Any] | None = None, *,
-              max_steps: int = 4, first_choice: str = "auto", max_tokens: int = 256) -> list[dict[str, Any]]:
+def run_agent(
+    client: OpenAI,
+    model: str,
+    question: str,
+    tools: list[Any] | None = None,
+    *,
+    max_steps: int = 4,
+    first_choice: str = "auto",
+    max_tokens: int = 256,
+) -> list[dict[str, Any]]:
     """The whole conversation: the question, each assistant turn, each tool result, and the
     final answer last. `first_choice="required"` makes the first turn a call."""
     tools = TOOLS if tools is None else tools
@@ -45,8 +54,13 @@ def run_agent(client: OpenAI, model: str, question: str, tools: list[Any] | None
     messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
     for step in range(max_steps):
         choice = "none" if step == max_steps - 1 else (first_choice if step == 0 else "auto")
-        request: dict[str, Any] = {"model": model, "messages": messages, "tools": specs, "tool_choice": choice,
-                                   "max_tokens": max_tokens}
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "tools": specs,
+            "tool_choice": choice,
+            "max_tokens": max_tokens,
+        }
         response = client.chat.completions.create(**request)
         message = response.choices[0].message
         messages.append(_assistant_turn(message))

@@ -17,14 +17,20 @@ from server.errors import ConfigError
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m server", description="callgate gateway",
+        prog="python -m server",
+        description="callgate gateway",
         epilog="`python -m server selftest --help`: check every tool_choice mode of a gateway; "
-               "`python -m server fetch --help`: download a catalogue model")
+        "`python -m server fetch --help`: download a catalogue model",
+    )
     _model_flags(p)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--allow-open", action="store_true", default=None,
-                   help="serve with no API key on a non-loopback --host, on purpose (auth.allow_open)")
+    p.add_argument(
+        "--allow-open",
+        action="store_true",
+        default=None,
+        help="serve with no API key on a non-loopback --host, on purpose (auth.allow_open)",
+    )
     return p.parse_args(argv)
 
 
@@ -32,7 +38,8 @@ def parse_selftest_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m server selftest",
         description="run every tool_choice mode, streamed and not, against each served model and print a "
-                    "table; exit 1 if a mode is broken. Starts the gateway in-process unless --url is given.")
+        "table; exit 1 if a mode is broken. Starts the gateway in-process unless --url is given.",
+    )
     p.add_argument("--url", help="base URL of a running gateway (e.g. http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="Bearer key for a gateway with auth (default: the first configured key)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per mode (default: 2)")
@@ -43,8 +50,12 @@ def parse_selftest_args(argv: list[str]) -> argparse.Namespace:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML settings file")
-    p.add_argument("--model", type=Path, help="GGUF model file, or a catalogue name (`python -m server fetch "
-                   "--list`), fetched on first use (default: the demo model)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="GGUF model file, or a catalogue name (`python -m server fetch "
+        "--list`), fetched on first use (default: the demo model)",
+    )
     p.add_argument("--served-model-name", help="the model id clients send")
     p.add_argument("--chat-template", type=Path, help="Jinja chat template overriding the model's")
     p.add_argument("--tool-format", help="tool-call format (default: auto, detected from the chat template)")
@@ -72,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # After the drain (server.shutdown_timeout_s), uvicorn waits at most this for connections
     # (a client that stopped reading holds one open forever).
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info",
-                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
     return 0
 
 
@@ -122,9 +138,14 @@ def _build(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     registry = build_registry(settings, metrics)
     for name, served in registry.models.items():
         logging.getLogger("callgate").info(
-            "serving %s: format=%s (%s) trigger=%r template=%s context=%d", name, served.format.name,
-            served.provenance.format, served.format.envelope.open, served.provenance.template,
-            served.info.context_length)
+            "serving %s: format=%s (%s) trigger=%r template=%s context=%d",
+            name,
+            served.format.name,
+            served.provenance.format,
+            served.format.envelope.open,
+            served.provenance.template,
+            served.info.context_length,
+        )
     return create_app(settings, registry, metrics), settings
 
 

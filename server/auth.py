@@ -58,7 +58,7 @@ class KeyRing:
             return
         if authorization is None or not authorization.lower().startswith(_BEARER):
             raise MissingKey("missing API key; send the header `Authorization: Bearer <key>`")
-        scope = self.scope_of(authorization[len(_BEARER):].strip())
+        scope = self.scope_of(authorization[len(_BEARER) :].strip())
         if scope is None:
             raise Unauthorized("invalid API key; check the key you send as `Authorization: Bearer <key>`")
         if scope < needed:
@@ -71,7 +71,9 @@ def warn_if_exposed(settings: Settings) -> None:
         return
     log.warning(
         "serving on %s without API keys: anyone who can reach this address can use it; "
-        "set auth.api_keys (or CALLGATE_AUTH__API_KEYS) or bind 127.0.0.1", settings.server.host)
+        "set auth.api_keys (or CALLGATE_AUTH__API_KEYS) or bind 127.0.0.1",
+        settings.server.host,
+    )
 
 
 def _digest(key: str) -> bytes:

@@ -93,7 +93,9 @@ async def count_prompt_tokens(served: Served, request: ChatRequest) -> int:
     if not isinstance(served.engine, CountsTokens):
         raise UnsupportedFeature(
             f"model {served.name!r} is served by an engine that cannot count tokens; "
-            "count_tokens needs the embedded llama.cpp engine", param="model")
+            "count_tokens needs the embedded llama.cpp engine",
+            param="model",
+        )
     return await served.engine.count_tokens(prompt_for(served, request))
 
 
@@ -138,7 +140,10 @@ def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
 
 
 async def _in_pool(
-    compile: Callable[[ConstraintSpec, ToolFormat], T], spec: ConstraintSpec, fmt: ToolFormat, timeout_s: float,
+    compile: Callable[[ConstraintSpec, ToolFormat], T],
+    spec: ConstraintSpec,
+    fmt: ToolFormat,
+    timeout_s: float,
     client: str = "",
 ) -> T:
     """One compilation per client at a time, held until its thread is really done (a compilation
@@ -159,7 +164,9 @@ async def _in_pool(
     raise InvalidRequest(
         f"compiling the constraint for these tools took over {timeout_s:g}s "
         "(limits.compile_timeout_s); send fewer or simpler tool schemas",
-        param="tools", code="constraint_too_complex")
+        param="tools",
+        code="constraint_too_complex",
+    )
 
 
 _Key = tuple[asyncio.AbstractEventLoop, str]
@@ -219,10 +226,11 @@ async def call_probabilities(served: Served, prompt: str) -> tuple[float, float]
     The loose openers (a ```json block) count only where the decision is at the first token."""
     env = served.format.envelope
     prefix = env.decision_prefix
-    call_rest, text_rest = env.open[len(prefix):], env.reply[0][len(prefix):]
+    call_rest, text_rest = env.open[len(prefix) :], env.reply[0][len(prefix) :]
     loose = env.loose_openers if not prefix else ()
     probs = await served.engine.token_probabilities(
-        prompt + prefix, [call_rest or text_rest, *loose], served.adapter_name, served.adapter_scale)
+        prompt + prefix, [call_rest or text_rest, *loose], served.adapter_name, served.adapter_scale
+    )
     p_open = probs[0] if call_rest else 1.0 - probs[0]
     return p_open, min(1.0, p_open + sum(probs[1:]))
 
@@ -241,7 +249,9 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
     if not served.format.envelope.decision_point:
         raise UnsupportedFeature(
             f"no_tool_threshold needs a format whose calls and text answers start differently; "
-            f"{served.format.name!r} writes both alike", param="no_tool_threshold")
+            f"{served.format.name!r} writes both alike",
+            param="no_tool_threshold",
+        )
     p_open, p_any = await call_probabilities(served, prompt)
     metrics.tool_open_probability.labels(served.name).observe(p_any)
     if p_any < threshold:
@@ -253,7 +263,12 @@ class _Run:
     """The attempts of one request: generate, parse, validate; retry while nothing was sent."""
 
     def __init__(
-        self, served: Served, request: ChatRequest, choice: ToolChoice, metrics: Metrics, gbnf: Gbnf | None = None,
+        self,
+        served: Served,
+        request: ChatRequest,
+        choice: ToolChoice,
+        metrics: Metrics,
+        gbnf: Gbnf | None = None,
         compile_timeout_s: float = 5.0,
     ):
         self.served = served
@@ -273,7 +288,8 @@ class _Run:
             state = _AttemptState(repaired=attempt > 0)
             sampling = self._sampling(attempt)
             engine_request = GenerateRequest(
-                prompt, sampling, constraint.lark, self.served.adapter_name, self.served.adapter_scale, self.gbnf)
+                prompt, sampling, constraint.lark, self.served.adapter_name, self.served.adapter_scale, self.gbnf
+            )
             async for event in self._generate(engine_request, cancel, state):
                 yield event
             if not state.retry_wanted:
@@ -283,8 +299,9 @@ class _Run:
                 # The model meant a call of a declared tool but wrote it outside the grammar (a
                 # ```json block): the retry writes it under the grammar, where it cannot fail.
                 required = ToolChoice(ChoiceMode.REQUIRED)
-                constraint = await constraint_for(self.served, self.request, required, self.metrics,
-                                                  self.compile_timeout_s)
+                constraint = await constraint_for(
+                    self.served, self.request, required, self.metrics, self.compile_timeout_s
+                )
                 self.gbnf = await gbnf_for(self.served, self.request, required, self.compile_timeout_s)
         yield self._done(state)
 
@@ -423,6 +440,14 @@ def _call_id() -> str:
 
 
 __all__ = [
-    "CallEvent", "ChatEvent", "ChatRequest", "ContentEvent", "DoneEvent", "FormatSource", "GatewayError",
-    "InvalidCall", "Served", "run_chat",
+    "CallEvent",
+    "ChatEvent",
+    "ChatRequest",
+    "ContentEvent",
+    "DoneEvent",
+    "FormatSource",
+    "GatewayError",
+    "InvalidCall",
+    "Served",
+    "run_chat",
 ]

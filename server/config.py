@@ -39,16 +39,21 @@ class ModelSection(BaseModel):
     context_length: int = Field(4096, ge=128)
     threads: int | None = Field(None, ge=1, description="llama.cpp threads; default: half the logical cores")
     slots: int | None = Field(
-        None, ge=1, le=64,
+        None,
+        ge=1,
+        le=64,
         description="requests llama.cpp decodes together in one batch, each with its own context_length "
         "KV cache; default: from the context (4 at 4096, 8 at 2048 or less)",
     )
     no_tool_threshold: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="in tool_choice auto, call a tool only if P(opening a call) reaches this",
     )
     catalogue_threshold: bool = Field(
-        True, description="with no no_tool_threshold set, use the catalogue's calibrated one for a catalogue model",
+        True,
+        description="with no no_tool_threshold set, use the catalogue's calibrated one for a catalogue model",
     )
 
 
@@ -62,9 +67,7 @@ class LimitsSection(BaseModel):
     max_schema_bytes: int = Field(65_536, ge=256, description="per tool, as compact JSON")
     max_schema_depth: int = Field(24, ge=2)
     max_json_depth: int = Field(64, ge=2, description="nesting of the JSON in a history's tool-call arguments")
-    max_tools_bytes: int = Field(
-        262_144, ge=1024, description="all of a request's schemas together, as compact JSON"
-    )
+    max_tools_bytes: int = Field(262_144, ge=1024, description="all of a request's schemas together, as compact JSON")
     compile_timeout_s: float = Field(
         5.0, gt=0, description="longest constraint compilation; past it the request gets 400"
     )
@@ -78,7 +81,8 @@ class AuthSection(BaseModel):
     api_keys: Keys = Field(default_factory=list, description="Bearer keys for inference routes")
     admin_keys: Keys = Field(default_factory=list, description="Bearer keys for admin routes (and inference)")
     open_metrics: bool | None = Field(
-        None, description="serve /metrics without a key (for Prometheus); default: only while no key is set")
+        None, description="serve /metrics without a key (for Prometheus); default: only while no key is set"
+    )
     open_health: bool = Field(True, description="serve /health without a key (for probes)")
     api_keys_file: Path | None = Field(None, description="more api_keys, one a line: a mounted secret")
     admin_keys_file: Path | None = Field(None, description="more admin_keys, one a line: a mounted secret")
@@ -112,14 +116,14 @@ class AuthSection(BaseModel):
 
 
 class GenerationSection(BaseModel):
-    validation_retries: int = Field(
-        1, ge=0, le=5, description="regenerations when a call still fails validation"
-    )
+    validation_retries: int = Field(1, ge=0, le=5, description="regenerations when a call still fails validation")
 
 
 class AdaptersSection(BaseModel):
-    dir: Path = Field(Path("adapters"), description="folder of adapter folders (<name>/manifest.json); "
-                      "the admin API loads only from here")
+    dir: Path = Field(
+        Path("adapters"),
+        description="folder of adapter folders (<name>/manifest.json); the admin API loads only from here",
+    )
     max_loaded: int = Field(4, ge=1, description="adapters held by one engine at once; least recently used evicted")
     pinned: list[str] = Field(default_factory=list, description="adapter names never evicted, loaded at start")
     scale: float = Field(1.0, ge=0.0, le=4.0, description="LoRA scale of requests to an adapter")
@@ -127,8 +131,10 @@ class AdaptersSection(BaseModel):
     @model_validator(mode="after")
     def _room_for_pinned(self) -> AdaptersSection:
         if len(set(self.pinned)) > self.max_loaded:
-            raise ValueError(f"adapters.pinned names {len(set(self.pinned))} adapters but adapters.max_loaded "
-                             f"is {self.max_loaded}; pinned adapters must all fit")
+            raise ValueError(
+                f"adapters.pinned names {len(set(self.pinned))} adapters but adapters.max_loaded "
+                f"is {self.max_loaded}; pinned adapters must all fit"
+            )
         return self
 
 
@@ -143,14 +149,19 @@ class EngineSection(BaseModel):
     urls: list[str] = Field(default_factory=list, description="upstream replicas of one model, e.g. http://vllm-0:8000")
     upstream_model: str | None = Field(None, description="the model name the upstream serves; default: ask it")
     tokenizer: Path | None = Field(
-        None, description="vllm: the model's transformers folder (chat template, special tokens), which vLLM "
-        "does not serve; without it --chat-template is required and call markers are spelled as text")
+        None,
+        description="vllm: the model's transformers folder (chat template, special tokens), which vLLM "
+        "does not serve; without it --chat-template is required and call markers are spelled as text",
+    )
     path_map: dict[str, str] = Field(
-        default_factory=dict, description="local path prefix -> the same folder as the upstream host sees it "
-        "(adapter folders pushed to vLLM, GGUF LoRAs matched on llama-server)")
+        default_factory=dict,
+        description="local path prefix -> the same folder as the upstream host sees it "
+        "(adapter folders pushed to vLLM, GGUF LoRAs matched on llama-server)",
+    )
     api_key: SecretStr | None = Field(None, description="Bearer key of the upstreams (vllm --api-key)")
     slots_per_replica: int = Field(
-        8, ge=1, description="requests in flight per replica; admission slots = this x replicas")
+        8, ge=1, description="requests in flight per replica; admission slots = this x replicas"
+    )
     connect_timeout_s: float = Field(2.0, gt=0, description="connecting to a replica; past it, another is tried")
     read_timeout_s: float = Field(60.0, gt=0, description="longest silence from a replica mid-answer")
     startup_timeout_s: float = Field(300.0, ge=0, description="how long start-up waits for a replica to answer")
@@ -159,13 +170,15 @@ class EngineSection(BaseModel):
     breaker_open_s: float = Field(10.0, gt=0, description="how long it stays out before one request probes it")
     retries: int = Field(2, ge=0, description="other replicas tried when one fails before the first token")
     verify_grammar: bool = Field(
-        True, description="at start-up, refuse an upstream that does not enforce grammars (it would fail open)")
+        True, description="at start-up, refuse an upstream that does not enforce grammars (it would fail open)"
+    )
 
     @model_validator(mode="after")
     def _upstreams(self) -> EngineSection:
         if self.kind == "llamacpp" and self.urls:
-            raise ValueError('engine.urls are for engine.kind "vllm" or "llama-server"; the embedded engine '
-                             "reads model.path")
+            raise ValueError(
+                'engine.urls are for engine.kind "vllm" or "llama-server"; the embedded engine reads model.path'
+            )
         if self.kind != "llamacpp" and not self.urls:
             raise ValueError(f"engine.kind {self.kind!r} needs engine.urls (one or more replicas)")
         if any(not url.startswith(("http://", "https://")) for url in self.urls):
@@ -174,9 +187,7 @@ class EngineSection(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="CALLGATE_", env_nested_delimiter="__", extra="forbid")
 
     server: ServerSection = ServerSection()
     model: ModelSection = ModelSection()
@@ -199,7 +210,8 @@ class Settings(BaseSettings):
                 f"server.host {self.server.host} is reachable from the network and no API key is set: anyone "
                 "there could use and administer this gateway. Set auth.api_keys / auth.admin_keys (or "
                 "auth.api_keys_file / auth.admin_keys_file, e.g. a mounted secret), bind 127.0.0.1, or set "
-                "auth.allow_open: true (CALLGATE_AUTH__ALLOW_OPEN=true) to serve it open on purpose")
+                "auth.allow_open: true (CALLGATE_AUTH__ALLOW_OPEN=true) to serve it open on purpose"
+            )
         return self
 
     @classmethod

@@ -22,16 +22,25 @@ def check_schema_budget(schemas: Schemas, limits: LimitsSection) -> None:
         if size > limits.max_schema_bytes:
             raise InvalidRequest(
                 f"{param} is {size} bytes as compact JSON; the limit is {limits.max_schema_bytes} "
-                "(limits.max_schema_bytes): shrink the schema", param=param, code="schema_too_large")
+                "(limits.max_schema_bytes): shrink the schema",
+                param=param,
+                code="schema_too_large",
+            )
         if depth(schema) > limits.max_schema_depth:
             raise InvalidRequest(
                 f"{param} nests deeper than {limits.max_schema_depth} levels (limits.max_schema_depth); "
-                "flatten the schema", param=param, code="schema_too_deep")
+                "flatten the schema",
+                param=param,
+                code="schema_too_deep",
+            )
         total += size
     if total > limits.max_tools_bytes:
         raise InvalidRequest(
             f"the request's schemas add up to {total} bytes; the limit is {limits.max_tools_bytes} "
-            "(limits.max_tools_bytes): send fewer or smaller tools", param="tools", code="schemas_too_large")
+            "(limits.max_tools_bytes): send fewer or smaller tools",
+            param="tools",
+            code="schemas_too_large",
+        )
 
 
 def depth(value: object) -> int:

@@ -95,7 +95,6 @@ SafeValidator = validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
-
 def _pinned_evolve(self: Draft202012Validator, **changes: Any) -> Draft202012Validator:
     """jsonschema's `evolve` without its `validator_for`: a subschema's `$schema` (or a `$ref`
     into a resource that has one) would otherwise hand validation to the stock class, whose
@@ -132,6 +131,8 @@ def linear_problem(schema: object) -> str | None:
         elif isinstance(node, list):
             stack.extend(node)
     if {"unevaluatedProperties", "patternProperties"} <= keys:
-        return ("combines 'unevaluatedProperties' with 'patternProperties', which is not supported; "
-                "use 'additionalProperties'")
+        return (
+            "combines 'unevaluatedProperties' with 'patternProperties', which is not supported; "
+            "use 'additionalProperties'"
+        )
     return None

@@ -18,15 +18,31 @@ from typing import Any
 import httpx
 import jsonschema
 
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city"], "additionalProperties": False}}}
-ORDER: dict[str, Any] = {"type": "function", "function": {
-    "name": "track_order", "description": "Where an order is.",
-    "parameters": {"type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1}},
-                   "required": ["order_id"]}}}
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+ORDER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "Where an order is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer", "minimum": 1}},
+            "required": ["order_id"],
+        },
+    },
+}
 PROBE_TOOLS = (WEATHER, ORDER)
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in PROBE_TOOLS}
 MESSAGES = [{"role": "user", "content": "What's the weather in Paris, and where is order 42?"}]
@@ -100,8 +116,14 @@ def _check_mode(http: httpx.Client, model: dict[str, Any], mode: str, options: O
 
 
 def _body(model: str, mode: str, seed: int, max_tokens: int) -> dict[str, Any]:
-    return {"model": model, "messages": MESSAGES, "tools": list(PROBE_TOOLS), "seed": seed,
-            "max_tokens": max_tokens, **MODES[mode]}
+    return {
+        "model": model,
+        "messages": MESSAGES,
+        "tools": list(PROBE_TOOLS),
+        "seed": seed,
+        "max_tokens": max_tokens,
+        **MODES[mode],
+    }
 
 
 def _attempt(call: Callable[[], Answer]) -> tuple[Answer, str | None]:
@@ -137,7 +159,7 @@ def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
-        event: dict[str, Any] = json.loads(line[len("data: "):])
+        event: dict[str, Any] = json.loads(line[len("data: ") :])
         if "error" in event:
             raise ValueError(f"error event in the stream: {event['error'].get('message')}")
         yield event
@@ -201,11 +223,13 @@ def _same(whole: Answer, streamed: Answer, whole_error: str | None) -> str | Non
 
 def format_table(checks: Sequence[Check]) -> str:
     rows = [("model", "format", "mode", "stream", "result")]
-    rows += [(c.model, c.format, c.mode, "yes" if c.stream else "no", "ok" if c.ok else f"FAIL: {c.error}")
-             for c in checks]
+    rows += [
+        (c.model, c.format, c.mode, "yes" if c.stream else "no", "ok" if c.ok else f"FAIL: {c.error}") for c in checks
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4] for row in rows
+    )
 
 
 def exit_code(checks: Sequence[Check]) -> int:

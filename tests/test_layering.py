@@ -22,13 +22,23 @@ def _has(mods: set[str], prefix: str) -> bool:
 @pytest.mark.parametrize("module", ["server.toolcalls", "server.templates", "server.toolcalls.validation"])
 def test_tool_call_core_is_pure(module: str) -> None:
     mods = _loaded_after(module)
-    for heavy in ("fastapi", "starlette", "llama_cpp", "torch", "transformers", "training", "server.engines",
-                  "server.api", "prometheus_client"):
+    for heavy in (
+        "fastapi",
+        "starlette",
+        "llama_cpp",
+        "torch",
+        "transformers",
+        "training",
+        "server.engines",
+        "server.api",
+        "prometheus_client",
+    ):
         assert not _has(mods, heavy), f"{module} pulls in {heavy}"
 
 
 @pytest.mark.parametrize(
-    "module", ["server.chat", "server.constraints", "server.engines.llamacpp", "server.serving.build"])
+    "module", ["server.chat", "server.constraints", "server.engines.llamacpp", "server.serving.build"]
+)
 def test_nothing_below_api_imports_fastapi(module: str) -> None:
     mods = _loaded_after(module)
     assert not _has(mods, "fastapi") and not _has(mods, "starlette")

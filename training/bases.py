@@ -66,8 +66,12 @@ def resolve_base(spec: str, *, models_dir: Path | None = None, cache: Path | Non
     folder = (cache or cache_dir()) / f"{gguf_path.name.removesuffix('.gguf')}-{sha[:16]}"
     if not (folder / SOURCE_FILE).is_file():
         dequantize(gguf_path, folder, sha, entry.name if entry is not None else None)
-    return Base(model=str(folder), gguf=gguf_path.resolve(), gguf_sha256=sha,
-                ref=entry.name if entry is not None else str(gguf_path))
+    return Base(
+        model=str(folder),
+        gguf=gguf_path.resolve(),
+        gguf_sha256=sha,
+        ref=entry.name if entry is not None else str(gguf_path),
+    )
 
 
 def _folder_base(folder: Path) -> Base:
@@ -75,8 +79,12 @@ def _folder_base(folder: Path) -> Base:
     if source.is_file():
         info = json.loads(source.read_text(encoding="utf-8"))
         gguf = Path(info["gguf"])
-        return Base(model=str(folder), gguf=gguf if gguf.is_file() else None, gguf_sha256=info["sha256"],
-                    ref=info.get("catalogue") or info["gguf"])
+        return Base(
+            model=str(folder),
+            gguf=gguf if gguf.is_file() else None,
+            gguf_sha256=info["sha256"],
+            ref=info.get("catalogue") or info["gguf"],
+        )
     own = folder / "model.gguf"  # the tiny model's layout (training/demo/tiny.py)
     return Base(model=str(folder), gguf=own if own.is_file() else None, gguf_sha256=None, ref=str(folder.resolve()))
 
@@ -101,8 +109,10 @@ def dequantize(gguf_path: Path, folder: Path, sha256: str, catalogue: str | None
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps(
-            {"gguf": str(gguf_path.resolve()), "sha256": sha256, "catalogue": catalogue}, indent=2), encoding="utf-8")
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps({"gguf": str(gguf_path.resolve()), "sha256": sha256, "catalogue": catalogue}, indent=2),
+            encoding="utf-8",
+        )
     return folder
 
 

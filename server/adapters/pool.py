@@ -137,7 +137,8 @@ class AdapterPool:
         if all(name in self.pinned for name in self._state):
             raise AdapterCapacity(
                 f"all {self.max_loaded} adapter slots (adapters.max_loaded) hold pinned adapters "
-                f"({', '.join(sorted(self._state))}); raise adapters.max_loaded or unpin one (adapters.pinned)")
+                f"({', '.join(sorted(self._state))}); raise adapters.max_loaded or unpin one (adapters.pinned)"
+            )
         return None
 
     async def _load(self, files: AdapterFiles, victim: str | None) -> None:
@@ -176,7 +177,8 @@ class AdapterPool:
         except TimeoutError:
             raise Timeout(
                 f"waited {self.wait_s:g}s for an adapter slot: all {self.max_loaded} loaded adapters were "
-                "in use (adapters.max_loaded)") from None
+                "in use (adapters.max_loaded)"
+            ) from None
 
     # --- the admin side ---
 

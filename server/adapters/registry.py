@@ -99,10 +99,14 @@ def resolve_folder(root: Path, lora_path: str, name: str) -> Path:
         raise AdapterRefused(
             f"lora_path {lora_path!r} is not an adapter folder inside the adapters directory ({root}); "
             f"copy or export the adapter to {root}/<name>/ and pass that folder or its bare name",
-            param="lora_path")
+            param="lora_path",
+        )
     if folder.name != name:
-        raise AdapterRefused(f"lora_path names the folder {folder.name!r} but lora_name is {name!r}; "
-                             "an adapter is served under its folder's name", param="lora_name")
+        raise AdapterRefused(
+            f"lora_path names the folder {folder.name!r} but lora_name is {name!r}; "
+            "an adapter is served under its folder's name",
+            param="lora_name",
+        )
     return folder
 
 
@@ -112,20 +116,25 @@ def read_adapter(folder: Path, base: BaseModelFile) -> Adapter:
     try:
         manifest = read_manifest(folder)
     except FileNotFoundError:
-        raise AdapterRefused(f"{folder} has no {MANIFEST}; export adapters with `python -m training export`",
-                             param="lora_path") from None
+        raise AdapterRefused(
+            f"{folder} has no {MANIFEST}; export adapters with `python -m training export`", param="lora_path"
+        ) from None
     except (ValidationError, ValueError, OSError) as exc:
         raise AdapterRefused(f"{folder}/{MANIFEST} is not a valid adapter manifest: {exc}", param="lora_path") from None
     if manifest.name != name:
-        raise AdapterRefused(f"{folder}/{MANIFEST} names the adapter {manifest.name!r}, not its folder's name "
-                             f"{name!r}; rename the folder or re-export", param="lora_name")
+        raise AdapterRefused(
+            f"{folder}/{MANIFEST} names the adapter {manifest.name!r}, not its folder's name "
+            f"{name!r}; rename the folder or re-export",
+            param="lora_name",
+        )
     _check_base(manifest, base)
     spec = manifest.files
     gguf = _inside(folder, spec.gguf) if spec.gguf else None
     peft = _inside(folder, spec.peft_weights)
     if not (gguf and gguf.is_file()) and not peft.is_file():
-        raise AdapterRefused(f"{folder} holds no adapter weights ({spec.gguf} or {spec.peft_weights})",
-                             param="lora_path")
+        raise AdapterRefused(
+            f"{folder} holds no adapter weights ({spec.gguf} or {spec.peft_weights})", param="lora_path"
+        )
     template_path = _inside(folder, spec.chat_template)
     template = template_path.read_text(encoding="utf-8") if template_path.is_file() else None
     files = AdapterFiles(name, folder, gguf if gguf and gguf.is_file() else None)
@@ -135,14 +144,19 @@ def read_adapter(folder: Path, base: BaseModelFile) -> Adapter:
 def _check_base(manifest: AdapterManifest, base: BaseModelFile) -> None:
     wanted = manifest.base_model.gguf_sha256
     if wanted is None:
-        _log.warning("adapter %s: its manifest has no base_model.gguf_sha256, so its fit to the served base "
-                     "model cannot be checked", manifest.name)
+        _log.warning(
+            "adapter %s: its manifest has no base_model.gguf_sha256, so its fit to the served base "
+            "model cannot be checked",
+            manifest.name,
+        )
         return
     have = base.sha256()
     if have is not None and have != wanted:
         raise AdapterRefused(
             f"adapter {manifest.name!r} was trained for another base model (base GGUF sha256 {wanted[:12]}..., "
-            f"served {have[:12]}...: {manifest.base_model.id}); serve it with that model", param="lora_path")
+            f"served {have[:12]}...: {manifest.base_model.id}); serve it with that model",
+            param="lora_path",
+        )
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -161,11 +175,20 @@ def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Ser
         raise AdapterRefused(f"adapter {adapter.name!r}: {exc}", param="lora_path") from None
     # The base's engine, info and queue; the rest is the adapter's own.
     template_path = str(adapter.template_path) if adapter.template_path else base.provenance.template
-    policy = replace(base.policy, default_choice=ChoiceMode(adapter.manifest.tool_choice),
-                     no_tool_threshold=base.policy.no_tool_threshold if fmt.envelope.decision_point else None)
-    return replace(base, name=adapter.name, format=fmt, template=template, policy=policy,
-                   provenance=Provenance(source, template_path),
-                   adapter=AdapterBinding(adapter.name, scale, partial(pool.lease, adapter.files)))
+    policy = replace(
+        base.policy,
+        default_choice=ChoiceMode(adapter.manifest.tool_choice),
+        no_tool_threshold=base.policy.no_tool_threshold if fmt.envelope.decision_point else None,
+    )
+    return replace(
+        base,
+        name=adapter.name,
+        format=fmt,
+        template=template,
+        policy=policy,
+        provenance=Provenance(source, template_path),
+        adapter=AdapterBinding(adapter.name, scale, partial(pool.lease, adapter.files)),
+    )
 
 
 class AdapterRegistry:
@@ -226,8 +249,11 @@ class AdapterRegistry:
         self._check_name(name)
         async with self._lock(name):
             if name in self.served and not inplace:
-                raise InvalidRequest(f"The lora adapter '{name}' has already been loaded. If you want to load "
-                                     "the adapter in place, set 'load_inplace' to True.", param="lora_name")
+                raise InvalidRequest(
+                    f"The lora adapter '{name}' has already been loaded. If you want to load "
+                    "the adapter in place, set 'load_inplace' to True.",
+                    param="lora_name",
+                )
             folder = resolve_folder(self.root, lora_path, name)
             adapter = await asyncio.to_thread(read_adapter, folder, self.base_file)  # may hash the base
             served = bind(adapter, self.base, self.pool, self.settings.scale)
@@ -259,8 +285,11 @@ class AdapterRegistry:
 
     def _check_pin(self, name: str) -> None:
         if len(self.pool.pinned | {name}) > self.pool.max_loaded:
-            raise InvalidRequest(f"cannot pin {name!r}: {len(self.pool.pinned)} adapters are pinned and "
-                                 f"adapters.max_loaded is {self.pool.max_loaded}; unpin one first", param="pinned")
+            raise InvalidRequest(
+                f"cannot pin {name!r}: {len(self.pool.pinned)} adapters are pinned and "
+                f"adapters.max_loaded is {self.pool.max_loaded}; unpin one first",
+                param="pinned",
+            )
 
     async def unload(self, name: str) -> None:
         async with self._lock(name):
@@ -281,11 +310,14 @@ class AdapterRegistry:
 
     def _check_name(self, name: str) -> None:
         if not re.fullmatch(NAME_PATTERN, name):
-            raise AdapterRefused(f"lora_name {name!r} is not a valid adapter name (letters, digits, '.', '_', '-'; "
-                                 "at most 64)", param="lora_name")
+            raise AdapterRefused(
+                f"lora_name {name!r} is not a valid adapter name (letters, digits, '.', '_', '-'; at most 64)",
+                param="lora_name",
+            )
         if name == self.base.name:
-            raise AdapterRefused(f"The lora adapter name '{name}' conflicts with a served base model.",
-                                 param="lora_name")
+            raise AdapterRefused(
+                f"The lora adapter name '{name}' conflicts with a served base model.", param="lora_name"
+            )
 
     def _register(self, adapter: Adapter) -> None:
         served = bind(adapter, self.base, self.pool, self.settings.scale)
@@ -307,8 +339,10 @@ class AdapterRegistry:
         except FileNotFoundError:
             return RegistryState()
         except (ValidationError, ValueError, OSError) as exc:
-            raise ConfigError(f"cannot read the adapter registry state {path}: {exc}; fix it or delete it "
-                              "(every adapter folder is then served)") from None
+            raise ConfigError(
+                f"cannot read the adapter registry state {path}: {exc}; fix it or delete it "
+                "(every adapter folder is then served)"
+            ) from None
 
     def _save(self, name: str, state: AdapterState) -> None:
         self.state.adapters[name] = state

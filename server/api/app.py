@@ -43,9 +43,14 @@ def create_app(settings: Settings, models: ModelRegistry, metrics: Metrics | Non
 
     # With keys set, the API description is for key holders too (info_routes.keyed_docs).
     open_docs = not settings.auth.enabled
-    app = FastAPI(title="callgate", version=__version__, lifespan=lifespan,
-                  docs_url="/docs" if open_docs else None, redoc_url="/redoc" if open_docs else None,
-                  openapi_url="/openapi.json" if open_docs else None)
+    app = FastAPI(
+        title="callgate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
+        openapi_url="/openapi.json" if open_docs else None,
+    )
     app.state.gateway = gateway
     errors.install(app)
     if not open_docs:
@@ -86,8 +91,7 @@ def _drain_on_signals(lifecycle: Lifecycle) -> Callable[[], None]:
                 server.should_exit = server.force_exit = True
             return
         started = True
-        loop.call_soon_threadsafe(
-            lambda: tasks.add(loop.create_task(lifecycle.drain(lambda: handler(sig, frame)))))
+        loop.call_soon_threadsafe(lambda: tasks.add(loop.create_task(lifecycle.drain(lambda: handler(sig, frame)))))
 
     for sig in previous:
         signal.signal(sig, on_signal)

@@ -45,7 +45,8 @@ async def prepare(body: ChatCompletionRequest, request: Request, gw: Gateway) ->
     request.state.model, request.state.adapter = served.name, served.adapter_name or "none"
     # Meta-schema checks cost ~0.2 ms a subschema: a full tool budget must not hold the loop.
     chat = await anyio.to_thread.run_sync(
-        _translate, body, gw.settings.limits, served.policy.default_choice, thinking_switch(served.template))
+        _translate, body, gw.settings.limits, served.policy.default_choice, thinking_switch(served.template)
+    )
     return served, replace(chat, client=_client(request))
 
 
@@ -77,7 +78,8 @@ def _translate(
 
 def _schemas(tools: list[ToolDef] | None, fmt: ResponseFormat | None) -> Schemas:
     out: list[tuple[str, object]] = [
-        (f"tools[{i}].function.parameters", t.function.parameters or {}) for i, t in enumerate(tools or [])]
+        (f"tools[{i}].function.parameters", t.function.parameters or {}) for i, t in enumerate(tools or [])
+    ]
     if fmt is not None and fmt.json_schema is not None:
         out.append(("response_format.json_schema.schema", fmt.json_schema.schema_))
     return out

@@ -50,24 +50,35 @@ def _adapter_cards(adapters: AdapterRegistry) -> list[dict[str, Any]]:
     cards = []
     for name, served in sorted(adapters.served.items()):
         manifest = adapters.adapters[name].manifest
-        cards.append(_card(served, str(adapters.root / name), adapters.base.name) | {
-            "tool_choice": manifest.tool_choice,
-            "scores": manifest.scores,
-            "base_model": manifest.base_model.id,
-            "lora_rank": manifest.lora.rank,
-            "loaded": adapters.pool.is_loaded(name),
-            "pinned": name in adapters.pool.pinned,
-        })
+        cards.append(
+            _card(served, str(adapters.root / name), adapters.base.name)
+            | {
+                "tool_choice": manifest.tool_choice,
+                "scores": manifest.scores,
+                "base_model": manifest.base_model.id,
+                "lora_rank": manifest.lora.rank,
+                "loaded": adapters.pool.is_loaded(name),
+                "pinned": name in adapters.pool.pinned,
+            }
+        )
     return cards
 
 
 def _permission() -> dict[str, Any]:
     """vLLM's ModelPermission, for clients that read it."""
     return {
-        "id": f"modelperm-{_STARTED}", "object": "model_permission", "created": _STARTED,
-        "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
-        "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
-        "organization": "*", "group": None, "is_blocking": False,
+        "id": f"modelperm-{_STARTED}",
+        "object": "model_permission",
+        "created": _STARTED,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
     }
 
 

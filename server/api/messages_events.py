@@ -53,8 +53,10 @@ class MessagesRender:
 
 def content_blocks(events: list[ChatEvent]) -> list[dict[str, Any]]:
     """Consecutive text is one text block; each call a tool_use block."""
-    return [{"type": "text", "text": part} if isinstance(part, str)
-            else tool_use(part, json.loads(part.call.arguments)) for part in segments(events)]
+    return [
+        {"type": "text", "text": part} if isinstance(part, str) else tool_use(part, json.loads(part.call.arguments))
+        for part in segments(events)
+    ]
 
 
 def tool_use(event: CallEvent, arguments: dict[str, Any]) -> dict[str, Any]:

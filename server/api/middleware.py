@@ -60,9 +60,16 @@ class BodyLimit:
         if _SURROGATE_ESCAPE.search(body):  # rare: only then is the body parsed here (off the loop)
             where = await asyncio.to_thread(lone_surrogate_at, body)
             if where is not None:
-                await send_error(scope, send, InvalidRequest(
-                    f"{where} contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not "
-                    "half of a pair); send valid Unicode text", param=where, code="invalid_unicode"))
+                await send_error(
+                    scope,
+                    send,
+                    InvalidRequest(
+                        f"{where} contains a lone UTF-16 surrogate (a \\ud800-\\udfff escape that is not "
+                        "half of a pair); send valid Unicode text",
+                        param=where,
+                        code="invalid_unicode",
+                    ),
+                )
                 return
         await self.app(scope, _replay(body, receive), send)
 
@@ -76,9 +83,17 @@ async def send_error(
     """An error response written below the app (its exception handlers cannot see it)."""
     log_refusal(scope["method"], scope["path"], err)
     payload = json.dumps(error_body(err, scope["path"])).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 

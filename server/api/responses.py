@@ -55,8 +55,12 @@ class ChunkWriter:
         if isinstance(event, ContentEvent):
             return self._chunk({"content": event.text})
         if isinstance(event, CallEvent):
-            head = {"index": event.index, "id": event.call.id, "type": "function",
-                    "function": {"name": event.call.name, "arguments": ""}}
+            head = {
+                "index": event.index,
+                "id": event.call.id,
+                "type": "function",
+                "function": {"name": event.call.name, "arguments": ""},
+            }
             body = {"index": event.index, "function": {"arguments": event.call.arguments}}
             return self._chunk({"tool_calls": [head]}) + self._chunk({"tool_calls": [body]})
         return self._done(event)
@@ -74,15 +78,21 @@ class ChunkWriter:
         return out + b"data: [DONE]\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        body = {**self._head(), "choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        body = {
+            **self._head(),
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
         if self.include_usage:
             body["usage"] = None
         return sse_json(body)
 
     def _head(self) -> dict[str, Any]:
-        return {"id": self.env.id, "object": "chat.completion.chunk",
-                "created": self.env.created, "model": self.env.model}
+        return {
+            "id": self.env.id,
+            "object": "chat.completion.chunk",
+            "created": self.env.created,
+            "model": self.env.model,
+        }
 
 
 # Characters str.splitlines() breaks on that JSON leaves raw: clients that split SSE lines that
@@ -105,8 +115,11 @@ def _invalid(call: InvalidCall) -> dict[str, Any]:
 
 
 def _usage(done: DoneEvent) -> dict[str, int]:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
 
 
 def segments(events: list[ChatEvent]) -> list[str | CallEvent]:

@@ -71,8 +71,10 @@ class ResponsesRender:
 
 def output_items(token: str, events: list[ChatEvent]) -> list[dict[str, Any]]:
     """Consecutive text is one message item; each call is a function_call item."""
-    return [message_item(token, i, part) if isinstance(part, str) else call_item(token, i, part)
-            for i, part in enumerate(segments(events))]
+    return [
+        message_item(token, i, part) if isinstance(part, str) else call_item(token, i, part)
+        for i, part in enumerate(segments(events))
+    ]
 
 
 def message_item(token: str, index: int, text: str, status: str = "completed") -> dict[str, Any]:

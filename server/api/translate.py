@@ -55,8 +55,10 @@ def to_messages(wire: list[MessageWire], limits: LimitsSection) -> tuple[Message
     open_calls: set[str] = set()
     out = []
     for i, m in enumerate(wire):
-        calls = tuple(_call(i, j, c.id, c.function.name, c.function.arguments, limits.max_json_depth)
-                      for j, c in enumerate(m.tool_calls or []))
+        calls = tuple(
+            _call(i, j, c.id, c.function.name, c.function.arguments, limits.max_json_depth)
+            for j, c in enumerate(m.tool_calls or [])
+        )
         open_calls.update(c.id for c in calls)
         if m.role == "tool":
             check_answers(str(m.tool_call_id), open_calls, f"messages[{i}].tool_call_id")
@@ -71,9 +73,14 @@ def to_tools(wire: list[ToolDef], limits: LimitsSection) -> tuple[Tool, ...]:
     if len(wire) > limits.max_tools:
         raise InvalidRequest(f"{len(wire)} tools; the limit is {limits.max_tools}", param="tools")
     # Every call is validated against its tool's schema, `strict` or not.
-    tools = tuple(Tool(t.function.name, t.function.description or "",
-                       t.function.parameters if t.function.parameters is not None else dict(_EMPTY_OBJECT))
-                  for t in wire)
+    tools = tuple(
+        Tool(
+            t.function.name,
+            t.function.description or "",
+            t.function.parameters if t.function.parameters is not None else dict(_EMPTY_OBJECT),
+        )
+        for t in wire
+    )
     check_tools(tools)
     return tools
 
@@ -115,8 +122,7 @@ def _text_format(fmt: ResponseFormat | None) -> TextFormat:
 def _sampling(wire: ChatCompletionRequest, limits: LimitsSection) -> Sampling:
     max_tokens = wire.max_completion_tokens or wire.max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
-        raise InvalidRequest(f"max_tokens {max_tokens} is above the limit of {limits.max_tokens}",
-                             param="max_tokens")
+        raise InvalidRequest(f"max_tokens {max_tokens} is above the limit of {limits.max_tokens}", param="max_tokens")
     stop = (wire.stop,) if isinstance(wire.stop, str) else tuple(wire.stop or ())
     if len(stop) > 16:
         raise InvalidRequest("at most 16 stop sequences", param="stop")
@@ -158,8 +164,9 @@ def check_answers(call_id: str, made: set[str], param: str) -> None:
     """A tool result must answer a call made earlier in the conversation."""
     if call_id not in made:
         raise InvalidRequest(
-            f"{param} is a tool result for call id {call_id!r}, but no earlier assistant turn made a call "
-            "with that id", param=param)
+            f"{param} is a tool result for call id {call_id!r}, but no earlier assistant turn made a call with that id",
+            param=param,
+        )
 
 
 def check_arguments(arguments: str, param: str, max_depth: int | None = None) -> None:

@@ -132,7 +132,9 @@ class ChatCompletionRequest(BaseModel):
     verbosity: Literal["low", "medium", "high"] | None = None
     # callgate extension (send with the openai client's extra_body).
     no_tool_threshold: float | None = Field(
-        None, ge=0, le=1,
+        None,
+        ge=0,
+        le=1,
         description="auto mode: call a tool only if P(opening a call) reaches this",
     )
 

@@ -111,9 +111,15 @@ def cache_key(spec: ConstraintSpec, fmt: ToolFormat) -> str:
     """Digest of what the grammar depends on. Key order is kept: it fixes the property order."""
     env = fmt.envelope
     doc = [
-        fmt.name, repr(env), [is_token(m, spec) for m in (env.open, env.close, env.args_open)],
+        fmt.name,
+        repr(env),
+        [is_token(m, spec) for m in (env.open, env.close, env.args_open)],
         [[t.name, t.parameters] for t in spec.tools],
-        spec.choice.mode.value, spec.choice.name, spec.parallel, spec.text.kind, spec.text.schema,
+        spec.choice.mode.value,
+        spec.choice.name,
+        spec.parallel,
+        spec.text.kind,
+        spec.text.schema,
         sorted(spec.token_ids),
     ]
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=repr)

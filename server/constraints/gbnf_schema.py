@@ -15,10 +15,23 @@ from server.patterns import safe_validator
 from server.types import JSONSchema
 
 # What the converter enforces; other validation keywords raise, annotations are ignored.
-SUPPORTED = frozenset({
-    "type", "enum", "const", "anyOf", "$ref", "properties", "required", "additionalProperties",
-    "items", "minItems", "maxItems", "minLength", "maxLength",
-})
+SUPPORTED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "anyOf",
+        "$ref",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+    }
+)
 ALL_TYPES = ("object", "array", "string", "number", "boolean", "null")
 # Generic JSON values in the pinned layout (", " and ": "; json.dumps' escapes).
 JSON_RULES = r"""json-value ::= json-object | json-array | json-string | json-number | "true" | "false" | "null"
@@ -139,8 +152,7 @@ class _Converter:
             return self.array(schema)
         if kind == "string":
             return _string(schema)
-        return {"integer": "json-int", "number": "json-number", "boolean": '("true" | "false")',
-                "null": '"null"'}[kind]
+        return {"integer": "json-int", "number": "json-number", "boolean": '("true" | "false")', "null": '"null"'}[kind]
 
     def array(self, schema: JSONSchema) -> str:
         low, high = int(schema.get("minItems", 0)), schema.get("maxItems")

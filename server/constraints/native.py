@@ -29,7 +29,8 @@ class _Unconstrained:
 
 # Bounded in bytes, not entries: the GBNF of a large tool list is large.
 _cache: ByteLRU[str, NativeConstraint | _Unconstrained] = ByteLRU(
-    16 << 20, lambda key, c: len(key) + (len(c.gbnf) if isinstance(c, NativeConstraint) else 0) + 256)
+    16 << 20, lambda key, c: len(key) + (len(c.gbnf) if isinstance(c, NativeConstraint) else 0) + 256
+)
 
 
 def native_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:
@@ -49,7 +50,8 @@ def _build(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:
         # takes over when a model spells the opener with ordinary tokens (the trigger sees both).
         opener = fmt.envelope.open
         calls_only = replace(
-            spec, choice=ToolChoice(ChoiceMode.REQUIRED), special_tokens=spec.special_tokens - {opener})
+            spec, choice=ToolChoice(ChoiceMode.REQUIRED), special_tokens=spec.special_tokens - {opener}
+        )
         return NativeConstraint(to_gbnf(calls_only, fmt), (opener,))
     text = to_gbnf(spec, fmt)
     return NativeConstraint(text) if text else None

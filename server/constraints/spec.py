@@ -36,12 +36,27 @@ JSON_LAYOUT: dict[str, object] = {
 }
 # Draft 2020-12 validation keywords, to name the culprit in llguidance's messages.
 SCHEMA_KEYWORDS = frozenset(jsonschema.Draft202012Validator.VALIDATORS) | {
-    "then", "else", "minContains", "maxContains", "$dynamicAnchor",
+    "then",
+    "else",
+    "minContains",
+    "maxContains",
+    "$dynamicAnchor",
 }
 # Describe values, yet llguidance ignores them (annotations in 2020-12): refuse, never drop.
 _IGNORED = frozenset({"contentEncoding", "contentMediaType", "contentSchema"})
-_ONE = ("items", "additionalProperties", "contains", "propertyNames", "not", "if", "then", "else",
-        "unevaluatedItems", "unevaluatedProperties", "contentSchema")
+_ONE = (
+    "items",
+    "additionalProperties",
+    "contains",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+)
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 _RESERVED = "'x-guidance' is reserved: the gateway pins the JSON layout; remove it"

@@ -63,8 +63,10 @@ def _upstreams(settings: Settings) -> list[Upstream]:
     s = settings.engine
     key = s.api_key.get_secret_value() if s.api_key else None
     timeouts = Timeouts(connect_s=s.connect_timeout_s, read_s=s.read_timeout_s)
-    return [Upstream(url.rstrip("/"), s.upstream_model, timeouts, key, s.slots_per_replica, s.startup_timeout_s)
-            for url in s.urls]
+    return [
+        Upstream(url.rstrip("/"), s.upstream_model, timeouts, key, s.slots_per_replica, s.startup_timeout_s)
+        for url in s.urls
+    ]
 
 
 def _router(settings: Settings, replicas: Sequence[Replica], metrics: Metrics | None) -> Engine:

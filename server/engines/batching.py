@@ -238,8 +238,14 @@ class Scheduler:
         if request is None:
             return Seq(job, slot)
         matcher = self._b.matcher(request.grammar) if request.grammar else None
-        return Seq(job, slot, matcher, np.random.default_rng(request.sampling.seed),
-                   codecs.getincrementaldecoder("utf-8")(errors="replace"), StopMatcher(request.sampling.stop))
+        return Seq(
+            job,
+            slot,
+            matcher,
+            np.random.default_rng(request.sampling.seed),
+            codecs.getincrementaldecoder("utf-8")(errors="replace"),
+            StopMatcher(request.sampling.stop),
+        )
 
     def _step_safely(self) -> None:
         try:
@@ -340,8 +346,11 @@ class Scheduler:
         if seq.matcher.is_error():
             error = f"grammar failed: {seq.matcher.get_error()}"
             if seq.produced == 0:  # before any token: the request's constraint is too complex
-                raise InvalidRequest(f"the constraint is too complex to enforce ({error}); simplify the schema",
-                                     param="tools", code="constraint_too_complex")
+                raise InvalidRequest(
+                    f"the constraint is too complex to enforce ({error}); simplify the schema",
+                    param="tools",
+                    code="constraint_too_complex",
+                )
             raise EngineError(error)
         bits = np.unpackbits(self._masks[row].view(np.uint8), count=self._b.n_vocab, bitorder="little")
         allowed: NDArray[np.intp] = np.flatnonzero(bits)
@@ -409,4 +418,3 @@ def _check_context(prompt_tokens: int, max_tokens: int, limit: int) -> None:
             param="messages",
             code="context_length_exceeded",
         )
-

@@ -47,9 +47,7 @@ class _Adapter:
 
 
 class LlamaCppEngine:
-    def __init__(
-        self, path: Path, *, context_length: int = 4096, threads: int | None = None, slots: int | None = None
-    ):
+    def __init__(self, path: Path, *, context_length: int = 4096, threads: int | None = None, slots: int | None = None):
         import llama_cpp
         from llama_cpp import _internals
 
@@ -61,9 +59,11 @@ class LlamaCppEngine:
 
             set_verbose(False)
         self._model = _internals.LlamaModel(
-            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False)
+            path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
+        )
         self._context = _internals.LlamaContext(
-            model=self._model, params=self._context_params(threads or default_threads()), verbose=False)
+            model=self._model, params=self._context_params(threads or default_threads()), verbose=False
+        )
         self.ctx = self._context.ctx
         self._vocab = self._model.vocab
         self.n_vocab = self._model.n_vocab()
@@ -211,12 +211,15 @@ class LlamaCppEngine:
         if files.gguf is None or not files.gguf.is_file():
             raise InvalidRequest(
                 f"adapter {files.name!r} has no GGUF LoRA ({files.gguf}); llama.cpp needs one: "
-                "export it with `python -m training export`", param="model")
+                "export it with `python -m training export`",
+                param="model",
+            )
         pointer = self.lib.llama_adapter_lora_init(self._model.model, str(files.gguf).encode())
         if not pointer:  # a NULL pointer: llama.cpp logged why (wrong base, not a LoRA GGUF)
             raise EngineError(
                 f"llama.cpp refused the LoRA {files.gguf} for adapter {files.name!r}: not a GGUF LoRA "
-                "or made for another base model")
+                "or made for another base model"
+            )
         self._adapters[files.name] = _Adapter(next(self._uids), pointer)
 
     def _unload_adapter(self, name: str) -> None:
@@ -257,9 +260,7 @@ class LlamaCppEngine:
             from llguidance.llamacpp import lltokenizer_from_vocab
 
             eog = [t for t in (self._model.token_eos(), self._eot()) if t >= 0]
-            self._lltokenizer = lltokenizer_from_vocab(
-                self._vocab, n_vocab=self.n_vocab, eos_token=sorted(set(eog))
-            )
+            self._lltokenizer = lltokenizer_from_vocab(self._vocab, n_vocab=self.n_vocab, eos_token=sorted(set(eog)))
         return self._lltokenizer
 
     def _eot(self) -> int:

@@ -65,8 +65,9 @@ class ServerFacts:
 
 
 class LlamaServerEngine:
-    def __init__(self, upstream: Upstream, info: EngineInfo, facts: ServerFacts,
-                 path_map: Mapping[str, str] | None = None):
+    def __init__(
+        self, upstream: Upstream, info: EngineInfo, facts: ServerFacts, path_map: Mapping[str, str] | None = None
+    ):
         self.upstream = upstream
         self.name = upstream.url
         self.parallelism = upstream.slots
@@ -98,8 +99,9 @@ class LlamaServerEngine:
             if event.get("stop"):
                 if held is not None and event.get("stop_type") != "eos":
                     yield held
-                yield Finish(_finish(event), int(event.get("tokens_evaluated", 0)),
-                             int(event.get("tokens_predicted", 0)))
+                yield Finish(
+                    _finish(event), int(event.get("tokens_evaluated", 0)), int(event.get("tokens_predicted", 0))
+                )
                 return
             if held is not None:
                 yield held
@@ -120,7 +122,9 @@ class LlamaServerEngine:
             "temperature": s.temperature,
             "top_p": s.top_p,
             # Neutral values for the samplers the gateway's own engine does not have.
-            "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0,
+            "top_k": 0,
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
             "seed": s.seed if s.seed is not None else -1,
             "stop": list(s.stop),
             "stream": True,
@@ -137,17 +141,24 @@ class LlamaServerEngine:
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         """Exact for the candidates' first tokens among the top 100; below them, 0."""
-        body: dict[str, Any] = {"prompt": await self._tokenized_prompt(prompt), "n_predict": 1, "n_probs": _TOP_PROBS,
-                                "temperature": 0.0, "cache_prompt": True}
+        body: dict[str, Any] = {
+            "prompt": await self._tokenized_prompt(prompt),
+            "n_predict": 1,
+            "n_probs": _TOP_PROBS,
+            "temperature": 0.0,
+            "cache_prompt": True,
+        }
         if self._facts.loras:
-            body["lora"] = self._lora(GenerateRequest(prompt, Sampling(max_tokens=1), adapter=adapter,
-                                                         adapter_scale=adapter_scale))
+            body["lora"] = self._lora(
+                GenerateRequest(prompt, Sampling(max_tokens=1), adapter=adapter, adapter_scale=adapter_scale)
+            )
         answer = await post_json(self._client, "/completion", body, self.name)
         try:
             top = {int(t["id"]): float(t["logprob"]) for t in answer["completion_probabilities"][0]["top_logprobs"]}
         except (KeyError, IndexError, TypeError, ValueError):
-            raise UpstreamError("no completion_probabilities in the answer", replica=self.name,
-                                kind="protocol") from None
+            raise UpstreamError(
+                "no completion_probabilities in the answer", replica=self.name, kind="protocol"
+            ) from None
         firsts = [await self._first_id(c) for c in candidates]
         return [math.exp(top[t]) if t is not None and t in top else 0.0 for t in firsts]
 
@@ -162,8 +173,10 @@ class LlamaServerEngine:
                 self._adapters[adapter.name] = lora_id
                 return
         loaded = ", ".join(p for p, _ in self._facts.loras) or "none"
-        raise EngineError(f"a llama-server replica was not started with this adapter's LoRA "
-                          f"({wanted}; it has: {loaded}); add --lora {wanted} --lora-init-without-apply")
+        raise EngineError(
+            f"a llama-server replica was not started with this adapter's LoRA "
+            f"({wanted}; it has: {loaded}); add --lora {wanted} --lora-init-without-apply"
+        )
 
     async def unload_adapter(self, name: str) -> None:
         self._adapters.pop(name, None)  # the file stays in the server; requests can no longer name it
@@ -192,7 +205,7 @@ class LlamaServerEngine:
     def _prompt(self, prompt: str) -> str:
         bos = self._info.bos_token
         if self._facts.add_bos and bos and prompt.startswith(bos):
-            return prompt[len(bos):]  # the server adds it back: exactly one BOS, as the template meant
+            return prompt[len(bos) :]  # the server adds it back: exactly one BOS, as the template meant
         return prompt
 
     async def _tokenized_prompt(self, prompt: str) -> str | list[str | int]:
@@ -221,7 +234,8 @@ class LlamaServerEngine:
         if request.gbnf.triggers:
             out["grammar_lazy"] = True
             out["grammar_triggers"] = [
-                {"type": _PATTERN_TRIGGER, "value": _REGEX_SPECIALS.sub(r"\\\g<0>", t)} for t in request.gbnf.triggers]
+                {"type": _PATTERN_TRIGGER, "value": _REGEX_SPECIALS.sub(r"\\\g<0>", t)} for t in request.gbnf.triggers
+            ]
         return out
 
     def _lora(self, request: GenerateRequest) -> list[dict[str, Any]]:
@@ -279,8 +293,10 @@ def verify_enforces_grammar(engine_upstream: Upstream) -> None:
     except (EngineError, InvalidRequest) as exc:
         text = f"an error: {exc}"
     if text != "ok":
-        raise ConfigError(f"the llama-server at {engine_upstream.url} does not enforce grammars (asked for 'ok', "
-                          f"got {text[:200]!r}); set engine.verify_grammar: false to serve without that guarantee")
+        raise ConfigError(
+            f"the llama-server at {engine_upstream.url} does not enforce grammars (asked for 'ok', "
+            f"got {text[:200]!r}); set engine.verify_grammar: false to serve without that guarantee"
+        )
 
 
 def _special_id(upstream: Upstream, text: str) -> int | None:

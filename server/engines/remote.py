@@ -126,7 +126,10 @@ def status_error(status: int, text: str, replica: str) -> GatewayErrorLike:
     if status == 400 and _CONTEXT_WORDS.search(message):
         return InvalidRequest(
             f"the prompt plus max_tokens does not fit the model's context ({message}); shorten the "
-            "conversation or lower max_tokens", param="messages", code="context_length_exceeded")
+            "conversation or lower max_tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
     if status in (429, 503):
         kind = OVERLOADED
     elif status == 404:
@@ -207,8 +210,10 @@ def first_ready(upstreams: Sequence[Upstream], path: str) -> tuple[Upstream, Any
                 last[upstream.url] = repr(exc)
         if time.monotonic() > deadline:
             seen = "; ".join(f"{url}: {why}" for url, why in last.items())
-            raise ConfigError(f"no upstream answered {path} within {upstreams[0].startup_timeout_s:g}s "
-                              f"(engine.startup_timeout_s): {seen}")
+            raise ConfigError(
+                f"no upstream answered {path} within {upstreams[0].startup_timeout_s:g}s "
+                f"(engine.startup_timeout_s): {seen}"
+            )
         time.sleep(0.25)
 
 
@@ -256,5 +261,5 @@ def upstream_path(local: Path, path_map: Mapping[str, str]) -> str:
     for prefix, remote in sorted(path_map.items(), key=lambda kv: -len(kv[0])):
         base = prefix.rstrip("/")
         if text == base or text.startswith(base + "/"):
-            return remote.rstrip("/") + text[len(base):]
+            return remote.rstrip("/") + text[len(base) :]
     return text

@@ -65,8 +65,9 @@ class Member:
 
 
 class Router:
-    def __init__(self, replicas: Sequence[Replica], policy: RouterPolicy = RouterPolicy(),
-                 metrics: Metrics | None = None):
+    def __init__(
+        self, replicas: Sequence[Replica], policy: RouterPolicy = RouterPolicy(), metrics: Metrics | None = None
+    ):
         if not replicas:
             raise ValueError("a router needs at least one replica")
         self.policy = policy
@@ -138,7 +139,8 @@ class Router:
         self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
     ) -> list[float]:
         return await self._call(
-            adapter, lambda engine: engine.token_probabilities(prompt, candidates, adapter, adapter_scale))
+            adapter, lambda engine: engine.token_probabilities(prompt, candidates, adapter, adapter_scale)
+        )
 
     async def load_adapter(self, adapter: AdapterFiles) -> None:
         """Load on every replica that answers; the others get it when a request needs it there."""
@@ -264,8 +266,13 @@ class Router:
         member.failures += 1
         if member.failures >= self.policy.breaker_failures:
             member.open_until = time.monotonic() + self.policy.breaker_open_s
-            log.warning("replica %s: breaker open for %gs after %d failures (last: %s)",
-                        member.name, self.policy.breaker_open_s, member.failures, exc.message)
+            log.warning(
+                "replica %s: breaker open for %gs after %d failures (last: %s)",
+                member.name,
+                self.policy.breaker_open_s,
+                member.failures,
+                exc.message,
+            )
         self._report(member)
 
     def _succeeded(self, member: Member) -> None:
@@ -284,8 +291,12 @@ class Router:
         for member, result in zip(self.members, results, strict=True):
             health = result if isinstance(result, Health) else Health(False, detail=repr(result))
             if health.ok != member.healthy:
-                log.warning("replica %s is %s%s", member.name, "healthy" if health.ok else "unhealthy",
-                            f" ({health.detail})" if health.detail else "")
+                log.warning(
+                    "replica %s is %s%s",
+                    member.name,
+                    "healthy" if health.ok else "unhealthy",
+                    f" ({health.detail})" if health.detail else "",
+                )
             member.healthy = health.ok
             member.reported_load = health.load
             self._report(member)

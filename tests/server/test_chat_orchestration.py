@@ -19,26 +19,40 @@ from server.toolcalls import get_format
 from server.types import ChoiceMode, Message, Sampling, Tool, ToolChoice
 from tests.support.fakes import INFO, FakeEngine
 
-TOOL = Tool("track_order", "", {"type": "object", "properties": {"order_id": {"type": "integer"}},
-                                "required": ["order_id"]})
+TOOL = Tool(
+    "track_order", "", {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}
+)
 GOOD = '<tool_call>\n{"name": "track_order", "arguments": {"order_id": 7}}\n</tool_call>'
 BAD_TYPE = '<tool_call>\n{"name": "track_order", "arguments": {"order_id": "seven"}}\n</tool_call>'
 UNKNOWN = '<tool_call>\n{"name": "drop_tables", "arguments": {}}\n</tool_call>'
 
 
 def _served(engine: FakeEngine, retries: int = 1, threshold: float | None = None) -> Served:
-    return Served("fake", engine, INFO, get_format("hermes"), INFO.chat_template or "",
-                  Admission(1, 4, 5.0), Policy(no_tool_threshold=threshold, validation_retries=retries))
+    return Served(
+        "fake",
+        engine,
+        INFO,
+        get_format("hermes"),
+        INFO.chat_template or "",
+        Admission(1, 4, 5.0),
+        Policy(no_tool_threshold=threshold, validation_retries=retries),
+    )
 
 
 def _request(mode: ChoiceMode = ChoiceMode.AUTO, threshold: float | None = None) -> ChatRequest:
-    return ChatRequest(messages=(Message("user", "where is order 7?"),), tools=(TOOL,),
-                       choice=ToolChoice(mode), sampling=Sampling(max_tokens=64, seed=5), no_tool_threshold=threshold)
+    return ChatRequest(
+        messages=(Message("user", "where is order 7?"),),
+        tools=(TOOL,),
+        choice=ToolChoice(mode),
+        sampling=Sampling(max_tokens=64, seed=5),
+        no_tool_threshold=threshold,
+    )
 
 
 def _run(served: Served, request: ChatRequest, metrics: Metrics | None = None) -> list[object]:
     async def collect() -> list[object]:
         return [e async for e in run_chat(served, request, metrics or Metrics(), Cancel())]
+
     return asyncio.run(collect())
 
 
@@ -91,8 +105,9 @@ def test_cut_call_finishes_with_length_and_no_call() -> None:
     assert _outcomes(metrics) == {"truncated": 1}
 
 
-@pytest.mark.parametrize("p_open,threshold,expected",
-                         [(0.9, 0.5, "required"), (0.2, 0.5, "none"), (0.5, 0.5, "required")])
+@pytest.mark.parametrize(
+    "p_open,threshold,expected", [(0.9, 0.5, "required"), (0.2, 0.5, "none"), (0.5, 0.5, "required")]
+)
 def test_no_tool_threshold_decides_from_the_opening_probability(p_open: float, threshold: float, expected: str) -> None:
     engine = FakeEngine([([GOOD] if expected == "required" else ["Hello."], "stop")], p_open=p_open)
     metrics = Metrics()
@@ -135,6 +150,7 @@ def test_queue_bound_and_deadline() -> None:
                 await waiter
         async with admission.slot():  # freed: the next request gets in
             assert admission.running == 1
+
     asyncio.run(scenario())
 
 
@@ -143,21 +159,32 @@ async def _enter(admission: Admission) -> None:
         pass
 
 
-@pytest.mark.parametrize("fmt,prefix,candidate,p_first,expected", [
-    # json_envelope: `{"tool_calls": [` or `{"response": `: P(call) is P("tool_calls...") after `{"`
-    ("json_envelope", '{"', 'tool_calls": [', 0.9, "required"),
-    ("json_envelope", '{"', 'tool_calls": [', 0.1, "none"),
-    # functionary: `>>>name` or `>>>all`: the call's opener ends at `>>>`, so P(call) = 1 - P("all")
-    ("functionary_v3", ">>>", "all\n", 0.9, "none"),
-    ("functionary_v3", ">>>", "all\n", 0.1, "required"),
-])
-def test_the_threshold_decides_where_calls_and_text_part(fmt: str, prefix: str, candidate: str, p_first: float,
-                                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    "fmt,prefix,candidate,p_first,expected",
+    [
+        # json_envelope: `{"tool_calls": [` or `{"response": `: P(call) is P("tool_calls...") after `{"`
+        ("json_envelope", '{"', 'tool_calls": [', 0.9, "required"),
+        ("json_envelope", '{"', 'tool_calls": [', 0.1, "none"),
+        # functionary: `>>>name` or `>>>all`: the call's opener ends at `>>>`, so P(call) = 1 - P("all")
+        ("functionary_v3", ">>>", "all\n", 0.9, "none"),
+        ("functionary_v3", ">>>", "all\n", 0.1, "required"),
+    ],
+)
+def test_the_threshold_decides_where_calls_and_text_part(
+    fmt: str, prefix: str, candidate: str, p_first: float, expected: str
+) -> None:
     """Formats whose text answers start like their calls (SmolLM2 and Gemma are served in
     json_envelope) are read after the shared start, not refused."""
     engine = FakeEngine([(["x"], "stop")], p_open=p_first)
-    served = Served("fake", engine, INFO, get_format(fmt), INFO.chat_template or "", Admission(1, 4, 5.0),
-                    Policy(no_tool_threshold=0.5))
+    served = Served(
+        "fake",
+        engine,
+        INFO,
+        get_format(fmt),
+        INFO.chat_template or "",
+        Admission(1, 4, 5.0),
+        Policy(no_tool_threshold=0.5),
+    )
     assert get_format(fmt).envelope.decision_prefix == prefix
     _run(served, _request())
     [(prompt, candidates)] = engine.probed

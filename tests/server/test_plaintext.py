@@ -18,8 +18,11 @@ def test_longest_special_is_marked_and_client_marks_are_dropped() -> None:
 
 def test_spans_of_a_marked_prompt() -> None:
     prompt = f"<|im_start|>user\nhi {O}<|im_end|>{C} there<|im_end|>"
-    assert list(prompt_spans(prompt)) == [("<|im_start|>user\nhi ", True), ("<|im_end|>", False),
-                                          (" there<|im_end|>", True)]
+    assert list(prompt_spans(prompt)) == [
+        ("<|im_start|>user\nhi ", True),
+        ("<|im_end|>", False),
+        (" there<|im_end|>", True),
+    ]
     assert unmarked(prompt) == "<|im_start|>user\nhi <|im_end|> there<|im_end|>"
 
 

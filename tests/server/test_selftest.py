@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _selftest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "server", "selftest", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "server", "selftest", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
 
 
 def test_selftest_passes_on_the_tiny_model(tiny_model: TinyModel) -> None:
@@ -46,8 +52,12 @@ def _broken_gateway() -> FastAPI:
     app = FastAPI()
 
     def call(city: str) -> dict[str, Any]:
-        return {"index": 0, "id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}
+        return {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+        }
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -58,8 +68,9 @@ def _broken_gateway() -> FastAPI:
         if body.get("stream"):
             delta = {"role": "assistant", "tool_calls": [call("Rome")]}
             chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": "tool_calls"}]}
-            return StreamingResponse(iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]), media_type="text/event-stream"
+            )
         message = {"role": "assistant", "content": None, "tool_calls": [call("Paris")]}
         return {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
 
@@ -79,8 +90,11 @@ def broken_url() -> Iterator[str]:
 def test_a_broken_mode_fails_the_selftest(broken_url: str) -> None:
     out = _selftest("--url", broken_url, "--seeds", "1")
     assert out.returncode == 1, out.stdout + out.stderr
-    rows = {(r[2], r[3]): " ".join(r[4:]) for r in (line.split() for line in out.stdout.splitlines()[1:])
-            if r and r[0] == "broken"}
+    rows = {
+        (r[2], r[3]): " ".join(r[4:])
+        for r in (line.split() for line in out.stdout.splitlines()[1:])
+        if r and r[0] == "broken"
+    }
     assert rows[("none", "no")].startswith("FAIL: called get_weather under tool_choice none")
     assert rows[("required", "no")] == "ok"
     assert rows[("required", "yes")].startswith("FAIL: stream differs from non-stream")
@@ -97,18 +111,21 @@ def test_an_unreachable_gateway_is_a_usage_error() -> None:
 OK_CALL = ("get_weather", '{"city": "Paris"}')
 
 
-@pytest.mark.parametrize("mode, answer, error", [
-    ("required", Answer("", [OK_CALL], "tool_calls"), None),
-    ("required", Answer("", [], "length"), None),  # cut by max_tokens: no promise broken
-    ("required", Answer("hi", [], "stop"), "no tool call"),
-    ("named", Answer("", [("track_order", '{"order_id": 1}')], "tool_calls"), "not only get_weather"),
-    ("none", Answer("", [OK_CALL], "tool_calls"), "under tool_choice none"),
-    ("parallel_false", Answer("", [OK_CALL, OK_CALL], "tool_calls"), "2 calls"),
-    ("auto", Answer("", [("rm_rf", "{}")], "tool_calls"), "undeclared tool 'rm_rf'"),
-    ("auto", Answer("", [("get_weather", "{")], "tool_calls"), "invalid arguments"),
-    ("auto", Answer("", [OK_CALL], "stop"), "finish_reason stop with calls"),
-    ("auto", Answer("text", [], "stop"), None),
-])
+@pytest.mark.parametrize(
+    "mode, answer, error",
+    [
+        ("required", Answer("", [OK_CALL], "tool_calls"), None),
+        ("required", Answer("", [], "length"), None),  # cut by max_tokens: no promise broken
+        ("required", Answer("hi", [], "stop"), "no tool call"),
+        ("named", Answer("", [("track_order", '{"order_id": 1}')], "tool_calls"), "not only get_weather"),
+        ("none", Answer("", [OK_CALL], "tool_calls"), "under tool_choice none"),
+        ("parallel_false", Answer("", [OK_CALL, OK_CALL], "tool_calls"), "2 calls"),
+        ("auto", Answer("", [("rm_rf", "{}")], "tool_calls"), "undeclared tool 'rm_rf'"),
+        ("auto", Answer("", [("get_weather", "{")], "tool_calls"), "invalid arguments"),
+        ("auto", Answer("", [OK_CALL], "stop"), "finish_reason stop with calls"),
+        ("auto", Answer("text", [], "stop"), None),
+    ],
+)
 def test_contract_rules(mode: str, answer: Answer, error: str | None) -> None:
     found = _contract(mode, answer)
     assert found is None if error is None else (found is not None and error in found), found

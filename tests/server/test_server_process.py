@@ -23,8 +23,14 @@ def _free_port() -> int:
 
 
 def test_no_model_says_how_to_get_one(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "server"], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(Path.cwd())}, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "init-tiny" in out.stderr and "--model" in out.stderr
 
@@ -34,9 +40,23 @@ def test_serves_with_flags_and_shuts_down_cleanly(tiny_model, tmp_path: Path) ->
     config = tmp_path / "callgate.yaml"
     config.write_text("limits:\n  default_max_tokens: 7\nmodel:\n  served_name: from-yaml\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config), "--model", str(tiny_model.gguf),
-         "--served-model-name", "demo", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--config",
+            str(config),
+            "--model",
+            str(tiny_model.gguf),
+            "--served-model-name",
+            "demo",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
@@ -50,8 +70,6 @@ def test_serves_with_flags_and_shuts_down_cleanly(tiny_model, tmp_path: Path) ->
     assert proc.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output
     assert "serving demo: format=hermes" in output
-
-
 
 
 def test_settings_precedence_yaml_env_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,8 @@ from server.config import Settings, load_settings
 # A template whose output is easy to recognise in a prompt.
 MARKED_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }} [adapter-template]\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n")
+    "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n"
+)
 
 
 def base_file(root: Path) -> Path:
@@ -26,14 +27,15 @@ def make_adapter(
 ) -> Path:
     folder = adapters / name
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = AdapterManifest.model_validate({
-        "name": name,
-        "base_model": BaseModelRef(id="tiny", sha256="0" * 64,
-                                   gguf_sha256=sha256_files([base]) if base else None),
-        "tool_format": "hermes",
-        "lora": LoraSpec(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]),
-        **fields,
-    })
+    manifest = AdapterManifest.model_validate(
+        {
+            "name": name,
+            "base_model": BaseModelRef(id="tiny", sha256="0" * 64, gguf_sha256=sha256_files([base]) if base else None),
+            "tool_format": "hermes",
+            "lora": LoraSpec(rank=8, alpha=16, target_modules=["q_proj", "v_proj"]),
+            **fields,
+        }
+    )
     write_manifest(folder, manifest)
     (folder / "adapter.gguf").write_bytes(b"GGUF lora")
     (folder / "adapter_model.safetensors").write_bytes(b"{}")
@@ -43,5 +45,4 @@ def make_adapter(
 
 
 def adapter_settings(base: Path, adapters: Path, **flags: Any) -> Settings:
-    return load_settings(None, **{"model.path": base, "model.served_name": "base", "adapters.dir": adapters,
-                                  **flags})
+    return load_settings(None, **{"model.path": base, "model.served_name": "base", "adapters.dir": adapters, **flags})

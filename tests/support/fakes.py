@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 
 from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece
 
-INFO = EngineInfo(model="fake", context_length=4096, chat_template=(
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n"),
-    bos_token="", eos_token="<|im_end|>", special_tokens=frozenset({"<tool_call>", "</tool_call>", "<|im_end|>"}))
+INFO = EngineInfo(
+    model="fake",
+    context_length=4096,
+    chat_template=(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n"
+    ),
+    bos_token="",
+    eos_token="<|im_end|>",
+    special_tokens=frozenset({"<tool_call>", "</tool_call>", "<|im_end|>"}),
+)
 
 
 @dataclass

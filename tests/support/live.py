@@ -103,10 +103,19 @@ def fetched_model(name: str) -> Path:
 
 
 # A text answer that cannot end early: a JSON object whose one string is longer than max_tokens.
-LONG = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "seed": 1,
-        "response_format": {
-    "type": "json_schema", "json_schema": {"name": "long", "schema": {
-        "type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]}}}}
+LONG = {
+    "model": "tiny",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 2000,
+    "seed": 1,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "long",
+            "schema": {"type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]},
+        },
+    },
+}
 
 
 def wait_healthy(url: str) -> None:

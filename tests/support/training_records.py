@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
-                   "required": ["city"]}}}
-ORDER = {"type": "function", "function": {
-    "name": "order_status", "description": "Status of an order",
-    "parameters": {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+ORDER = {
+    "type": "function",
+    "function": {
+        "name": "order_status",
+        "description": "Status of an order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]},
+    },
+}
 TOOLS = [WEATHER, ORDER]
 
 
@@ -23,12 +36,20 @@ def record(kind: str, *messages: dict[str, Any]) -> dict[str, Any]:
     return {"messages": list(messages), "tools": TOOLS, "meta": {"id": kind, "kind": kind, "source": "test"}}
 
 
-SINGLE = record("single", {"role": "user", "content": "Weather in Paris, in celsius?"},
-                {"role": "assistant", "content": None,
-                 "tool_calls": [call("get_weather", {"city": "Paris", "unit": "c"})]})
-PARALLEL = record("parallel", {"role": "user", "content": "Weather in Oslo and order 7?"},
-                  {"role": "assistant", "content": None, "tool_calls": [
-                      call("get_weather", {"city": "Oslo"}), call("order_status", {"order_id": 7}, "c2")]})
+SINGLE = record(
+    "single",
+    {"role": "user", "content": "Weather in Paris, in celsius?"},
+    {"role": "assistant", "content": None, "tool_calls": [call("get_weather", {"city": "Paris", "unit": "c"})]},
+)
+PARALLEL = record(
+    "parallel",
+    {"role": "user", "content": "Weather in Oslo and order 7?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [call("get_weather", {"city": "Oslo"}), call("order_status", {"order_id": 7}, "c2")],
+    },
+)
 MULTI_TURN = record(
     "multi_turn",
     {"role": "system", "content": "You are brief."},
@@ -37,13 +58,15 @@ MULTI_TURN = record(
     {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'},
     {"role": "assistant", "content": "Order 42 has shipped."},
 )
-NO_TOOL = record("no_tool_chitchat", {"role": "user", "content": "Hi there!"},
-                 {"role": "assistant", "content": "Hello! How can I help?"})
+NO_TOOL = record(
+    "no_tool_chitchat",
+    {"role": "user", "content": "Hi there!"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+)
 ERROR_RECOVERY = record(
     "error_recovery",
     {"role": "user", "content": "Status of order 9001?"},
-    {"role": "assistant", "content": None, "train": False,
-     "tool_calls": [call("order_status", {"order_id": "9001"})]},
+    {"role": "assistant", "content": None, "train": False, "tool_calls": [call("order_status", {"order_id": "9001"})]},
     {"role": "tool", "tool_call_id": "c1", "content": '{"error": "order_id must be an integer"}'},
     {"role": "assistant", "content": None, "tool_calls": [call("order_status", {"order_id": 9001}, "c2")]},
 )

@@ -52,12 +52,29 @@ def need_llama_server() -> Path:
 
 
 @contextmanager
-def llama_server(gguf: Path, log_dir: Path, *, slots: int = 2, ctx: int = 2048,
-                 extra: tuple[str, ...] = ()) -> Iterator[Server]:
+def llama_server(
+    gguf: Path, log_dir: Path, *, slots: int = 2, ctx: int = 2048, extra: tuple[str, ...] = ()
+) -> Iterator[Server]:
     binary = need_llama_server()
     port = free_port()
-    args = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-c", str(ctx),
-            "-np", str(slots), "-t", "1", "--no-webui", "--metrics", *extra]
+    args = [
+        str(binary),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        str(ctx),
+        "-np",
+        str(slots),
+        "-t",
+        "1",
+        "--no-webui",
+        "--metrics",
+        *extra,
+    ]
     with _running(args, f"http://127.0.0.1:{port}", "/health", log_dir / f"llama-server-{port}.log") as server:
         yield server
 
@@ -65,8 +82,21 @@ def llama_server(gguf: Path, log_dir: Path, *, slots: int = 2, ctx: int = 2048,
 @contextmanager
 def llama_cpp_python_server(gguf: Path, log_dir: Path, *, ctx: int = 2048) -> Iterator[Server]:
     port = free_port()
-    args = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-            "--port", str(port), "--n_ctx", str(ctx), "--n_threads", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(ctx),
+        "--n_threads",
+        "1",
+    ]
     with _running(args, f"http://127.0.0.1:{port}", "/v1/models", log_dir / f"llama-cpp-python-{port}.log") as s:
         yield s
 

@@ -120,9 +120,18 @@ def _llama_logits(base: Base, lora: Path | None, ids: list[int]) -> npt.NDArray[
     import llama_cpp
 
     assert base.gguf is not None
-    llama = llama_cpp.Llama(model_path=str(base.gguf), lora_path=str(lora) if lora else None, n_ctx=512,
-                            n_batch=512, n_threads=2, logits_all=True, type_k=llama_cpp.GGML_TYPE_F32,
-                            type_v=llama_cpp.GGML_TYPE_F32, flash_attn=False, verbose=False)
+    llama = llama_cpp.Llama(
+        model_path=str(base.gguf),
+        lora_path=str(lora) if lora else None,
+        n_ctx=512,
+        n_batch=512,
+        n_threads=2,
+        logits_all=True,
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        flash_attn=False,
+        verbose=False,
+    )
     try:
         llama.eval(ids)
         return np.asarray(llama.scores[: len(ids)], dtype=np.float32).copy()
@@ -137,8 +146,10 @@ def _random_adapter(base: Base, out: Path, seed: int = 0) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model: Any = get_peft_model(AutoModelForCausalLM.from_pretrained(base.model, dtype=torch.float32),
-                                LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR))
+    model: Any = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base.model, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
+    )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
@@ -150,8 +161,11 @@ def _random_adapter(base: Base, out: Path, seed: int = 0) -> Path:
 
 def _gap(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> dict[str, float]:
     diff = np.abs(a - b)
-    return {"max": float(diff.max()), "mean": float(diff.mean()),
-            "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).mean())}
+    return {
+        "max": float(diff.max()),
+        "mean": float(diff.mean()),
+        "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).mean()),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +184,14 @@ def parity(smol: Base, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         patch.setattr(gguf_lora, "_llama_rows", lambda pair, _config: pair)
         unpermuted = convert_lora(adapter, Path(smol.model), work / "unpermuted.gguf")
     cpp_unpermuted = _llama_logits(smol, unpermuted.path, ids)
-    yield {"lora": lora, "tokens": len(ids), "quantization": _gap(hf_base, cpp_base),
-           "adapter": _gap(hf_lora, cpp_lora), "effect": _gap(hf_base, hf_lora),
-           "unpermuted": _gap(hf_lora, cpp_unpermuted)}
+    yield {
+        "lora": lora,
+        "tokens": len(ids),
+        "quantization": _gap(hf_base, cpp_base),
+        "adapter": _gap(hf_lora, cpp_lora),
+        "effect": _gap(hf_base, hf_lora),
+        "unpermuted": _gap(hf_lora, cpp_unpermuted),
+    }
 
 
 @pytest.mark.slow
@@ -205,9 +224,19 @@ def test_lora_file_carries_the_base_architecture(parity: dict[str, Any]) -> None
 # --- sft -> export -> served, by catalogue name -------------------------------------------------
 
 ADMIN_KEY = "sk-admin-real-base-0123"
-TRACK = {"type": "function", "function": {"name": "track_order", "description": "Where an order is.", "parameters": {
-    "type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1}}, "required": ["order_id"],
-    "additionalProperties": False}}}
+TRACK = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "Where an order is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer", "minimum": 1}},
+            "required": ["order_id"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.mark.slow
@@ -229,31 +258,81 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
     from training.data.synth import SynthConfig
 
     data = build_dataset([SUPPORT], tmp_path / "data", 24, 0, SynthConfig(max_distractors=1))
-    assert main(["sft", "--base-model", SMOL, "--train", str(data.train), "--max-steps", "2", "--out",
-                 str(tmp_path / "sft"), "--set", "batch_size=2", "--set", "learning_rate=0.001", "--set",
-                 "threads=2", "--set", "save_steps=100", "--set", "warmup=0"]) == 0
+    assert (
+        main(
+            [
+                "sft",
+                "--base-model",
+                SMOL,
+                "--train",
+                str(data.train),
+                "--max-steps",
+                "2",
+                "--out",
+                str(tmp_path / "sft"),
+                "--set",
+                "batch_size=2",
+                "--set",
+                "learning_rate=0.001",
+                "--set",
+                "threads=2",
+                "--set",
+                "save_steps=100",
+                "--set",
+                "warmup=0",
+            ]
+        )
+        == 0
+    )
     adapter = tmp_path / "sft" / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]) == Path(smol.model).resolve()
     adapters = tmp_path / "adapters"
-    assert main(["export", "--adapter", str(adapter), "--base-model", SMOL, "--name", "support-smol",
-                 "--out", str(adapters)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--adapter",
+                str(adapter),
+                "--base-model",
+                SMOL,
+                "--name",
+                "support-smol",
+                "--out",
+                str(adapters),
+            ]
+        )
+        == 0
+    )
     manifest = read_manifest(adapters / "support-smol")
     assert manifest.base_model.id == SMOL
     assert manifest.base_model.gguf_sha256 == smol.gguf_sha256
     assert gguf.GGUFReader(adapters / "support-smol" / "adapter.gguf").fields["general.architecture"]
 
     assert smol.gguf is not None
-    settings = load_settings(None, **{"model.path": smol.gguf, "model.served_name": "smol", "model.threads": 2,
-                                      "adapters.dir": adapters, "auth.admin_keys": [ADMIN_KEY]})
+    settings = load_settings(
+        None,
+        **{
+            "model.path": smol.gguf,
+            "model.served_name": "smol",
+            "model.threads": 2,
+            "adapters.dir": adapters,
+            "auth.admin_keys": [ADMIN_KEY],
+        },
+    )
     metrics = Metrics()
     app = create_app(settings, build_registry(settings, metrics), metrics)
     for live in running(app, settings, metrics):
         with openai.OpenAI(base_url=live.v1, api_key=ADMIN_KEY, max_retries=0, timeout=120) as client:
             assert sorted(m.id for m in client.models.list().data) == ["smol", "support-smol"]
             answer = client.chat.completions.create(
-                model="support-smol", messages=[{"role": "user", "content": "Where is order 12345?"}],
-                tools=[TRACK], tool_choice="required", max_tokens=48, seed=1)  # type: ignore[list-item]
+                model="support-smol",
+                messages=[{"role": "user", "content": "Where is order 12345?"}],
+                tools=[TRACK],
+                tool_choice="required",
+                max_tokens=48,
+                seed=1,
+            )  # type: ignore[list-item]
             [call] = answer.choices[0].message.tool_calls or []
             assert answer.model == "support-smol" and call.function.name == "track_order"
             # 2 steps teach SmolLM2-135M little: the grammar guarantees an integer, not the right one.
@@ -269,9 +348,20 @@ def test_build_demo_on_a_real_base_reduced(smol: Base, tmp_path: Path) -> None:
     from server.adapters.manifest import read_manifest
     from training.demo.build import DemoConfig, build_demo
 
-    config = DemoConfig(base_model=SMOL, work=str(tmp_path / "work"), adapter_out=str(tmp_path / "adapters"),
-                        model_out=str(tmp_path / "unused"), support_records=12, eval_records=3, sft_steps=2,
-                        sft_batch=2, dpo_steps=1, dpo_batch=2, max_len=1024, threads=1)
+    config = DemoConfig(
+        base_model=SMOL,
+        work=str(tmp_path / "work"),
+        adapter_out=str(tmp_path / "adapters"),
+        model_out=str(tmp_path / "unused"),
+        support_records=12,
+        eval_records=3,
+        sft_steps=2,
+        sft_batch=2,
+        dpo_steps=1,
+        dpo_batch=2,
+        max_len=1024,
+        threads=1,
+    )
     result = build_demo(config, progress=lambda _: None)
     scores = result.report["scores"]
     assert set(scores) == {"base", "sft", "dpo"} and all(s["records"] == 3 for s in scores.values())

@@ -70,8 +70,12 @@ def build_dataset(
         write_records(getattr(paths, part), records)
     atomic_write_text(paths.pairs, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     report = dataset_report(splits, pairs, BadRecords(), dropped)
-    report |= {"seed": seed, "catalogues": [str(c) for c in catalogues], "config": asdict(config),
-               "seconds": round(time.perf_counter() - start, 2)}
+    report |= {
+        "seed": seed,
+        "catalogues": [str(c) for c in catalogues],
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     atomic_write_text(paths.report, json.dumps(report, indent=2) + "\n")
     progress(f"wrote {out_dir}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()) + f", pairs {len(pairs)}")
     return paths

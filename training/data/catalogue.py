@@ -162,8 +162,10 @@ def _tool(raw: dict[str, Any], where: str) -> ToolDef:
         own = jsonschema.Draft202012Validator({k: sub for k, sub in prop.items() if k != "enum"})
         wrong = [v for v in prop.get("enum", ()) if not own.is_valid(v)]
         if wrong:
-            raise CatalogueError(f"{where}: tool {raw.get('name')!r}: enum values {wrong} of {key!r} do not fit its "
-                                 f"own schema (quote them in YAML)")
+            raise CatalogueError(
+                f"{where}: tool {raw.get('name')!r}: enum values {wrong} of {key!r} do not fit its "
+                f"own schema (quote them in YAML)"
+            )
     return ToolDef(raw["name"], raw.get("description", ""), params, dict(raw.get("result") or {}))
 
 
@@ -257,8 +259,17 @@ def load_catalogue(path: Path) -> Catalogue:
 @cache
 def load_common(path: Path = COMMON) -> Common:
     raw = _read_yaml(path)
-    keys = ("polite_prefix", "polite_suffix", "context_before", "context_after", "connectors", "refusals",
-            "default_ask", "error_fix", "provide")
+    keys = (
+        "polite_prefix",
+        "polite_suffix",
+        "context_before",
+        "context_after",
+        "connectors",
+        "refusals",
+        "default_ask",
+        "error_fix",
+        "provide",
+    )
     fields = {k: _strs(raw.get(k), f"{path} {k}") for k in keys}
     return Common(no_tool=_no_tool(raw.get("no_tool"), "common"), **fields)
 
@@ -295,8 +306,12 @@ def _keep(items: tuple[Any, ...], key: Any, part: str, fractions: tuple[float, f
     return tuple(x for x in items if assigned[key(x)] in (part, "all"))
 
 
-def part_view(cat: Catalogue, part: str, fractions: tuple[float, float] = (0.1, 0.15),
-              held_out_tools: frozenset[str] = frozenset()) -> Catalogue:
+def part_view(
+    cat: Catalogue,
+    part: str,
+    fractions: tuple[float, float] = (0.1, 0.15),
+    held_out_tools: frozenset[str] = frozenset(),
+) -> Catalogue:
     """The catalogue as one split sees it: its own phrasings (>= 5 per intent to split), pool
     values (>= 8) and surface words (>= 4 per value); held-out tools exist only in "test"."""
     if part not in PARTS:

@@ -38,8 +38,12 @@ FORMATS = ("xlam", "glaive", "hermes", "openai", "bfcl")
 
 
 def add_command(sub: SubParsers) -> None:
-    parser = sub.add_parser("data", help="training data: synthesize, convert, split, pair",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        "data",
+        help="training data: synthesize, convert, split, pair",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     _add_synth(steps)
     _add_convert(steps)
@@ -55,8 +59,13 @@ def _add_synth(steps: SubParsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fractions", default="0.8,0.1,0.1", help="train,val,test shares")
     p.add_argument("--held-out-tool", action="append", default=[], help="a tool seen only in test (repeat)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="SynthConfig override, e.g. --set parallel=0.2 --set max_distractors=2")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SynthConfig override, e.g. --set parallel=0.2 --set max_distractors=2",
+    )
     p.set_defaults(handler=_guarded(_run_synth))
 
 
@@ -105,11 +114,21 @@ def _guarded(handler: Handler) -> Handler:
 def _run_synth(args: argparse.Namespace) -> int:
 
     config = apply_overrides(SynthConfig(), args.set)
-    paths = build_dataset(args.catalogue, args.out, args.n, args.seed, config, _fractions(args.fractions),
-                          tuple(args.held_out_tool))
+    paths = build_dataset(
+        args.catalogue, args.out, args.n, args.seed, config, _fractions(args.fractions), tuple(args.held_out_tool)
+    )
     report = json.loads(paths.report.read_text())
-    print(json.dumps({"out": str(args.out), "counts": {k: v["count"] for k, v in report["splits"].items()},
-                      "pairs": report["pairs"]["count"], "seconds": report["seconds"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "counts": {k: v["count"] for k, v in report["splits"].items()},
+                "pairs": report["pairs"]["count"],
+                "seconds": report["seconds"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

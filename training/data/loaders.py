@@ -78,7 +78,6 @@ def load_bfcl(
     """A BFCL category as evaluation records: from the wheel, or from local files in BFCL's
     layout (`questions`: one entry per line; `answers`: {"id", "ground_truth"} per line)."""
     if questions is None:
-
         entries: list[tuple[str, Row | str]] = [(f"index {i}", e) for i, e in enumerate(bfcl.load_category(category))]
         truth = bfcl.load_possible_answers(category)
     else:

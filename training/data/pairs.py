@@ -19,8 +19,15 @@ from typing import Any
 from training.data.mistakes import off_by_digit
 from training.data.records import ChatMessage, Record, ToolSpec
 
-PAIR_KINDS = ("wrong_value", "wrong_type", "missing_arg", "extra_arg", "wrong_function", "call_on_irrelevant",
-              "call_on_underspecified")
+PAIR_KINDS = (
+    "wrong_value",
+    "wrong_type",
+    "missing_arg",
+    "extra_arg",
+    "wrong_function",
+    "call_on_irrelevant",
+    "call_on_underspecified",
+)
 Json = dict[str, Any]
 _Seen = dict[tuple[str, str], list[Any]]  # (tool, argument) -> values seen in records
 
@@ -34,8 +41,13 @@ class Pair:
     meta: Json  # {"kind", "source"}
 
     def to_json(self) -> Json:
-        return {"messages": self.messages, "tools": self.tools, "chosen": self.chosen, "rejected": self.rejected,
-                "meta": self.meta}
+        return {
+            "messages": self.messages,
+            "tools": self.tools,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "meta": self.meta,
+        }
 
 
 def near_miss_pairs(records: Sequence[Record], seed: int) -> list[Pair]:

@@ -13,8 +13,20 @@ from typing import Any
 
 from training.data.catalogue import Common, Slot, holes
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _HOLE_SPLIT = re.compile(r"(\{[a-zA-Z_][a-zA-Z0-9_.]*\})")
 
 

@@ -67,8 +67,15 @@ class SynthConfig:
     variants: Variants = field(default_factory=Variants)
 
     def kind_weights(self) -> dict[str, float]:
-        names = ("single", "parallel", "multi_turn", "error_recovery", "no_tool_irrelevant", "no_tool_chitchat",
-                 "clarify")
+        names = (
+            "single",
+            "parallel",
+            "multi_turn",
+            "error_recovery",
+            "no_tool_irrelevant",
+            "no_tool_chitchat",
+            "clarify",
+        )
         return {k: getattr(self, k) for k in names if getattr(self, k) > 0}
 
 
@@ -188,8 +195,10 @@ def _call_id(rng: random.Random) -> str:
 
 
 def _tool_spec(tool: ToolDef) -> Json:
-    return {"type": "function", "function": {"name": tool.name, "description": tool.description,
-                                             "parameters": tool.parameters}}
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+    }
 
 
 def _toolset(world: _World, cat: Catalogue, relevant: Sequence[str], at_least: int = 0) -> list[Json]:
@@ -389,6 +398,11 @@ def _no_tool_chitchat(world: _World, cat: Catalogue) -> Json | None:
 
 
 _BUILDERS.update(
-    single=_single, parallel=_parallel, multi_turn=_multi_turn, error_recovery=_error_recovery,
-    no_tool_irrelevant=_no_tool_irrelevant, no_tool_chitchat=_no_tool_chitchat, clarify=_clarify,
+    single=_single,
+    parallel=_parallel,
+    multi_turn=_multi_turn,
+    error_recovery=_error_recovery,
+    no_tool_irrelevant=_no_tool_irrelevant,
+    no_tool_chitchat=_no_tool_chitchat,
+    clarify=_clarify,
 )

@@ -149,23 +149,31 @@ def build_demo(config: DemoConfig, progress: Callable[[str], None] | None = None
     return _adapters_and_report(config, work, model_dir, support, timings, say)
 
 
-def _build_on_real_base(config: DemoConfig, work: Path, timings: dict[str, float],
-                        say: Callable[[str], None]) -> DemoResult:
+def _build_on_real_base(
+    config: DemoConfig, work: Path, timings: dict[str, float], say: Callable[[str], None]
+) -> DemoResult:
     """Stages 1, 4-6 on a pretrained base: support data only, no tokenizer or base training."""
 
     with _stage("data", "data: support", timings, say):
         n = config.support_records + 2 * config.eval_records
         share = config.eval_records / n
-        support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1,
-                                SynthConfig(max_distractors=config.distractors),
-                                fractions=(1 - 2 * share, share, share), progress=say)
+        support = build_dataset(
+            [SUPPORT],
+            work / "data-support",
+            n,
+            config.seed + 1,
+            SynthConfig(max_distractors=config.distractors),
+            fractions=(1 - 2 * share, share, share),
+            progress=say,
+        )
     with _stage("base", f"base model: {config.base_model} (dequantized once, cached)", timings, say):
         model_dir = resolve_base(config.base_model).folder
     return _adapters_and_report(config, work, model_dir, support, timings, say)
 
 
-def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, support: Any, timings: dict[str, float],
-                         say: Callable[[str], None]) -> DemoResult:
+def _adapters_and_report(
+    config: DemoConfig, work: Path, model_dir: Path, support: Any, timings: dict[str, float], say: Callable[[str], None]
+) -> DemoResult:
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
         sft = _train_adapter(config, work, model_dir, support)
     with _stage("dpo", f"adapter: DPO, {config.dpo_steps} steps", timings, say):
@@ -179,8 +187,14 @@ def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, suppor
     best = "dpo" if _better(scores["dpo"], scores["sft"]) else "sft"
     with _stage("export", f"export: the {best} adapter", timings, say):
         adapter_dir = _export(config, model_dir, dpo if best == "dpo" else sft, scores[best], support)
-    report = {"scores": scores, "exported": best, "seconds": timings, "config": asdict(config),
-              "model": str(model_dir), "adapter": str(adapter_dir)}
+    report = {
+        "scores": scores,
+        "exported": best,
+        "seconds": timings,
+        "config": asdict(config),
+        "model": str(model_dir),
+        "adapter": str(adapter_dir),
+    }
     atomic_write_text(work / "report.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(work / "report.md", report_markdown(report))
     say(report_markdown(report))
@@ -193,15 +207,36 @@ def _adapters_and_report(config: DemoConfig, work: Path, model_dir: Path, suppor
 def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
 
     synth = SynthConfig(max_distractors=config.distractors)
-    general = build_dataset([GENERAL], work / "data-general", config.general_records, config.seed, synth,
-                            fractions=(0.94, 0.03, 0.03), progress=say)
-    copying = build_dataset([GENERAL / "services.yaml"], work / "data-copy", config.copy_records, config.seed + 2,
-                            synth, fractions=(0.9, 0.05, 0.05), progress=say)
+    general = build_dataset(
+        [GENERAL],
+        work / "data-general",
+        config.general_records,
+        config.seed,
+        synth,
+        fractions=(0.94, 0.03, 0.03),
+        progress=say,
+    )
+    copying = build_dataset(
+        [GENERAL / "services.yaml"],
+        work / "data-copy",
+        config.copy_records,
+        config.seed + 2,
+        synth,
+        fractions=(0.9, 0.05, 0.05),
+        progress=say,
+    )
     # The support split keeps enough held-out prompts to score: eval_records of test.
     n = config.support_records + 2 * config.eval_records
     share = config.eval_records / n
-    support = build_dataset([SUPPORT], work / "data-support", n, config.seed + 1, synth,
-                            fractions=(1 - 2 * share, share, share), progress=say)
+    support = build_dataset(
+        [SUPPORT],
+        work / "data-support",
+        n,
+        config.seed + 1,
+        synth,
+        fractions=(1 - 2 * share, share, share),
+        progress=say,
+    )
     if config.rename_share:  # not the copy records: renamed, their drills stopped copying ids
         general = _renamed(general, config.rename_share, config.seed + 3, say)
     return (general, copying), support
@@ -223,10 +258,17 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
     records, _ = read_records(general_train)
     corpus = [render_record(r, template) for r in records] + sample_corpus(config.seed)
     tokenizer = train_tokenizer(config.vocab_size, config.seed, corpus=corpus)
-    spec = TinySpec(seed=config.seed, vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-                    num_layers=config.layers, num_heads=config.heads, num_kv_heads=config.kv_heads,
-                    intermediate_size=config.intermediate_size, initializer_range=0.02,
-                    perturb_vectors=False)
+    spec = TinySpec(
+        seed=config.seed,
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_layers=config.layers,
+        num_heads=config.heads,
+        num_kv_heads=config.kv_heads,
+        intermediate_size=config.intermediate_size,
+        initializer_range=0.02,
+        perturb_vectors=False,
+    )
     model = make_model(spec, tokenizer.get_vocab_size(), token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT))
     out = work / "base-init"
     shutil.rmtree(out, ignore_errors=True)
@@ -235,12 +277,12 @@ def _init_model(config: DemoConfig, work: Path, general_train: Path) -> Path:
     return out
 
 
-def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: Any,
-                     say: Callable[[str], None]) -> Path:
+def _copy_curriculum(config: DemoConfig, work: Path, init_dir: Path, copying: Any, say: Callable[[str], None]) -> Path:
     from training.demo.curriculum import CurriculumConfig, train_copy
 
-    curriculum = CurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_lr,
-                                  batch_size=config.copy_batch, seed=config.seed)
+    curriculum = CurriculumConfig(
+        steps=config.copy_steps, learning_rate=config.copy_lr, batch_size=config.copy_batch, seed=config.seed
+    )
     out = work / "copy-init"
     train_copy(init_dir, copying.train, copying.test, work / "copy", out, curriculum, say)
     return out
@@ -250,12 +292,22 @@ def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: tuple[A
     from training.export.gguf_model import export_gguf
     from training.recipes.runs import atomic_dir
 
-    sft = SFTConfig(base_model=str(init_dir), train=tuple(str(g.train) for g in general), val=str(general[0].val),
-                    full=True,
-                    loss_on="all", learning_rate=config.base_lr, warmup=30, max_steps=config.base_steps,
-                    batch_size=config.base_batch, max_len=config.max_len, seed=config.seed,
-                    save_steps=max(100, config.base_steps // 4), logging_steps=10,
-                    threads=config.threads)
+    sft = SFTConfig(
+        base_model=str(init_dir),
+        train=tuple(str(g.train) for g in general),
+        val=str(general[0].val),
+        full=True,
+        loss_on="all",
+        learning_rate=config.base_lr,
+        warmup=30,
+        max_steps=config.base_steps,
+        batch_size=config.base_batch,
+        max_len=config.max_len,
+        seed=config.seed,
+        save_steps=max(100, config.base_steps // 4),
+        logging_steps=10,
+        threads=config.threads,
+    )
     result = run_sft(sft, work / "base")
     target = Path(config.model_out)
     with atomic_dir(target) as tmp:
@@ -268,21 +320,40 @@ def _train_base(config: DemoConfig, work: Path, init_dir: Path, general: tuple[A
 
 def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any) -> Path:
 
-    sft = SFTConfig(base_model=str(model_dir), train=(str(support.train),), val=str(support.val),
-                    lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                    learning_rate=config.sft_lr, warmup=10, max_steps=config.sft_steps,
-                    batch_size=config.sft_batch, max_len=config.max_len, seed=config.seed,
-                    save_steps=max(50, config.sft_steps // 2), logging_steps=10,
-                    threads=config.threads)
+    sft = SFTConfig(
+        base_model=str(model_dir),
+        train=(str(support.train),),
+        val=str(support.val),
+        lora_r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        learning_rate=config.sft_lr,
+        warmup=10,
+        max_steps=config.sft_steps,
+        batch_size=config.sft_batch,
+        max_len=config.max_len,
+        seed=config.seed,
+        save_steps=max(50, config.sft_steps // 2),
+        logging_steps=10,
+        threads=config.threads,
+    )
     return run_sft(sft, work / "sft").output
 
 
 def _train_dpo(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Path, support: Any) -> Path:
 
-    dpo = DPOConfig(base_model=str(model_dir), adapter=str(sft_adapter), pairs=(str(support.pairs),),
-                    learning_rate=config.dpo_lr, beta=config.dpo_beta, max_steps=config.dpo_steps,
-                    batch_size=config.dpo_batch, max_len=config.max_len, seed=config.seed,
-                    threads=config.threads)
+    dpo = DPOConfig(
+        base_model=str(model_dir),
+        adapter=str(sft_adapter),
+        pairs=(str(support.pairs),),
+        learning_rate=config.dpo_lr,
+        beta=config.dpo_beta,
+        max_steps=config.dpo_steps,
+        batch_size=config.dpo_batch,
+        max_len=config.max_len,
+        seed=config.seed,
+        threads=config.threads,
+    )
     return run_dpo(dpo, work / "dpo").output
 
 
@@ -299,8 +370,11 @@ def _evaluate(config: DemoConfig, out: Path, model_dir: Path, adapter: Path | No
 def _export(config: DemoConfig, model_dir: Path, adapter: Path, scores: dict[str, Any], support: Any) -> Path:
 
     numbers = {f"support_test.{k}": float(v) for k, v in scores.items() if k in FOUR and v is not None}
-    options = ExportOptions(base_id=None if config.base_model else "callgate/demo", scores=numbers,
-                            data_sha256=sha256_files([support.train, support.pairs]))
+    options = ExportOptions(
+        base_id=None if config.base_model else "callgate/demo",
+        scores=numbers,
+        data_sha256=sha256_files([support.train, support.pairs]),
+    )
     return export_adapter(adapter, model_dir, config.adapter_name, Path(config.adapter_out), options)
 
 
@@ -319,13 +393,23 @@ def _better(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    names = {"valid_call_rate": "valid-call rate", "tool_name_accuracy": "tool-name accuracy",
-             "argument_match": "argument match", "false_call_rate": "false-call rate"}
-    targets = {"valid_call_rate": ">= 0.9", "tool_name_accuracy": ">= 0.9", "argument_match": ">= 0.8",
-               "false_call_rate": "<= 0.05"}
+    names = {
+        "valid_call_rate": "valid-call rate",
+        "tool_name_accuracy": "tool-name accuracy",
+        "argument_match": "argument match",
+        "false_call_rate": "false-call rate",
+    }
+    targets = {
+        "valid_call_rate": ">= 0.9",
+        "tool_name_accuracy": ">= 0.9",
+        "argument_match": ">= 0.8",
+        "false_call_rate": "<= 0.05",
+    }
     scores = report["scores"]
-    lines = ["| held-out support prompts | " + " | ".join(scores) + " | target |",
-             "|---|" + "---:|" * len(scores) + "---|"]
+    lines = [
+        "| held-out support prompts | " + " | ".join(scores) + " | target |",
+        "|---|" + "---:|" * len(scores) + "---|",
+    ]
     for key in FOUR:
         cells = ["-" if s.get(key) is None else f"{s[key]:.3f}" for s in scores.values()]
         lines.append(f"| {names[key]} | " + " | ".join(cells) + f" | {targets[key]} |")
@@ -333,15 +417,21 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines.append("| mean reward (picks the export) | " + " | ".join(rewards) + " | |")
     arguments = sorted({k for s in scores.values() for k in s.get("by_argument", {})})
     if arguments:
-        lines += ["", "| argument (valid calls, right names) | " + " | ".join(scores) + " |",
-                  "|---|" + "---:|" * len(scores)]
+        lines += [
+            "",
+            "| argument (valid calls, right names) | " + " | ".join(scores) + " |",
+            "|---|" + "---:|" * len(scores),
+        ]
         for key in arguments:
             cells = [_argument_cell(s.get("by_argument", {}).get(key)) for s in scores.values()]
             lines.append(f"| `{key}` | " + " | ".join(cells) + " |")
     total = sum(report["seconds"].values())
     lines.append("")
-    lines.append(f"Exported: the {report['exported']} adapter. Build time {total / 60:.1f} min: "
-                 + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()) + ".")
+    lines.append(
+        f"Exported: the {report['exported']} adapter. Build time {total / 60:.1f} min: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items())
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -372,8 +462,14 @@ def add_command(sub: SubParsers) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--config", type=Path, default=RECIPE, help="recipe YAML (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one recipe field, e.g. --set base_steps=300 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one recipe field, e.g. --set base_steps=300 (repeatable)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -391,6 +487,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"build-demo: no template {config.template!r} in {templates} (there are: {known})", file=sys.stderr)
         return 2
     result = build_demo(config)
-    print(json.dumps({"model": str(result.model_dir), "adapter": str(result.adapter_dir),
-                      "scores": result.report["scores"]}, indent=2))
+    print(
+        json.dumps(
+            {"model": str(result.model_dir), "adapter": str(result.adapter_dir), "scores": result.report["scores"]},
+            indent=2,
+        )
+    )
     return 0

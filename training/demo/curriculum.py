@@ -61,8 +61,12 @@ def drills(path: Path) -> list[Drill]:
         messages, tools, trained = record_messages(json.loads(line))
         for i, message in enumerate(messages):
             if message.role == "assistant" and message.tool_calls and trained[i]:
-                values = tuple(v for call in message.tool_calls for v in json.loads(call.arguments).values()
-                               if isinstance(v, str) and any(c.isdigit() for c in v))
+                values = tuple(
+                    v
+                    for call in message.tool_calls
+                    for v in json.loads(call.arguments).values()
+                    if isinstance(v, str) and any(c.isdigit() for c in v)
+                )
                 if values:
                     found.append(Drill(tuple(messages[:i]), tuple(tools), message, values))
                 break
@@ -113,8 +117,15 @@ def copy_rate(model: Any, tokenizer: Any, template: str, probe: Sequence[Drill],
     return hits / len(probe)
 
 
-def train_copy(init_dir: Path, train: Path, test: Path | None, run_dir: Path, output: Path,
-               config: CurriculumConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
+def train_copy(
+    init_dir: Path,
+    train: Path,
+    test: Path | None,
+    run_dir: Path,
+    output: Path,
+    config: CurriculumConfig,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train the model in `init_dir` on `train`'s drills, rendered with its tokenizer's chat
     template; the whole model goes to `output` (atomically), the loss log, metrics and a plot to
     `run_dir`. Returns the metrics."""
@@ -148,8 +159,12 @@ def train_copy(init_dir: Path, train: Path, test: Path | None, run_dir: Path, ou
         optimizer.zero_grad()
         if step % 10 == 0 or step == config.steps:
             log.append({"step": step, "loss": round(loss.item(), 4), "tools_shown": round(share, 3)})
-    metrics: dict[str, Any] = {"steps": config.steps, "drills": len(pool), "seconds": round(time.time() - started, 1),
-                               "final_loss": log[-1]["loss"]}
+    metrics: dict[str, Any] = {
+        "steps": config.steps,
+        "drills": len(pool),
+        "seconds": round(time.time() - started, 1),
+        "final_loss": log[-1]["loss"],
+    }
     if probe:
         metrics["copy_rate_with_tools"] = copy_rate(model, tokenizer, template, probe, with_tools=True)
         metrics["probe_drills"] = len(probe)

@@ -63,9 +63,7 @@ def build_tiny(out: Path, spec: TinySpec = TinySpec(), outtype: OutType = OutTyp
     tokenizer = train_tokenizer(spec.vocab_size, spec.seed)
     save_tokenizer(tokenizer, out, TEMPLATE_PATH.read_text(encoding="utf-8"))
     vocab_size = tokenizer.get_vocab_size()
-    model = make_model(
-        spec, vocab_size, token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT)
-    )
+    model = make_model(spec, vocab_size, token_id(tokenizer, IM_END), token_id(tokenizer, ENDOFTEXT))
     model.save_pretrained(out)
     gguf_path = export_gguf(out, out / GGUF_NAME, outtype)
     n_params = sum(p.numel() for p in model.parameters())

@@ -170,9 +170,7 @@ def word(rng: random.Random) -> str:
     if rng.random() < 0.6:
         return rng.choice(_WORDS)
     syllables = rng.randint(1, 3)
-    return "".join(
-        rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(syllables)
-    )
+    return "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(syllables))
 
 
 def _sentence(rng: random.Random) -> str:
@@ -199,9 +197,7 @@ def _json_value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 3:
         return rng.choice(_CITIES + _UNICODE_BITS[:8])
     if kind == 4:
-        return " ".join(word(rng) for _ in range(rng.randint(1, 5))) + rng.choice(
-            ("", "\n", "\t", '"', "\\", "/")
-        )
+        return " ".join(word(rng) for _ in range(rng.randint(1, 5))) + rng.choice(("", "\n", "\t", '"', "\\", "/"))
     if kind == 5:
         return [_json_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
     return {rng.choice(_ARG_NAMES): _json_value(rng, depth + 1) for _ in range(rng.randint(1, 3))}

@@ -24,10 +24,22 @@ PossibleAnswer = Mapping[str, Mapping[str, Sequence[Any]]]
 Call = tuple[str, Mapping[str, Any]]  # (name, decoded arguments)
 
 _PY_TYPES: dict[str, type] = {
-    "string": str, "integer": int, "float": float, "boolean": bool, "array": list, "dict": dict, "any": str,
+    "string": str,
+    "integer": int,
+    "float": float,
+    "boolean": bool,
+    "array": list,
+    "dict": dict,
+    "any": str,
 }
-_SCHEMA_TO_BFCL = {"string": "string", "integer": "integer", "number": "float", "boolean": "boolean",
-                   "array": "array", "object": "dict"}
+_SCHEMA_TO_BFCL = {
+    "string": "string",
+    "integer": "integer",
+    "number": "float",
+    "boolean": "boolean",
+    "array": "array",
+    "object": "dict",
+}
 _STANDARDIZE = re.compile(r"[ ,./\-_*^]")
 
 
@@ -68,8 +80,11 @@ def match_calls(tools: Mapping[str, Tool], calls: Sequence[Call], possible: Sequ
                 break
             errors.append(f"call {index}: {result.error}")
         else:
-            return Match(False, f"no call matches expected call {i} ({expected}): {'; '.join(errors)}",
-                         "cannot_find_match" if len(possible) > 1 else result.error_type)
+            return Match(
+                False,
+                f"no call matches expected call {i} ({expected}): {'; '.join(errors)}",
+                "cannot_find_match" if len(possible) > 1 else result.error_type,
+            )
     return OK
 
 
@@ -119,8 +134,9 @@ def _match_value(param: str, value: Any, schema: JSONSchema, possible: Sequence[
         if expected is list and nested is dict:
             return _list_of_dicts_match(param, value, possible)
         if expected is str:
-            return _one_of(param, _standardize(value), [_standardize(p) for p in possible if type(p) is str],
-                           "value_error:string")
+            return _one_of(
+                param, _standardize(value), [_standardize(p) for p in possible if type(p) is str], "value_error:string"
+            )
         if expected is list:
             accepted = [_standardize_items(p) for p in possible if isinstance(p, (list, str))]
             return _one_of(param, _standardize_items(value), accepted, "value_error:list/tuple")
@@ -136,12 +152,16 @@ def _type_check(param: str, value: Any, possible: Sequence[Any], expected: type,
     if type(value) is expected:
         if nested is None or _nested_ok(value, possible, nested):
             return Match(True, error_type=mark)
-        return Match(False, f"nested type check failed for {param!r}: items should be {nested.__name__}",
-                     "type_error:nested")
+        return Match(
+            False, f"nested type check failed for {param!r}: items should be {nested.__name__}", "type_error:nested"
+        )
     if answer_type is not None and type(value) is answer_type:
         return Match(True, error_type="variable")
-    return Match(False, f"incorrect type for {param!r}: expected {expected.__name__}, got "
-                        f"{type(value).__name__}", "type_error:simple")
+    return Match(
+        False,
+        f"incorrect type for {param!r}: expected {expected.__name__}, got {type(value).__name__}",
+        "type_error:simple",
+    )
 
 
 def _nested_ok(value: Any, possible: Sequence[Any], nested: type) -> bool:
@@ -202,8 +222,11 @@ def _list_of_dicts_match(param: str, value: list[Any], possible: Sequence[Any]) 
             result = Match(False, f"wrong number of dicts in {param!r}", "value_error:list_dict_count")
             continue
         for item, item_answer in zip(value, answer, strict=True):
-            result = _dict_match(param, item, [item_answer]) if isinstance(item, dict) else Match(
-                False, f"{param!r} holds a {type(item).__name__}, not a dict", "type_error:nested")
+            result = (
+                _dict_match(param, item, [item_answer])
+                if isinstance(item, dict)
+                else Match(False, f"{param!r} holds a {type(item).__name__}, not a dict", "type_error:nested")
+            )
             if not result.ok:
                 break
         else:

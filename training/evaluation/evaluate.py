@@ -62,8 +62,11 @@ def summarize(scored: Sequence[Scored]) -> dict[str, Any]:
 
     groups = sorted({s.item.group for s in scored})
     by_group = {g: aggregate(s.verdict for s in scored if s.item.group == g).to_json() for g in groups}
-    out: dict[str, Any] = {"overall": aggregate(s.verdict for s in scored).to_json(), "by_group": by_group,
-                           "errors": sum(s.sample.error is not None for s in scored)}
+    out: dict[str, Any] = {
+        "overall": aggregate(s.verdict for s in scored).to_json(),
+        "by_group": by_group,
+        "errors": sum(s.sample.error is not None for s in scored),
+    }
     hits: dict[str, list[bool]] = {}
     for s in scored:
         if s.verdict.valid and s.verdict.name_ok:  # argument match's own denominator
@@ -80,18 +83,32 @@ def summarize(scored: Sequence[Scored]) -> dict[str, Any]:
     return out
 
 
-def run_eval(items: Sequence[EvalItem], backend: Backend, settings: SampleSettings, out: Path,
-             skipped: BadRecords | None = None) -> dict[str, Any]:
+def run_eval(
+    items: Sequence[EvalItem], backend: Backend, settings: SampleSettings, out: Path, skipped: BadRecords | None = None
+) -> dict[str, Any]:
     """Answer, score and write the run folder `out`; returns the metrics written."""
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     scored = score_items(items, backend, settings)
-    metrics = {"backend": backend.describe(), "sampling": asdict(settings), **summarize(scored),
-               "skipped": (skipped or BadRecords()).summary(), "seconds": time.perf_counter() - start,
-               "tokens": sum(s.sample.tokens for s in scored)}
-    rows = [{"id": s.item.id, "group": s.item.group, "verdict": s.verdict.to_json(), "bfcl_pass": s.bfcl_pass,
-             "answer": dump_sample(s.sample)} for s in scored]
+    metrics = {
+        "backend": backend.describe(),
+        "sampling": asdict(settings),
+        **summarize(scored),
+        "skipped": (skipped or BadRecords()).summary(),
+        "seconds": time.perf_counter() - start,
+        "tokens": sum(s.sample.tokens for s in scored),
+    }
+    rows = [
+        {
+            "id": s.item.id,
+            "group": s.item.group,
+            "verdict": s.verdict.to_json(),
+            "bfcl_pass": s.bfcl_pass,
+            "answer": dump_sample(s.sample),
+        }
+        for s in scored
+    ]
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(out, metrics)
@@ -104,26 +121,42 @@ def run_eval(items: Sequence[EvalItem], backend: Backend, settings: SampleSettin
 
 def add_command(sub: SubParsers) -> None:
     parser = sub.add_parser(
-        "eval", help="evaluate a model or an endpoint: the four numbers, BFCL AST accuracy, report",
+        "eval",
+        help="evaluate a model or an endpoint: the four numbers, BFCL AST accuracy, report",
         description="Answer evaluation items with a model in-process (transformers + PEFT) or an "
-                    "OpenAI-compatible endpoint, score each answer as the gateway parses it, and write "
-                    "metrics.json, results.jsonl, report.md and plots to --out.")
+        "OpenAI-compatible endpoint, score each answer as the gateway parses it, and write "
+        "metrics.json, results.jsonl, report.md and plots to --out.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", "--base-model", dest="model", type=Path,
-                        help="base model in-process: transformers folder, GGUF file or catalogue name")
+    source.add_argument(
+        "--model",
+        "--base-model",
+        dest="model",
+        type=Path,
+        help="base model in-process: transformers folder, GGUF file or catalogue name",
+    )
     source.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--adapter", type=Path, help="PEFT adapter folder (with --model)")
-    parser.add_argument("--tool-format", help="tool-call format (with --model; default: adapter manifest, "
-                                              "else detected from the chat template)")
+    parser.add_argument(
+        "--tool-format",
+        help="tool-call format (with --model; default: adapter manifest, else detected from the chat template)",
+    )
     parser.add_argument("--served-model", help="model name at the endpoint (with --endpoint)")
     parser.add_argument("--api-key", default="unused")
-    parser.add_argument("--tool-choice", choices=("auto", "required", "none"),
-                        help="sent to the endpoint (default: not sent, the server's default)")
+    parser.add_argument(
+        "--tool-choice",
+        choices=("auto", "required", "none"),
+        help="sent to the endpoint (default: not sent, the server's default)",
+    )
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", type=Path, action="append", help="JSONL of canonical records (repeatable)")
-    data.add_argument("--bfcl", nargs="+", metavar="CATEGORY",
-                      help="BFCL categories (simple, multiple, parallel, parallel_multiple, irrelevance, "
-                           "live_*, or: live, non_live, all)")
+    data.add_argument(
+        "--bfcl",
+        nargs="+",
+        metavar="CATEGORY",
+        help="BFCL categories (simple, multiple, parallel, parallel_multiple, irrelevance, "
+        "live_*, or: live, non_live, all)",
+    )
     parser.add_argument("--limit", type=int, help="at most this many items per file or category")
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -155,9 +188,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     items, skipped = _items(args)
     settings = SampleSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     metrics = run_eval(items, _backend(args), settings, args.out, skipped)
-    print(json.dumps({"out": str(args.out), "overall": metrics["overall"],
-                      "bfcl_mean": metrics.get("bfcl", {}).get("mean"), "errors": metrics["errors"],
-                      "skipped": metrics["skipped"]["count"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "overall": metrics["overall"],
+                "bfcl_mean": metrics.get("bfcl", {}).get("mean"),
+                "errors": metrics["errors"],
+                "skipped": metrics["skipped"]["count"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -112,13 +112,18 @@ class TransformersBackend:
         self.template = _adapter_file(self.adapter_dir, "chat_template.jinja") or self.tokenizer.chat_template
         if not self.template:
             raise ValueError(f"{self.model_dir} has no chat template (tokenizer_config.json chat_template)")
-        self.format = get_format(self.tool_format or _manifest_format(self.adapter_dir)
-                                 or detect_format(self.template).format)
+        self.format = get_format(
+            self.tool_format or _manifest_format(self.adapter_dir) or detect_format(self.template).format
+        )
 
     def describe(self) -> dict[str, Any]:
         adapter = str(self.adapter_dir) if self.adapter_dir else None
-        return {"backend": "transformers", "model": str(self.model_dir), "adapter": adapter,
-                "tool_format": self.format.name}
+        return {
+            "backend": "transformers",
+            "model": str(self.model_dir),
+            "adapter": adapter,
+            "tool_format": self.format.name,
+        }
 
     def sample(self, prompts: Sequence[Prompt], settings: SampleSettings) -> list[list[Sample]]:
         results: list[list[Sample]] = [[] for _ in prompts]
@@ -138,8 +143,15 @@ class TransformersBackend:
     def render(self, prompt: Prompt) -> str:
         """The prompt text, exactly as the gateway renders it for this template."""
         bos, eos = self.tokenizer.bos_token or "", self.tokenizer.eos_token or ""
-        return render_chat(self.template, self.format, prompt.messages, prompt.tools, add_generation_prompt=True,
-                           bos_token=str(bos), eos_token=str(eos))
+        return render_chat(
+            self.template,
+            self.format,
+            prompt.messages,
+            prompt.tools,
+            add_generation_prompt=True,
+            bos_token=str(bos),
+            eos_token=str(eos),
+        )
 
     def _generate(self, texts: list[str], settings: SampleSettings, seed: int) -> list[Sample]:
         """n answers per text, texts batched (left-padded), in order."""
@@ -149,12 +161,18 @@ class TransformersBackend:
         torch.manual_seed(seed)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-            if settings.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if settings.temperature > 0
+            else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
         with torch.inference_mode():
-            out = self.model.generate(**ids, **sampling, max_new_tokens=settings.max_tokens,
-                                      num_return_sequences=settings.n, eos_token_id=self._stop_ids(),
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(
+                **ids,
+                **sampling,
+                max_new_tokens=settings.max_tokens,
+                num_return_sequences=settings.n,
+                eos_token_id=self._stop_ids(),
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         return [self.decode(row.tolist()) for row in out[:, ids["input_ids"].shape[1] :]]
 
     def decode(self, tokens: Sequence[int]) -> Sample:
@@ -162,8 +180,9 @@ class TransformersBackend:
         kept as text (a format's markers may be special tokens), parsed by the tool format."""
         stops = set(self._stop_ids())
         end = next((i for i, t in enumerate(tokens) if t in stops), len(tokens))
-        text = str(self.tokenizer.decode(list(tokens[:end]), skip_special_tokens=False,
-                                         clean_up_tokenization_spaces=False))
+        text = str(
+            self.tokenizer.decode(list(tokens[:end]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        )
         finish = "stop" if end < len(tokens) else "length"
         return Sample(text, self.format.parse(text), min(end + 1, len(tokens)), finish_reason=finish)
 
@@ -173,7 +192,6 @@ class TransformersBackend:
         added = self.tokenizer.get_added_vocab()
         ids = [*ids, self.tokenizer.eos_token_id, *(added[t] for t in END_OF_TURN if t in added)]
         return sorted({i for i in ids if i is not None})
-
 
 
 def _adapter_file(adapter_dir: Path | None, name: str) -> str | None:
@@ -224,9 +242,13 @@ class EndpointBackend:
         import openai
 
         request: dict[str, Any] = {
-            "model": self.model, "messages": [wire_message(m) for m in prompt.messages],
-            "temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens,
-            "seed": seed, "extra_body": self.extra_body or None,
+            "model": self.model,
+            "messages": [wire_message(m) for m in prompt.messages],
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "max_tokens": settings.max_tokens,
+            "seed": seed,
+            "extra_body": self.extra_body or None,
         }
         if prompt.tools:
             request["tools"] = [templates.tool_dict(t) for t in prompt.tools]
@@ -240,8 +262,12 @@ class EndpointBackend:
             return Sample("", NO_ANSWER, error=f"{type(exc).__name__}: {exc}")
         choice = response.choices[0]
         tokens = response.usage.completion_tokens if response.usage else 0
-        return Sample(choice.message.model_dump_json(exclude_none=True), parsed_message(choice.message), tokens,
-                      finish_reason=choice.finish_reason)
+        return Sample(
+            choice.message.model_dump_json(exclude_none=True),
+            parsed_message(choice.message),
+            tokens,
+            finish_reason=choice.finish_reason,
+        )
 
 
 def parsed_message(message: Any) -> Parsed:
@@ -257,9 +283,10 @@ def wire_message(message: Message) -> dict[str, Any]:
     """A Message in OpenAI's wire shape (arguments as JSON text)."""
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.tool_calls:
-        out["tool_calls"] = [{"id": c.id or f"call_{i}", "type": "function",
-                              "function": {"name": c.name, "arguments": c.arguments}}
-                             for i, c in enumerate(message.tool_calls)]
+        out["tool_calls"] = [
+            {"id": c.id or f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for i, c in enumerate(message.tool_calls)
+        ]
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
     return out
@@ -274,8 +301,13 @@ def _error_message(exc: Any) -> str:
 def dump_sample(sample: Sample) -> dict[str, Any]:
     """A sample as JSON for per-record results."""
     calls = [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in sample.parsed.calls]
-    out: dict[str, Any] = {"text": sample.text, "content": sample.parsed.content, "calls": calls,
-                           "tokens": sample.tokens, "finish_reason": sample.finish_reason}
+    out: dict[str, Any] = {
+        "text": sample.text,
+        "content": sample.parsed.content,
+        "calls": calls,
+        "tokens": sample.tokens,
+        "finish_reason": sample.finish_reason,
+    }
     if sample.error:
         out["error"] = sample.error
     return out

@@ -19,8 +19,16 @@ from training.evaluation.generate import Prompt
 from training.evaluation.verifier import Expected, expected_of
 
 # BFCL's single-turn Python categories (bfcl_eval's "python" collection); "simple" names simple_python.
-BFCL_AST = ("simple_python", "multiple", "parallel", "parallel_multiple",
-            "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
+BFCL_AST = (
+    "simple_python",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+)
 BFCL_IRRELEVANCE = ("irrelevance", "live_irrelevance")  # right: no call
 BFCL_RELEVANCE = ("live_relevance",)  # right: any call
 BFCL_CATEGORIES = BFCL_AST + BFCL_IRRELEVANCE + BFCL_RELEVANCE
@@ -61,8 +69,9 @@ def bfcl_categories(names: Sequence[str]) -> list[str]:
         elif alias in BFCL_CATEGORIES:
             out.append(alias)
         else:
-            raise ValueError(f"unsupported BFCL category {name!r}; use one of: {', '.join(BFCL_CATEGORIES)}, "
-                             f"or {', '.join(ALIASES)}")
+            raise ValueError(
+                f"unsupported BFCL category {name!r}; use one of: {', '.join(BFCL_CATEGORIES)}, or {', '.join(ALIASES)}"
+            )
     return list(dict.fromkeys(out))
 
 

@@ -7,16 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-NUMBERS = (("valid_call_rate", "valid-call rate"), ("tool_name_accuracy", "tool-name accuracy"),
-           ("argument_match", "argument match"), ("false_call_rate", "false-call rate"))
+NUMBERS = (
+    ("valid_call_rate", "valid-call rate"),
+    ("tool_name_accuracy", "tool-name accuracy"),
+    ("argument_match", "argument match"),
+    ("false_call_rate", "false-call rate"),
+)
 
 
 def write_report(out: Path, metrics: dict[str, Any]) -> list[Path]:
     """report.md and plots/*.png in `out`; returns the files written."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    written = [_bars(plots / "four_numbers.png", {"overall": metrics["overall"]}, "The four numbers"),
-               _bars(plots / "by_group.png", metrics["by_group"], "The four numbers by group")]
+    written = [
+        _bars(plots / "four_numbers.png", {"overall": metrics["overall"]}, "The four numbers"),
+        _bars(plots / "by_group.png", metrics["by_group"], "The four numbers by group"),
+    ]
     if metrics.get("bfcl"):
         written.append(_bfcl_chart(plots / "bfcl.png", metrics["bfcl"]["categories"]))
     report = out / "report.md"
@@ -25,23 +31,44 @@ def write_report(out: Path, metrics: dict[str, Any]) -> list[Path]:
 
 
 def markdown(metrics: dict[str, Any]) -> str:
-    lines = ["# Evaluation report", "", f"Backend: `{_inline(metrics['backend'])}`  ",
-             f"Sampling: `{_inline(metrics['sampling'])}`  ",
-             f"Records: {metrics['overall']['records']}, answers refused or failed: {metrics['errors']}, "
-             f"input lines skipped: {metrics['skipped']['count']}, {metrics['seconds']:.1f} s", "",
-             "## The four numbers", "", *_four_table(metrics), "",
-             "![The four numbers](plots/four_numbers.png)", "", "![By group](plots/by_group.png)", ""]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Backend: `{_inline(metrics['backend'])}`  ",
+        f"Sampling: `{_inline(metrics['sampling'])}`  ",
+        f"Records: {metrics['overall']['records']}, answers refused or failed: {metrics['errors']}, "
+        f"input lines skipped: {metrics['skipped']['count']}, {metrics['seconds']:.1f} s",
+        "",
+        "## The four numbers",
+        "",
+        *_four_table(metrics),
+        "",
+        "![The four numbers](plots/four_numbers.png)",
+        "",
+        "![By group](plots/by_group.png)",
+        "",
+    ]
     if metrics.get("by_argument"):
-        lines += ["## Arguments", "", "On valid calls with the right names: how often each expected argument has its "
-                  "expected value.", "", "| argument | n | accuracy |", "|---|---:|---:|"]
+        lines += [
+            "## Arguments",
+            "",
+            "On valid calls with the right names: how often each expected argument has its expected value.",
+            "",
+            "| argument | n | accuracy |",
+            "|---|---:|---:|",
+        ]
         lines += [f"| `{k}` | {row['n']} | {_pct(row['accuracy'])} |" for k, row in metrics["by_argument"].items()]
         lines.append("")
     if metrics.get("bfcl"):
         lines += ["## BFCL (AST)", "", "| category | n | accuracy |", "|---|---:|---:|"]
         for name, row in metrics["bfcl"]["categories"].items():
             lines.append(f"| {name} | {row['n']} | {_pct(row['accuracy'])} |")
-        lines += [f"| **mean of categories** | | **{_pct(metrics['bfcl']['mean'])}** |", "",
-                  "![BFCL](plots/bfcl.png)", ""]
+        lines += [
+            f"| **mean of categories** | | **{_pct(metrics['bfcl']['mean'])}** |",
+            "",
+            "![BFCL](plots/bfcl.png)",
+            "",
+        ]
     lines += ["## Definitions", "", DEFINITIONS]
     return "\n".join(lines) + "\n"
 
@@ -85,8 +112,7 @@ def _bars(path: Path, groups: dict[str, dict[str, Any]], title: str) -> Path:
         xs = [i + (k - (len(NUMBERS) - 1) / 2) * width for i in range(len(groups))]
         values = [100 * (g[key] or 0.0) for g in groups.values()]
         bars = ax.bar(xs, values, width, label=label)
-        ax.bar_label(bars, labels=[_pct(g[key]) for g in groups.values()], fontsize="x-small", rotation=90,
-                     padding=2)
+        ax.bar_label(bars, labels=[_pct(g[key]) for g in groups.values()], fontsize="x-small", rotation=90, padding=2)
     ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right")
     ax.set_ylim(0, 115)  # room for the labels above 100%
     ax.set_ylabel("%")

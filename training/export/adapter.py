@@ -115,8 +115,8 @@ def _manifest(
     return AdapterManifest(
         name=name,
         base_model=BaseModelRef(
-            id=options.base_id or (base.ref if from_gguf else str(peft_config.get("base_model_name_or_path")
-                                                                  or base.folder)),
+            id=options.base_id
+            or (base.ref if from_gguf else str(peft_config.get("base_model_name_or_path") or base.folder)),
             sha256=sha256_files(base_weight_files(base.folder)),
             gguf_sha256=gguf_sha256,
         ),
@@ -174,8 +174,10 @@ def base_chat_template(base_dir: Path) -> str:
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     template = config.get("chat_template")
     if not isinstance(template, str):
-        raise ExportError(f"{base_dir} has no chat template (chat_template.jinja or tokenizer_config.json); "
-                          "the adapter must be served with the template it was trained on")
+        raise ExportError(
+            f"{base_dir} has no chat template (chat_template.jinja or tokenizer_config.json); "
+            "the adapter must be served with the template it was trained on"
+        )
     return template
 
 
@@ -224,10 +226,19 @@ def add_command(sub: SubParsers) -> None:
         "the GGUF LoRA; the manifest binds base model, tool format, chat template and scores.",
     )
     parser.add_argument("--adapter", type=Path, required=True, help="PEFT folder (adapter_config.json, weights)")
-    parser.add_argument("--base", "--base-model", dest="base", type=Path, required=True,
-                        help="the base model: transformers folder, GGUF file or catalogue name")
-    parser.add_argument("--base-gguf", type=Path, help="the base GGUF served (default: the --base GGUF or "
-                        "catalogue model, else <base>/model.gguf)")
+    parser.add_argument(
+        "--base",
+        "--base-model",
+        dest="base",
+        type=Path,
+        required=True,
+        help="the base model: transformers folder, GGUF file or catalogue name",
+    )
+    parser.add_argument(
+        "--base-gguf",
+        type=Path,
+        help="the base GGUF served (default: the --base GGUF or catalogue model, else <base>/model.gguf)",
+    )
     parser.add_argument("--base-id", help="hub id or path recorded as the base model")
     parser.add_argument("--name", required=True, help="adapter name, served as a model name")
     parser.add_argument("--out", type=Path, default=Path("adapters"), help="adapters folder")

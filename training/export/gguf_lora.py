@@ -50,8 +50,7 @@ _REFUSED_FLAGS: dict[str, str] = {
     "lora_bias": "LoRA B biases have no llama.cpp equivalent; train with lora_bias=False",
     "use_qalora": "QA-LoRA pooling has no llama.cpp equivalent",
     "fan_in_fan_out": "fan_in_fan_out (Conv1D weights) does not apply to Qwen2",
-    "modules_to_save": "modules_to_save makes full weight copies that llama.cpp and vLLM refuse; "
-    "train LoRA only",
+    "modules_to_save": "modules_to_save makes full weight copies that llama.cpp and vLLM refuse; train LoRA only",
     "trainable_token_indices": "trainable tokens (added or retrained embeddings) cannot be expressed "
     "as a LoRA; keep the base vocabulary",
     "target_parameters": "LoRA on raw parameters (target_parameters) is not converted",
@@ -83,9 +82,7 @@ class _Pair:
     b: npt.NDArray[np.float32]  # out x r
 
 
-def convert_lora(
-    peft_dir: Path, base_dir: Path, out: Path, outtype: OutType = OutType.F32
-) -> LoraGGUF:
+def convert_lora(peft_dir: Path, base_dir: Path, out: Path, outtype: OutType = OutType.F32) -> LoraGGUF:
     """Write `out` from the PEFT adapter in `peft_dir` trained on `base_dir`; atomic (temp + rename)."""
     config = read_json(peft_dir / ADAPTER_CONFIG)
     base_config = read_json(base_dir / "config.json")
@@ -111,9 +108,7 @@ def convert_lora(
 # --- what can be converted ------------------------------------------------------------------
 
 
-def check_convertible(
-    config: dict[str, Any], base_config: dict[str, Any], peft_dir: Path, base_dir: Path
-) -> None:
+def check_convertible(config: dict[str, Any], base_config: dict[str, Any], peft_dir: Path, base_dir: Path) -> None:
     if config.get("peft_type") != "LORA":
         raise LoraConversionError(f"only LoRA adapters convert, got peft_type={config.get('peft_type')!r}")
     for flag, why in _REFUSED_FLAGS.items():
@@ -278,8 +273,10 @@ def permute_rows(rows: npt.NDArray[np.float32], n_head: int) -> npt.NDArray[np.f
 def _llama_rows(pair: _Pair, base_config: dict[str, Any]) -> _Pair:
     """B @ A with its rows permuted is (B with its rows permuted) @ A: only B moves."""
     kind = pair.module.rpartition(".")[2]
-    heads = {"q_proj": base_config["num_attention_heads"],
-             "k_proj": base_config.get("num_key_value_heads") or base_config["num_attention_heads"]}
+    heads = {
+        "q_proj": base_config["num_attention_heads"],
+        "k_proj": base_config.get("num_key_value_heads") or base_config["num_attention_heads"],
+    }
     if kind not in heads:
         return pair
     return _Pair(pair.module, pair.a, np.ascontiguousarray(permute_rows(pair.b, int(heads[kind]))))

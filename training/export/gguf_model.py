@@ -100,9 +100,7 @@ def export_gguf(hf_dir: Path, out: Path, outtype: OutType = OutType.F32) -> Path
 
 def _check_architecture(config: dict[str, Any]) -> None:
     if config.get("model_type") != "qwen2":
-        raise ValueError(
-            f"only Qwen2 models are supported, got model_type={config.get('model_type')!r}"
-        )
+        raise ValueError(f"only Qwen2 models are supported, got model_type={config.get('model_type')!r}")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
@@ -121,14 +119,10 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict[str, Any], outtype: OutTy
     writer.add_block_count(int(config["num_hidden_layers"]))
     writer.add_feed_forward_length(int(config["intermediate_size"]))
     writer.add_head_count(int(config["num_attention_heads"]))
-    writer.add_head_count_kv(
-        int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    )
+    writer.add_head_count_kv(int(config.get("num_key_value_heads") or config["num_attention_heads"]))
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
-    file_type = (
-        gguf.LlamaFileType.ALL_F32 if outtype is OutType.F32 else gguf.LlamaFileType.MOSTLY_F16
-    )
+    file_type = gguf.LlamaFileType.ALL_F32 if outtype is OutType.F32 else gguf.LlamaFileType.MOSTLY_F16
     writer.add_file_type(file_type)
 
 
@@ -153,8 +147,7 @@ def read_vocab(hf_dir: Path, n_vocab: int) -> HFVocab:
     size = max(n_vocab, max(by_id) + 1)
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
     token_types = [
-        types.get(i, int(gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED))
-        for i in range(size)
+        types.get(i, int(gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED)) for i in range(size)
     ]
     ids = {t: i for i, t in enumerate(tokens)}
     return HFVocab(
@@ -175,11 +168,7 @@ def _check_pre_tokenizer(tok: dict[str, Any]) -> None:
     steps: list[dict[str, Any]] = pre.get("pretokenizers", [pre])
     regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
     byte_levels = [s for s in steps if s.get("type") == "ByteLevel"]
-    if (
-        regexes != [QWEN2_PRETOKENIZE_REGEX]
-        or len(byte_levels) != 1
-        or byte_levels[0].get("use_regex")
-    ):
+    if regexes != [QWEN2_PRETOKENIZE_REGEX] or len(byte_levels) != 1 or byte_levels[0].get("use_regex"):
         # A wrong label would load fine and tokenize differently; refuse instead.
         raise ValueError(
             "tokenizer.json pre-tokenizer is not Qwen2's Split regex + ByteLevel(use_regex=False); "
@@ -228,9 +217,7 @@ def _add_vocab(writer: gguf.GGUFWriter, vocab: HFVocab) -> None:
 # --- tensors -------------------------------------------------------------------------------
 
 
-def _gguf_tensors(
-    hf_dir: Path, config: dict[str, Any], outtype: OutType
-) -> Iterator[tuple[str, npt.NDArray[Any]]]:
+def _gguf_tensors(hf_dir: Path, config: dict[str, Any], outtype: OutType) -> Iterator[tuple[str, npt.NDArray[Any]]]:
     seen: set[str] = set()
     for hf_name, array in _hf_tensors(hf_dir):
         name = gguf_tensor_name(hf_name)
@@ -259,11 +246,7 @@ def gguf_tensor_name(hf_name: str) -> str | None:
 
 def _hf_tensors(hf_dir: Path) -> Iterator[tuple[str, npt.NDArray[Any]]]:
     index = hf_dir / "model.safetensors.index.json"
-    files = (
-        sorted(set(_read_json(index)["weight_map"].values()))
-        if index.is_file()
-        else ["model.safetensors"]
-    )
+    files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     for file in files:
         # torch reads bf16 checkpoints, which numpy cannot represent.
         with safe_open(str(hf_dir / file), framework="pt") as handle:

@@ -111,14 +111,20 @@ def model_ref(base: str) -> str:
 
 def add_common_flags(parser: argparse.ArgumentParser, default_recipe: Path) -> None:
     parser.add_argument("--config", type=Path, default=default_recipe, help="YAML recipe")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field (repeatable), e.g. --set lora_r=8")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field (repeatable), e.g. --set lora_r=8",
+    )
     parser.add_argument("--out", type=Path, help="run folder (default runs/<command>-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
 
-def run_trainer_cli(config_cls: type[T], run: Callable[..., Any], args: argparse.Namespace,
-                    extra: Mapping[str, Any]) -> int:
+def run_trainer_cli(
+    config_cls: type[T], run: Callable[..., Any], args: argparse.Namespace, extra: Mapping[str, Any]
+) -> int:
     """The sft / dpo command body: recipe + flags -> `run(config, out, resume=)`; bad recipes,
     paths and data exit 2 with the reason; the result is printed as JSON."""
 
@@ -135,6 +141,14 @@ def run_trainer_cli(config_cls: type[T], run: Callable[..., Any], args: argparse
     except (OSError, ValueError) as exc:  # bad paths, no usable data, a rank vLLM refuses
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"run_dir": str(result.run_dir), "output": str(result.output),
-                      **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "output": str(result.output),
+                **{k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)},
+            },
+            indent=2,
+        )
+    )
     return 0

@@ -41,9 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-PLOTS = {"loss": ("loss", "eval_loss"),
-         "reward_margin": ("rewards/margins", "eval_rewards/margins"),
-         "reward_accuracy": ("rewards/accuracies", "eval_rewards/accuracies")}
+PLOTS = {
+    "loss": ("loss", "eval_loss"),
+    "reward_margin": ("rewards/margins", "eval_rewards/margins"),
+    "reward_accuracy": ("rewards/accuracies", "eval_rewards/accuracies"),
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,9 @@ def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
     return saved.read_text(encoding="utf-8") if saved.is_file() else chat_template(None, tokenizer)
 
 
-def to_pair_dataset(pairs: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase,
-                    max_len: int) -> tuple[Dataset, dict[str, Any]]:
+def to_pair_dataset(
+    pairs: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase, max_len: int
+) -> tuple[Dataset, dict[str, Any]]:
     """Rows {prompt, chosen, rejected} of plain text, which DPOTrainer tokenizes as given. (TRL
     appends eos_token to an answer that does not end with it: with a template whose end-of-turn
     is not the tokenizer's eos_token, the answers gain one token the gateway never sees.)"""
@@ -110,8 +113,9 @@ def to_pair_dataset(pairs: Sequence[Mapping[str, Any]], template: str, tokenizer
 
     texts, stats = render_pairs(progress(pairs, "rendering pairs"), template, tokenizer, max_len)
     prompts = [_without_auto_bos(t.prompt, tokenizer) for t in texts]
-    return Dataset.from_dict({"prompt": prompts, "chosen": [t.chosen for t in texts],
-                              "rejected": [t.rejected for t in texts]}), stats.as_dict()
+    return Dataset.from_dict(
+        {"prompt": prompts, "chosen": [t.chosen for t in texts], "rejected": [t.rejected for t in texts]}
+    ), stats.as_dict()
 
 
 def _without_auto_bos(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -119,7 +123,7 @@ def _without_auto_bos(prompt: str, tokenizer: PreTrainedTokenizerBase) -> str:
     # itself, drop the template's so the prompt has one BOS, as the served prompt does.
     bos = tokenizer.bos_token
     adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    return prompt[len(bos):] if adds_bos and bos and prompt.startswith(bos) else prompt
+    return prompt[len(bos) :] if adds_bos and bos and prompt.startswith(bos) else prompt
 
 
 def load_pairs(paths: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
@@ -176,8 +180,13 @@ def trainer_args(config: DPOConfig, run_dir: Path, dtype: torch.dtype, has_eval:
     )
 
 
-def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[Mapping[str, Any]] | None = None,
-                  callbacks: Sequence[TrainerCallback] = ()) -> DPOSetup:
+def build_trainer(
+    config: DPOConfig,
+    out: Path | None,
+    *,
+    train_pairs: Sequence[Mapping[str, Any]] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> DPOSetup:
     import torch
     from transformers import AutoTokenizer
     from trl.trainer.dpo_trainer import DPOTrainer
@@ -197,14 +206,23 @@ def build_trainer(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[
     model = load_policy(config, dtype)
     vocab_rows = embedding_rows(model)
     check_adapter(model, vocab_rows)
-    trainer = DPOTrainer(model=model, args=trainer_args(config, run_dir, dtype, eval_set is not None),
-                         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
-                         callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks])
+    trainer = DPOTrainer(
+        model=model,
+        args=trainer_args(config, run_dir, dtype, eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks],
+    )
     return DPOSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
 
 
-def build_datasets(config: DPOConfig, train_pairs: Sequence[Mapping[str, Any]] | None, template: str,
-                   tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+def build_datasets(
+    config: DPOConfig,
+    train_pairs: Sequence[Mapping[str, Any]] | None,
+    template: str,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     bad = 0
     if train_pairs is None:
         train_pairs, bad = load_pairs(config.pairs)
@@ -221,8 +239,14 @@ def build_datasets(config: DPOConfig, train_pairs: Sequence[Mapping[str, Any]] |
     return train_set, (eval_set if len(eval_set) else None), data
 
 
-def run_dpo(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[Mapping[str, Any]] | None = None,
-            resume: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> DPOResult:
+def run_dpo(
+    config: DPOConfig,
+    out: Path | None,
+    *,
+    train_pairs: Sequence[Mapping[str, Any]] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> DPOResult:
     """Train the SFT adapter on preference pairs and publish `out/adapter` atomically."""
     from training.recipes import runs
 
@@ -232,8 +256,12 @@ def run_dpo(config: DPOConfig, out: Path | None, *, train_pairs: Sequence[Mappin
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics: dict[str, Any] = {**result.metrics, "global_step": result.global_step,
-                               "resumed_from": str(checkpoint) if checkpoint else None, **setup.data}
+    metrics: dict[str, Any] = {
+        **result.metrics,
+        "global_step": result.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        **setup.data,
+    }
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     output = run_dir / "adapter"
@@ -256,8 +284,11 @@ def save_adapter(model: Any, setup: DPOSetup, config: DPOConfig, output: Path) -
 
 
 def add_command(sub: Any) -> None:
-    parser = sub.add_parser("dpo", help="DPO on near-miss pairs, on top of an SFT adapter",
-                            description="TRL DPOTrainer; the reference is the SFT adapter, frozen.")
+    parser = sub.add_parser(
+        "dpo",
+        help="DPO on near-miss pairs, on top of an SFT adapter",
+        description="TRL DPOTrainer; the reference is the SFT adapter, frozen.",
+    )
     add_common_flags(parser, CONFIGS / "dpo.yaml")
     parser.add_argument("--base-model", help="the SFT adapter's base model (folder, hub id, GGUF or catalogue name)")
     parser.add_argument("--adapter", help="the SFT adapter (the PEFT folder SFT wrote)")
@@ -269,6 +300,11 @@ def add_command(sub: Any) -> None:
 
 def _run_cli(args: argparse.Namespace) -> int:
 
-    extra = {"base_model": args.base_model, "adapter": args.adapter, "pairs": args.pairs,
-             "val": args.val, "max_steps": args.max_steps}
+    extra = {
+        "base_model": args.base_model,
+        "adapter": args.adapter,
+        "pairs": args.pairs,
+        "val": args.val,
+        "max_steps": args.max_steps,
+    }
     return run_trainer_cli(DPOConfig, run_dpo, args, extra)

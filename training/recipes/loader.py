@@ -26,8 +26,9 @@ class RecipeError(ValueError):
     pass
 
 
-def load_recipe(cls: type[T], path: Path | None = None, overrides: Sequence[str] = (),
-                extra: Mapping[str, Any] | None = None) -> T:
+def load_recipe(
+    cls: type[T], path: Path | None = None, overrides: Sequence[str] = (), extra: Mapping[str, Any] | None = None
+) -> T:
     """`cls` from the YAML file at `path` (if any), then `extra` (explicit flags), then `overrides`."""
     values: dict[str, Any] = {}
     if path is not None:
@@ -55,12 +56,14 @@ def build(cls: type[T], values: Mapping[str, Any]) -> T:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A recipe as plain data (Paths as strings, tuples as lists), ready for YAML."""
+
     def plain(v: Any) -> Any:
         if isinstance(v, Path):
             return str(v)
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
         return v
+
     return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 

@@ -73,8 +73,9 @@ class RaftConfig:
 
 
 class Trainer(Protocol):
-    def __call__(self, config: RaftConfig, train_file: Path, init_adapter: Path | None,
-                 learning_rate: float, out: Path) -> Path:
+    def __call__(
+        self, config: RaftConfig, train_file: Path, init_adapter: Path | None, learning_rate: float, out: Path
+    ) -> Path:
         """Fine-tune on `train_file`, from `init_adapter` (None: a fresh LoRA), in the run folder
         `out`; returns the adapter folder (PEFT files)."""
         ...
@@ -98,8 +99,9 @@ def best_correct(samples: Sequence[Sample], verdicts: Sequence[Verdict]) -> int 
     return min(correct, key=lambda i: (-verdicts[i].reward, samples[i].tokens, i), default=None)
 
 
-def pick_per_prompt(items: Sequence[EvalItem], samples: Sequence[Sequence[Sample]],
-                    verdicts: Sequence[Sequence[Verdict]]) -> list[Pick]:
+def pick_per_prompt(
+    items: Sequence[EvalItem], samples: Sequence[Sequence[Sample]], verdicts: Sequence[Sequence[Verdict]]
+) -> list[Pick]:
     """Each prompt's best fully correct answer, for the prompts that have one."""
     picks = []
     for item, answers, judged in zip(items, samples, verdicts, strict=True):
@@ -147,8 +149,10 @@ def as_record(pick: Pick, cycle: int) -> Record | str:
 
 def answer_message(parsed: Parsed) -> dict[str, Any]:
     """A parsed answer as a canonical assistant message (arguments as objects)."""
-    calls = [{"id": f"call_{k}", "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
-             for k, c in enumerate(parsed.calls)]
+    calls = [
+        {"id": f"call_{k}", "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+        for k, c in enumerate(parsed.calls)
+    ]
     message: dict[str, Any] = {"role": "assistant", "content": parsed.content.strip() or None}
     if calls:
         message["tool_calls"] = calls
@@ -244,21 +248,36 @@ def _read_inputs(config: RaftConfig) -> _Inputs:
         if bad:
             log.warning("%s data: %d bad lines skipped: %s", name, len(bad), bad.summary()["by_reason"])
     if not items or not heldout:
-        raise ValueError(f"RAFT needs training prompts and held-out records; found {len(items)} in "
-                         f"{config.train_data}, {len(heldout)} in {config.heldout_data}")
+        raise ValueError(
+            f"RAFT needs training prompts and held-out records; found {len(items)} in "
+            f"{config.train_data}, {len(heldout)} in {config.heldout_data}"
+        )
     return _Inputs(items, heldout, pool, len(bad_items) + len(bad_heldout) + len(bad_pool or ()))
 
 
-def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBackend, adapter: Path | None,
-           folder: Path, train: Trainer) -> tuple[CycleStats, TransformersBackend] | None:
+def _cycle(
+    config: RaftConfig,
+    k: int,
+    inputs: _Inputs,
+    backend: TransformersBackend,
+    adapter: Path | None,
+    folder: Path,
+    train: Trainer,
+) -> tuple[CycleStats, TransformersBackend] | None:
     """One cycle: sample, score, select, train, evaluate; None when nothing could be kept."""
 
-    settings = SampleSettings(n=config.samples, temperature=config.temperature, top_p=config.top_p,
-                              max_tokens=config.max_tokens, seed=config.seed + k)
+    settings = SampleSettings(
+        n=config.samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_tokens=config.max_tokens,
+        seed=config.seed + k,
+    )
     items = inputs.items
     samples = backend.sample([i.prompt for i in items], settings)
-    verdicts = [[verdict(i.prompt.tools, i.expected, s.parsed) for s in row]
-                for i, row in zip(items, samples, strict=True)]
+    verdicts = [
+        [verdict(i.prompt.tools, i.expected, s.parsed) for s in row] for i, row in zip(items, samples, strict=True)
+    ]
     picks = pick_per_prompt(items, samples, verdicts)
     kept = keep_top(picks, config.keep_fraction)
     _write_samples(folder / "samples.jsonl", items, samples, verdicts, {id(p.sample) for p in kept})
@@ -272,23 +291,49 @@ def _cycle(config: RaftConfig, k: int, inputs: _Inputs, backend: TransformersBac
     greedy = SampleSettings(max_tokens=config.max_tokens, seed=config.seed)
     metrics = run_eval(inputs.heldout, backend, greedy, folder / "eval")
     flat = [v for row in verdicts for v in row]
-    stats = CycleStats(k, rate, len(items), sum(v.reward for v in flat) / len(flat),
-                       sum(v.correct for v in flat) / len(flat), len(picks), len(kept), len(replayed), unusable,
-                       metrics["overall"], _score(metrics, config.metric), str(trained))
-    log.info("cycle %d: kept %d of %d picks, lr %.2e, held-out %s = %.4f", k, len(kept), len(picks), rate,
-             config.metric, stats.score)
+    stats = CycleStats(
+        k,
+        rate,
+        len(items),
+        sum(v.reward for v in flat) / len(flat),
+        sum(v.correct for v in flat) / len(flat),
+        len(picks),
+        len(kept),
+        len(replayed),
+        unusable,
+        metrics["overall"],
+        _score(metrics, config.metric),
+        str(trained),
+    )
+    log.info(
+        "cycle %d: kept %d of %d picks, lr %.2e, held-out %s = %.4f",
+        k,
+        len(kept),
+        len(picks),
+        rate,
+        config.metric,
+        stats.score,
+    )
     return stats, backend
 
 
-def sft_trainer(config: RaftConfig, train_file: Path, init_adapter: Path | None,
-                learning_rate: float, out: Path) -> Path:
+def sft_trainer(
+    config: RaftConfig, train_file: Path, init_adapter: Path | None, learning_rate: float, out: Path
+) -> Path:
     """The SFT recipe (training.recipes.sft) on the cycle's file, continuing `init_adapter`; RAFT sets
     the base model, data, adapter, learning rate, seed and threads over the recipe's values."""
 
     recipe = load_recipe(SFTConfig, config.sft_recipe or CONFIGS / "sft.yaml", config.sft_set)
-    sft = replace(recipe, base_model=str(config.model), train=(str(train_file),), train_weights=(),
-                  init_adapter=str(init_adapter) if init_adapter else None, learning_rate=learning_rate,
-                  seed=config.seed, threads=config.threads)
+    sft = replace(
+        recipe,
+        base_model=str(config.model),
+        train=(str(train_file),),
+        train_weights=(),
+        init_adapter=str(init_adapter) if init_adapter else None,
+        learning_rate=learning_rate,
+        seed=config.seed,
+        threads=config.threads,
+    )
     result = run_sft(sft, out)
     if result.kind != "adapter":
         raise ValueError("RAFT trains adapters; the SFT recipe must not set full: true")
@@ -307,12 +352,25 @@ def _score(metrics: dict[str, Any], metric: str) -> float:
     return float(value) if value is not None else 0.0  # an empty denominator counts as nothing won
 
 
-def _write_samples(path: Path, items: Sequence[EvalItem], samples: Sequence[Sequence[Sample]],
-                   verdicts: Sequence[Sequence[Verdict]], kept: set[int]) -> None:
-    rows = [{"id": item.id, "k": k, "reward": v.reward, "correct": v.correct, "kept": id(s) in kept,
-             "answer": dump_sample(s)}
-            for item, row, judged in zip(items, samples, verdicts, strict=True)
-            for k, (s, v) in enumerate(zip(row, judged, strict=True))]
+def _write_samples(
+    path: Path,
+    items: Sequence[EvalItem],
+    samples: Sequence[Sequence[Sample]],
+    verdicts: Sequence[Sequence[Verdict]],
+    kept: set[int],
+) -> None:
+    rows = [
+        {
+            "id": item.id,
+            "k": k,
+            "reward": v.reward,
+            "correct": v.correct,
+            "kept": id(s) in kept,
+            "answer": dump_sample(s),
+        }
+        for item, row, judged in zip(items, samples, verdicts, strict=True)
+        for k, (s, v) in enumerate(zip(row, judged, strict=True))
+    ]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -328,10 +386,23 @@ def _write_train(path: Path, kept: Sequence[Pick], cycle: int, replayed: Sequenc
     return sum(isinstance(m, str) for m in made)
 
 
-def _write_metrics(out: Path, config: RaftConfig, history: list[float], cycles: list[CycleStats], stopped: str,
-                   skipped: int, best: int | None = None) -> None:
-    value = {"metric": config.metric, "history": history, "best_cycle": best, "stopped": stopped,
-             "skipped_lines": skipped, "cycles": [asdict(c) for c in cycles]}
+def _write_metrics(
+    out: Path,
+    config: RaftConfig,
+    history: list[float],
+    cycles: list[CycleStats],
+    stopped: str,
+    skipped: int,
+    best: int | None = None,
+) -> None:
+    value = {
+        "metric": config.metric,
+        "history": history,
+        "best_cycle": best,
+        "stopped": stopped,
+        "skipped_lines": skipped,
+        "cycles": [asdict(c) for c in cycles],
+    }
     atomic_write_text(out / "metrics.json", json.dumps(value, indent=2) + "\n")
 
 
@@ -354,8 +425,6 @@ def _plot(path: Path, metric: str, history: list[float], cycles: list[CycleStats
     save(fig, path)
 
 
-
-
 # ---- configuration and command line -------------------------------------------------------------
 
 
@@ -368,17 +437,29 @@ def load_config(path: Path | None, overrides: Sequence[str] = ()) -> RaftConfig:
 
 def add_command(sub: Any) -> None:
     parser = sub.add_parser(
-        "raft", help="RAFT: sample, verify, keep the best correct answers, fine-tune; repeat",
+        "raft",
+        help="RAFT: sample, verify, keep the best correct answers, fine-tune; repeat",
         description="Reward-ranked fine-tuning cycles with the tool-calling verifier (see training/recipes/raft.py).",
         epilog="settings: " + "; ".join(f"{f.name}: {f.metadata.get('help', f.type)}" for f in fields(RaftConfig)),
     )
-    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "raft.yaml",
-                        help="YAML recipe of RaftConfig settings")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting (repeatable), e.g. --set samples=4")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "configs" / "raft.yaml",
+        help="YAML recipe of RaftConfig settings",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting (repeatable), e.g. --set samples=4",
+    )
     parser.add_argument("--out", type=Path, help="run folder (default runs/raft-<time>)")
-    parser.add_argument("--base-model", help="the base model (sets `model`): transformers folder, GGUF file or "
-                        "catalogue name")
+    parser.add_argument(
+        "--base-model", help="the base model (sets `model`): transformers folder, GGUF file or catalogue name"
+    )
     parser.set_defaults(handler=_run_command)
 
 
@@ -392,8 +473,18 @@ def _run_command(args: Any) -> int:
         raise SystemExit(f"raft: {exc}") from None
     out = make_run_dir("raft", args.out)
     result = run_raft(config, out)
-    print(json.dumps({"out": str(out), "best_cycle": result.best_cycle, "best_adapter": _str(result.best_adapter),
-                      "history": result.history, "stopped": result.stopped}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "best_cycle": result.best_cycle,
+                "best_adapter": _str(result.best_adapter),
+                "history": result.history,
+                "stopped": result.stopped,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -64,8 +64,13 @@ class RenderStats:
     skipped: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"records": self.records, "kept": self.kept, "tokens": self.tokens,
-                "loss_tokens": self.loss_tokens, "skipped": dict(self.skipped)}
+        return {
+            "records": self.records,
+            "kept": self.kept,
+            "tokens": self.tokens,
+            "loss_tokens": self.loss_tokens,
+            "skipped": dict(self.skipped),
+        }
 
 
 # --- canonical record -> server.types --------------------------------------------------------
@@ -89,8 +94,9 @@ def to_message(raw: Any) -> Message:
     if content is not None and not isinstance(content, str):
         raise RecordError("bad_message", "content must be a string or null")
     calls = tuple(_to_call(c) for c in raw.get("tool_calls") or [])
-    return Message(role=raw["role"], content=content, tool_calls=calls,
-                   tool_call_id=raw.get("tool_call_id"), name=raw.get("name"))
+    return Message(
+        role=raw["role"], content=content, tool_calls=calls, tool_call_id=raw.get("tool_call_id"), name=raw.get("name")
+    )
 
 
 def _to_call(raw: Any) -> ToolCall:
@@ -117,29 +123,43 @@ def to_tools(raw: Sequence[Any]) -> list[Tool]:
 # --- text spans -------------------------------------------------------------------------------
 
 
-def template_render(template: str, messages: Sequence[Message], tools: Sequence[Tool], tokenizer: Tokenizer,
-                    *, add_generation_prompt: bool) -> str:
+def template_render(
+    template: str,
+    messages: Sequence[Message],
+    tools: Sequence[Tool],
+    tokenizer: Tokenizer,
+    *,
+    add_generation_prompt: bool,
+) -> str:
     try:
-        return render_chat(template, detected_format(template), messages, tools,
-                           add_generation_prompt=add_generation_prompt,
-                           bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+        return render_chat(
+            template,
+            detected_format(template),
+            messages,
+            tools,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+        )
     except GatewayError as exc:
         raise RecordError("template_refused", str(exc)) from None
 
 
-def assistant_text(template: str, history: Sequence[Message], tools: Sequence[Tool], reply: Message,
-                   tokenizer: Tokenizer) -> tuple[str, str]:
+def assistant_text(
+    template: str, history: Sequence[Message], tools: Sequence[Tool], reply: Message, tokenizer: Tokenizer
+) -> tuple[str, str]:
     """(prompt, continuation): the prompt the gateway would send for `history`, and the text the
     model must generate for `reply`, end-of-turn included, trailing whitespace trimmed."""
     prompt = template_render(template, history, tools, tokenizer, add_generation_prompt=True)
     full = template_render(template, [*history, reply], tools, tokenizer, add_generation_prompt=False)
     if not full.startswith(prompt):
         raise RecordError("prefix_mismatch", "the template renders the history differently before a reply")
-    return prompt, full[len(prompt):].rstrip()
+    return prompt, full[len(prompt) :].rstrip()
 
 
-def assistant_spans(template: str, messages: Sequence[Message], tools: Sequence[Tool], trained: Sequence[bool],
-                    tokenizer: Tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    template: str, messages: Sequence[Message], tools: Sequence[Tool], trained: Sequence[bool], tokenizer: Tokenizer
+) -> tuple[str, list[tuple[int, int]]]:
     """The whole conversation's text and the [start, end) character spans of its trained turns."""
     text = template_render(template, messages, tools, tokenizer, add_generation_prompt=False)
     spans = []
@@ -179,8 +199,9 @@ def render_record(record: Mapping[str, Any], template: str, tokenizer: Tokenizer
     return example
 
 
-def render_records(records: Iterable[Mapping[str, Any]], template: str, tokenizer: Tokenizer,
-                   max_len: int) -> tuple[list[Example], RenderStats]:
+def render_records(
+    records: Iterable[Mapping[str, Any]], template: str, tokenizer: Tokenizer, max_len: int
+) -> tuple[list[Example], RenderStats]:
     """Every record that fits in `max_len` tokens. Longer ones are dropped, not truncated: cutting
     the end loses the end-of-turn the model must learn, cutting the start loses the tools."""
     stats = RenderStats()
@@ -230,8 +251,9 @@ def render_pair(pair: Mapping[str, Any], template: str, tokenizer: Tokenizer) ->
     return PairText(prompt=prompt, chosen=answers[0], rejected=answers[1])
 
 
-def render_pairs(pairs: Iterable[Mapping[str, Any]], template: str, tokenizer: Tokenizer,
-                 max_len: int) -> tuple[list[PairText], RenderStats]:
+def render_pairs(
+    pairs: Iterable[Mapping[str, Any]], template: str, tokenizer: Tokenizer, max_len: int
+) -> tuple[list[PairText], RenderStats]:
     """Every pair whose prompt plus longer answer fits in `max_len` tokens (longer: dropped, counted)."""
     stats = RenderStats()
     kept = []

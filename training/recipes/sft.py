@@ -93,8 +93,9 @@ class SFTResult:
 # --- data ---------------------------------------------------------------------------------------
 
 
-def mix_records(sources: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float],
-                seed: int) -> list[dict[str, Any]]:
+def mix_records(
+    sources: Sequence[Sequence[dict[str, Any]]], weights: Sequence[float], seed: int
+) -> list[dict[str, Any]]:
     """Each source repeated floor(w) times plus a seeded fraction w - floor(w) of it (replay mixing)."""
     if weights and len(weights) != len(sources):
         raise ValueError(f"train_weights has {len(weights)} values for {len(sources)} train files")
@@ -115,8 +116,13 @@ def load_train_records(config: SFTConfig) -> tuple[list[dict[str, Any]], int]:
     return mix_records([r for r, _ in loaded], config.train_weights, config.seed), sum(b for _, b in loaded)
 
 
-def to_dataset(records: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase,
-               max_len: int, loss_on: str = "assistant") -> tuple[Dataset, RenderStats]:
+def to_dataset(
+    records: Sequence[Mapping[str, Any]],
+    template: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_len: int,
+    loss_on: str = "assistant",
+) -> tuple[Dataset, RenderStats]:
     """Pre-tokenized rows {input_ids, assistant_masks}: TRL 1.16 builds labels from
     `assistant_masks` (-100 where 0) and skips its own chat-template tokenization."""
     from datasets import Dataset
@@ -137,8 +143,11 @@ def linear_module_names(model: PreTrainedModel) -> list[str]:
     import torch
 
     head = model.get_output_embeddings()  # type: ignore[no-untyped-call]
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and module is not head}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
     return sorted(names)
 
 
@@ -154,8 +163,14 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftM
         return PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
     check_rank(config.lora_r)
     targets = linear_module_names(model) if config.target_modules == ("all-linear",) else list(config.target_modules)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -215,8 +230,13 @@ class SFTSetup:
     data: dict[str, Any]
 
 
-def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapping[str, Any]] | None = None,
-                  callbacks: Sequence[TrainerCallback] = ()) -> SFTSetup:
+def build_trainer(
+    config: SFTConfig,
+    out: Path | None,
+    *,
+    train_records: Sequence[Mapping[str, Any]] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> SFTSetup:
     """Render the data, load the model (LoRA unless `full`) and build TRL's SFTTrainer."""
     import torch
     from transformers import AutoTokenizer
@@ -238,14 +258,23 @@ def build_trainer(config: SFTConfig, out: Path | None, *, train_records: Sequenc
     vocab_rows = embedding_rows(model)
     if not config.full:
         check_adapter(model, vocab_rows)
-    trainer = SFTTrainer(model=model, args=trainer_args(config, run_dir, dtype, eval_set is not None),
-                         train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
-                         callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks])
+    trainer = SFTTrainer(
+        model=model,
+        args=trainer_args(config, run_dir, dtype, eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks],
+    )
     return SFTSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
 
 
-def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]] | None, template: str,
-                   tokenizer: PreTrainedTokenizerBase) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+def build_datasets(
+    config: SFTConfig,
+    train_records: Sequence[Mapping[str, Any]] | None,
+    template: str,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     bad_lines = 0
     if train_records is None:
         train_records, bad_lines = load_train_records(config)
@@ -263,8 +292,14 @@ def build_datasets(config: SFTConfig, train_records: Sequence[Mapping[str, Any]]
     return train_set, (eval_set if len(eval_set) else None), data
 
 
-def run_sft(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapping[str, Any]] | None = None,
-            resume: bool = False, callbacks: Sequence[TrainerCallback] = ()) -> SFTResult:
+def run_sft(
+    config: SFTConfig,
+    out: Path | None,
+    *,
+    train_records: Sequence[Mapping[str, Any]] | None = None,
+    resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> SFTResult:
     """Train and publish `out/adapter` (LoRA) or `out/model` (full). `train_records` (an
     already-mixed list) replaces the config's train files; `resume` continues from the last
     checkpoint in `out`. Bad records are skipped and counted in metrics.json."""
@@ -276,8 +311,12 @@ def run_sft(config: SFTConfig, out: Path | None, *, train_records: Sequence[Mapp
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics: dict[str, Any] = {**result.metrics, "global_step": result.global_step,
-                               "resumed_from": str(checkpoint) if checkpoint else None, **setup.data}
+    metrics: dict[str, Any] = {
+        **result.metrics,
+        "global_step": result.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        **setup.data,
+    }
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     kind: Literal["adapter", "model"] = "model" if config.full else "adapter"
@@ -308,8 +347,11 @@ def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) ->
 
 
 def add_command(sub: Any) -> None:
-    parser = sub.add_parser("sft", help="supervised fine-tuning (LoRA or full) on canonical records",
-                            description="TRL SFTTrainer with a PEFT LoRA; loss on assistant turns only.")
+    parser = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning (LoRA or full) on canonical records",
+        description="TRL SFTTrainer with a PEFT LoRA; loss on assistant turns only.",
+    )
     add_common_flags(parser, CONFIGS / "sft.yaml")
     parser.add_argument("--base-model", help="transformers folder, hub id, GGUF file or catalogue name")
     parser.add_argument("--train", nargs="+", help="canonical-record JSONL files")
@@ -320,8 +362,11 @@ def add_command(sub: Any) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    extra = {"base_model": args.base_model, "train": args.train, "val": args.val,
-             "max_steps": args.max_steps, "full": args.full}
+    extra = {
+        "base_model": args.base_model,
+        "train": args.train,
+        "val": args.val,
+        "max_steps": args.max_steps,
+        "full": args.full,
+    }
     return run_trainer_cli(SFTConfig, run_sft, args, extra)
-
-

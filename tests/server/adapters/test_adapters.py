@@ -26,8 +26,9 @@ from tests.support.adapter_folders import MARKED_TEMPLATE, adapter_settings, bas
 from tests.support.fakes import FakeEngine
 
 GOOD = '<tool_call>\n{"name": "track_order", "arguments": {"order_id": 7}}\n</tool_call>'
-TOOL = Tool("track_order", "", {"type": "object", "properties": {"order_id": {"type": "integer"}},
-                                "required": ["order_id"]})
+TOOL = Tool(
+    "track_order", "", {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}
+)
 
 
 def _files(name: str) -> AdapterFiles:
@@ -175,8 +176,14 @@ def test_lora_path_must_resolve_inside_the_adapters_folder(tmp_path: Path) -> No
     assert resolve_folder(root, str(root / "x" / ".." / "good"), "good") == folder.resolve()
     outside = make_adapter(tmp_path / "elsewhere", "evil")
     (root / "linked").symlink_to(outside, target_is_directory=True)
-    for path, name in [(str(outside), "evil"), ("../elsewhere/evil", "evil"), (str(root / "linked"), "linked"),
-                       (str(root), "adapters"), ("/etc", "etc"), (str(root / "good" / "sub"), "sub")]:
+    for path, name in [
+        (str(outside), "evil"),
+        ("../elsewhere/evil", "evil"),
+        (str(root / "linked"), "linked"),
+        (str(root), "adapters"),
+        ("/etc", "etc"),
+        (str(root / "good" / "sub"), "sub"),
+    ]:
         with pytest.raises(AdapterRefused) as info:
             resolve_folder(root, path, name)
         assert info.value.status == 400 and info.value.param == "lora_path", path
@@ -200,7 +207,8 @@ def test_start_up_serves_good_folders_and_skips_bad_ones(tmp_path: Path, caplog:
     other.write_bytes(b"another model")
     make_adapter(root, "other-base", other)
     make_adapter(root, "mismatch").joinpath("manifest.json").write_text(
-        (root / "good" / "manifest.json").read_text())  # manifest of "good" in folder "mismatch"
+        (root / "good" / "manifest.json").read_text()
+    )  # manifest of "good" in folder "mismatch"
     make_adapter(root, "badformat", base, tool_format="no-such-format")
     (root / "garbage").mkdir()
     (root / "garbage" / "manifest.json").write_text("{not json")
@@ -222,8 +230,9 @@ def test_start_up_serves_good_folders_and_skips_bad_ones(tmp_path: Path, caplog:
 
 def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path) -> None:
     base = base_file(tmp_path)
-    make_adapter(tmp_path / "adapters", "strict", base, template=MARKED_TEMPLATE, tool_choice="required",
-                 tool_format="pythonic")
+    make_adapter(
+        tmp_path / "adapters", "strict", base, template=MARKED_TEMPLATE, tool_choice="required", tool_format="pythonic"
+    )
     make_adapter(tmp_path / "adapters", "plain", base, tool_format="auto")
     registry = _registry(tmp_path, **{"adapters.scale": 0.5})
     strict, plain, parent = registry.get("strict"), registry.get("plain"), registry.get("base")
@@ -236,8 +245,13 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
     assert plain.format is parent.format and plain.provenance.format == "detected"  # "auto": from the template
     assert strict.policy.default_choice is ChoiceMode.REQUIRED and plain.policy.default_choice is ChoiceMode.AUTO
     assert strict.adapter_scale == 0.5
-    wire = ChatCompletionRequest.model_validate({"model": "strict", "messages": [{"role": "user", "content": "x"}],
-                                                 "tools": [{"type": "function", "function": {"name": "f"}}]})
+    wire = ChatCompletionRequest.model_validate(
+        {
+            "model": "strict",
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        }
+    )
     limits = adapter_settings(base, tmp_path).limits
     assert to_chat_request(wire, limits, strict.policy.default_choice).choice.mode is ChoiceMode.REQUIRED
     explicit = wire.model_copy(update={"tool_choice": "none"})
@@ -247,11 +261,16 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
 
 
 def _answer(served: Served, metrics: Metrics) -> list[object]:
-    request = ChatRequest(messages=(Message("user", "where is order 7?"),), tools=(TOOL,),
-                          choice=ToolChoice(ChoiceMode.REQUIRED), sampling=Sampling(max_tokens=64, seed=1))
+    request = ChatRequest(
+        messages=(Message("user", "where is order 7?"),),
+        tools=(TOOL,),
+        choice=ToolChoice(ChoiceMode.REQUIRED),
+        sampling=Sampling(max_tokens=64, seed=1),
+    )
 
     async def collect() -> list[object]:
         return [e async for e in run_chat(served, request, metrics, Cancel())]
+
     return asyncio.run(collect())
 
 
@@ -341,11 +360,13 @@ def test_admin_load_refuses_bad_folders_and_engine_failures(tmp_path: Path) -> N
 
     async def admin() -> None:
         assert adapters is not None
-        for name, path, message in [("broken", "broken", "could not be loaded: .*not a GGUF LoRA; check the files"),
-                                    ("wrongbase", "wrongbase", "trained for another base model"),
-                                    ("missing", "missing", "has no manifest.json"),
-                                    ("base", "base", "conflicts with a served base model"),
-                                    ("../x", "../x", "not a valid adapter name")]:
+        for name, path, message in [
+            ("broken", "broken", "could not be loaded: .*not a GGUF LoRA; check the files"),
+            ("wrongbase", "wrongbase", "trained for another base model"),
+            ("missing", "missing", "has no manifest.json"),
+            ("base", "base", "conflicts with a served base model"),
+            ("../x", "../x", "not a valid adapter name"),
+        ]:
             with pytest.raises(AdapterRefused, match=message):
                 await adapters.load(name, path)
 
@@ -403,6 +424,7 @@ def test_the_registry_imports_no_http_framework() -> None:
     import sys
 
     code = "import sys, server.adapters.registry, server.adapters.pool; print(sorted(sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": "."}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": "."}
+    ).stdout
     assert "fastapi" not in out and "server.api" not in out and "training" not in out

@@ -28,15 +28,33 @@ pytestmark = [pytest.mark.slow, *PEFT_WARNINGS]
 
 ADMIN_KEY = "sk-admin-e2e-adapters-0123"
 NAME = "support-e2e"
-TRACK = {"type": "function", "function": {"name": "track_order", "description": "Where an order is.", "parameters": {
-    "type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1}}, "required": ["order_id"],
-    "additionalProperties": False}}}
+TRACK = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "Where an order is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer", "minimum": 1}},
+            "required": ["order_id"],
+            "additionalProperties": False,
+        },
+    },
+}
 USER = [{"role": "user", "content": "Where is order 12345?"}]
 
 
 def _gateway(tiny: TinyModel, adapters: Path) -> Iterator[Live]:
-    settings = load_settings(None, **{"model.path": tiny.gguf, "model.served_name": "tiny", "model.threads": 2,
-                                      "adapters.dir": adapters, "auth.admin_keys": [ADMIN_KEY]})
+    settings = load_settings(
+        None,
+        **{
+            "model.path": tiny.gguf,
+            "model.served_name": "tiny",
+            "model.threads": 2,
+            "adapters.dir": adapters,
+            "auth.admin_keys": [ADMIN_KEY],
+        },
+    )
     metrics = Metrics()
     app = create_app(settings, build_registry(settings, metrics), metrics)
     yield from running(app, settings, metrics)
@@ -62,14 +80,20 @@ def _ids(client: openai.OpenAI) -> list[str]:
 def test_exported_adapter_is_served_without_a_restart(tiny_model: TinyModel, tmp_path: Path) -> None:
     adapters = tmp_path / "adapters"
     adapters.mkdir()
-    peft_dir = make_peft_adapter(tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
-                                 tmp_path / "peft", seed=3)
+    peft_dir = make_peft_adapter(
+        tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), tmp_path / "peft", seed=3
+    )
     for live in _gateway(tiny_model, adapters):
         with _client(live) as client:
             base_text = _text(client, "tiny")
             assert _ids(client) == ["tiny"]
-            export_adapter(peft_dir, tiny_model.hf_dir, NAME, adapters,
-                           ExportOptions(base_gguf=tiny_model.gguf, scores={"bfcl_simple": 0.5}))
+            export_adapter(
+                peft_dir,
+                tiny_model.hf_dir,
+                NAME,
+                adapters,
+                ExportOptions(base_gguf=tiny_model.gguf, scores={"bfcl_simple": 0.5}),
+            )
             loaded = _admin(live, "load_lora_adapter", {"lora_name": NAME, "lora_path": str(adapters / NAME)})
             assert loaded.status_code == 200, loaded.text
             [card] = [m.model_dump() for m in client.models.list().data if m.id == NAME]
@@ -77,8 +101,14 @@ def test_exported_adapter_is_served_without_a_restart(tiny_model: TinyModel, tmp
             assert card["scores"] == {"bfcl_simple": 0.5}
 
             assert _text(client, NAME) != base_text  # the LoRA changes what the model says
-            call = client.chat.completions.create(model=NAME, messages=USER, tools=[TRACK],  # type: ignore
-                                                  tool_choice="required", max_tokens=48, seed=1)
+            call = client.chat.completions.create(
+                model=NAME,
+                messages=USER,
+                tools=[TRACK],  # type: ignore
+                tool_choice="required",
+                max_tokens=48,
+                seed=1,
+            )
             [tool_call] = call.choices[0].message.tool_calls or []
             assert call.model == NAME and tool_call.function.name == "track_order"
             assert isinstance(json.loads(tool_call.function.arguments)["order_id"], int)
@@ -88,11 +118,20 @@ def test_exported_adapter_is_served_without_a_restart(tiny_model: TinyModel, tmp
             with pytest.raises(openai.NotFoundError) as info:
                 _text(client, NAME)
             body: Any = info.value.body
-            assert body == {"message": body["message"], "type": "invalid_request_error", "param": "model",
-                            "code": "model_not_found"} and NAME in body["message"]
+            assert (
+                body
+                == {
+                    "message": body["message"],
+                    "type": "invalid_request_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                }
+                and NAME in body["message"]
+            )
             assert _text(client, "tiny") == base_text  # the base model is untouched
-        metrics = httpx.get(live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                            timeout=30).text
+        metrics = httpx.get(
+            live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        ).text
         assert f'adapter="{NAME}"' in metrics and f'model="{NAME}"' in metrics
 
     for live in _gateway(tiny_model, adapters):  # restart: the unload is remembered

@@ -21,8 +21,13 @@ from tests.support.live import Live, running
 
 INFERENCE_KEY, ADMIN_KEY = "sk-inference-adapters-0123", "sk-admin-adapters-4567"
 GOOD = '<tool_call>\n{"name": "track_order", "arguments": {"order_id": 7}}\n</tool_call>'
-TRACK = {"type": "function", "function": {"name": "track_order", "parameters": {
-    "type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}}}
+TRACK = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]},
+    },
+}
 USER = [{"role": "user", "content": "where is order 7?"}]
 
 
@@ -36,8 +41,11 @@ class Gateway:
         self.engine = FakeEngine()
 
     def start(self) -> Iterator[Live]:
-        settings = adapter_settings(self.base, self.root, **{
-            "auth.api_keys": [INFERENCE_KEY], "auth.admin_keys": [ADMIN_KEY], "adapters.max_loaded": 1})
+        settings = adapter_settings(
+            self.base,
+            self.root,
+            **{"auth.api_keys": [INFERENCE_KEY], "auth.admin_keys": [ADMIN_KEY], "adapters.max_loaded": 1},
+        )
         metrics = Metrics()
         self.engine = FakeEngine()
         app = create_app(settings, build_registry(settings, metrics, self.engine), metrics)
@@ -95,8 +103,12 @@ def test_load_serve_unload_and_restart(gw: Gateway) -> None:
             assert again.status_code == 400 and "set 'load_inplace' to True" in again.json()["error"]["message"]
 
             gw.engine.scripts.append(([GOOD], "stop"))
-            answer = client.chat.completions.create(model="orders", messages=USER, tools=[TRACK],  # type: ignore
-                                                    tool_choice="required")
+            answer = client.chat.completions.create(
+                model="orders",
+                messages=USER,
+                tools=[TRACK],  # type: ignore
+                tool_choice="required",
+            )
             assert answer.model == "orders" and answer.choices[0].message.tool_calls is not None
             assert gw.engine.requests[-1].adapter == "orders"
             # "support" binds tool_choice "required": a request with tools and no tool_choice gets it.
@@ -118,11 +130,14 @@ def test_load_serve_unload_and_restart(gw: Gateway) -> None:
             missing = _admin(live, "unload_lora_adapter", {"lora_name": "orders"})
             assert missing.status_code == 404
             assert missing.json()["error"]["message"] == "The lora adapter 'orders' cannot be found."
-        metrics = httpx.get(live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                            timeout=30).text
+        metrics = httpx.get(
+            live.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+        ).text
         assert 'adapter="orders"' in metrics
-        assert ('callgate_tool_calls_total{adapter="support",mode="required",model="support",outcome="valid",'
-                'tool="track_order"} 1.0') in metrics  # the manifest's tool_choice, and the adapter label
+        assert (
+            'callgate_tool_calls_total{adapter="support",mode="required",model="support",outcome="valid",'
+            'tool="track_order"} 1.0'
+        ) in metrics  # the manifest's tool_choice, and the adapter label
     for live in gw.start():  # a restart on the same folder
         with _client(live) as client:
             assert sorted(m.id for m in client.models.list().data) == ["base", "support"]
@@ -131,10 +146,12 @@ def test_load_serve_unload_and_restart(gw: Gateway) -> None:
 def test_paths_outside_the_adapters_folder_are_400(gw: Gateway) -> None:
     outside = make_adapter(gw.tmp / "elsewhere", "stray", gw.base)
     for live in gw.start():
-        for body in [{"lora_name": "stray", "lora_path": str(outside)},
-                     {"lora_name": "stray", "lora_path": "../elsewhere/stray"},
-                     {"lora_name": "passwd", "lora_path": "/etc/passwd"},
-                     {"lora_name": "support", "lora_path": ""}]:
+        for body in [
+            {"lora_name": "stray", "lora_path": str(outside)},
+            {"lora_name": "stray", "lora_path": "../elsewhere/stray"},
+            {"lora_name": "passwd", "lora_path": "/etc/passwd"},
+            {"lora_name": "support", "lora_path": ""},
+        ]:
             r = _admin(live, "load_lora_adapter", body)
             assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", body
         missing_field = _admin(live, "load_lora_adapter", {"lora_name": "x"})

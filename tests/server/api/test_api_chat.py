@@ -38,8 +38,9 @@ def _agrees(choice) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_required_always_calls_declared_tools(client, seed: int) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
-                                       seed=seed, max_tokens=200)
+    r = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required", seed=seed, max_tokens=200
+    )
     choice = r.choices[0]
     _agrees(choice)
     if choice.finish_reason != "length":
@@ -50,8 +51,14 @@ def test_required_always_calls_declared_tools(client, seed: int) -> None:  # typ
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_named_calls_exactly_that_function(client, seed: int) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, seed=seed, max_tokens=200,
-                                       tool_choice={"type": "function", "function": {"name": "track_order"}})
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        tools=TOOLS,
+        seed=seed,
+        max_tokens=200,
+        tool_choice={"type": "function", "function": {"name": "track_order"}},
+    )
     calls = _calls(r.choices[0])
     if r.choices[0].finish_reason != "length":
         assert [c.function.name for c in calls] == ["track_order"]
@@ -60,8 +67,9 @@ def test_named_calls_exactly_that_function(client, seed: int) -> None:  # type: 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_none_never_calls(client, seed: int) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="none",
-                                       seed=seed, max_tokens=60)
+    r = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="none", seed=seed, max_tokens=60
+    )
     assert not _calls(r.choices[0])
     assert "<tool_call>" not in (r.choices[0].message.content or "")
     assert r.choices[0].finish_reason in ("stop", "length")
@@ -69,8 +77,15 @@ def test_none_never_calls(client, seed: int) -> None:  # type: ignore[no-untyped
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_parallel_false_never_yields_two(client, seed: int) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
-                                       parallel_tool_calls=False, seed=seed, max_tokens=200)
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        seed=seed,
+        max_tokens=200,
+    )
     assert len(_calls(r.choices[0])) <= 1
     _assert_valid(_calls(r.choices[0]))
 
@@ -85,8 +100,9 @@ def test_auto_returns_text_or_valid_calls(client, seed: int) -> None:  # type: i
 
 
 def test_tool_without_arguments_gets_empty_object(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[PING], tool_choice="required",
-                                       seed=0, max_tokens=50)
+    r = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=[PING], tool_choice="required", seed=0, max_tokens=50
+    )
     [call] = _calls(r.choices[0])[:1]
     assert call.function.name == "ping" and json.loads(call.function.arguments) == {}
 
@@ -115,41 +131,53 @@ def _collect_stream(client, **kw):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_stream_equals_non_stream(client, mode: str, seed: int) -> None:  # type: ignore[no-untyped-def]
     choice = {"type": "function", "function": {"name": "get_weather"}} if mode == "named" else mode
-    kw = dict(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=choice, seed=seed,
-              max_tokens=120, temperature=0.8)
+    kw = dict(
+        model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=choice, seed=seed, max_tokens=120, temperature=0.8
+    )
     whole = client.chat.completions.create(**kw)
     content, calls, finish, usage, roles = _collect_stream(client, **kw)
     msg = whole.choices[0].message
     assert roles == ["assistant"]
     assert content == (msg.content or "")
     assert [(c["name"], c["arguments"]) for c in calls] == [
-        (c.function.name, c.function.arguments) for c in msg.tool_calls or []]
+        (c.function.name, c.function.arguments) for c in msg.tool_calls or []
+    ]
     assert all(c["id"] for c in calls)
     assert finish == whole.choices[0].finish_reason
     assert usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_max_tokens_cut_call_is_not_returned(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[WEATHER], tool_choice="required",
-                                       seed=3, max_tokens=6)
+    r = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=[WEATHER], tool_choice="required", seed=3, max_tokens=6
+    )
     assert r.choices[0].finish_reason == "length"
     assert not _calls(r.choices[0])
 
 
 def test_response_format_json_schema(client) -> None:  # type: ignore[no-untyped-def]
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"],
-              "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     for seed in range(4):
         r = client.chat.completions.create(
-            model="tiny", messages=MESSAGES, seed=seed, max_tokens=60,
-            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+            model="tiny",
+            messages=MESSAGES,
+            seed=seed,
+            max_tokens=60,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
         if r.choices[0].finish_reason == "stop":
             jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
 def test_response_format_json_object(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.chat.completions.create(model="tiny", messages=MESSAGES, seed=1, max_tokens=80,
-                                       response_format={"type": "json_object"})
+    r = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, seed=1, max_tokens=80, response_format={"type": "json_object"}
+    )
     if r.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(r.choices[0].message.content), dict)
 
@@ -157,9 +185,17 @@ def test_response_format_json_object(client) -> None:  # type: ignore[no-untyped
 def test_history_with_tool_results_renders_and_answers(client) -> None:  # type: ignore[no-untyped-def]
     messages = [
         {"role": "user", "content": "Where is order 42?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "track_order", "arguments": '{"order_id": 42}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "track_order", "arguments": '{"order_id": 42}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": '{"status": "shipped"}'},
     ]
     r = client.chat.completions.create(model="tiny", messages=messages, tools=[TRACK], seed=0, max_tokens=30)
@@ -167,11 +203,23 @@ def test_history_with_tool_results_renders_and_answers(client) -> None:  # type:
 
 
 def test_apply_template_shows_tools_and_history(gateway) -> None:  # type: ignore[no-untyped-def]
-    body = {"messages": [
-        {"role": "user", "content": "Where is order 42?"},
-        {"role": "assistant", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "track_order", "arguments": '{"order_id": 42}'}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "shipped"}], "tools": [TRACK]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "Where is order 42?"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "track_order", "arguments": '{"order_id": 42}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "shipped"},
+        ],
+        "tools": [TRACK],
+    }
     prompt = httpx.post(gateway.base_url + "/apply-template", json=body).json()["prompt"]
     assert '"name": "track_order"' in prompt and "<tools>" in prompt
     # Arguments are rendered once, as an object: never a JSON string inside JSON.
@@ -193,9 +241,10 @@ def test_models_health_and_metrics(gateway, client) -> None:  # type: ignore[no-
     [model] = client.models.list().data
     assert model.id == "tiny"
     assert httpx.get(gateway.base_url + "/health").json()["status"] == "ok"
-    client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
-                                   seed=0, max_tokens=120)
+    client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required", seed=0, max_tokens=120
+    )
     text = httpx.get(gateway.base_url + "/metrics").text
-    assert 'callgate_tool_calls_total{' in text and 'mode="required"' in text
+    assert "callgate_tool_calls_total{" in text and 'mode="required"' in text
     assert "callgate_request_duration_seconds_bucket" in text
     assert 'callgate_constraint_cache_total{result="hit"}' in text

@@ -16,8 +16,13 @@ USER = [{"role": "user", "content": "hi"}]
 
 def _post(gateway: Any, body: Any, **kw: Any) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(gateway.base_url + "/v1/chat/completions", content=content,
-                      headers={"content-type": "application/json"}, timeout=60, **kw)
+    return httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=60,
+        **kw,
+    )
 
 
 def _error(r: httpx.Response, status: int) -> dict[str, Any]:
@@ -37,27 +42,92 @@ CASES = [
     ("logprobs", {"model": "tiny", "messages": USER, "logprobs": True}, 400, "logprobs"),
     ("temperature out of range", {"model": "tiny", "messages": USER, "temperature": 7}, 400, "temperature"),
     ("max_tokens above limit", {"model": "tiny", "messages": USER, "max_tokens": 10**6}, 400, "max_tokens"),
-    ("invalid tool schema", {"model": "tiny", "messages": USER, "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]}, 400, "JSON Schema"),
+    (
+        "invalid tool schema",
+        {
+            "model": "tiny",
+            "messages": USER,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}],
+        },
+        400,
+        "JSON Schema",
+    ),
     ("duplicate tool names", {"model": "tiny", "messages": USER, "tools": [WEATHER, WEATHER]}, 400, "twice"),
-    ("bad tool name", {"model": "tiny", "messages": USER, "tools": [
-        {"type": "function", "function": {"name": "no spaces allowed"}}]}, 400, "name"),
-    ("named tool not declared", {"model": "tiny", "messages": USER, "tools": [WEATHER],
-        "tool_choice": {"type": "function", "function": {"name": "nope"}}}, 400, "nope"),
+    (
+        "bad tool name",
+        {"model": "tiny", "messages": USER, "tools": [{"type": "function", "function": {"name": "no spaces allowed"}}]},
+        400,
+        "name",
+    ),
+    (
+        "named tool not declared",
+        {
+            "model": "tiny",
+            "messages": USER,
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "nope"}},
+        },
+        400,
+        "nope",
+    ),
     ("required without tools", {"model": "tiny", "messages": USER, "tool_choice": "required"}, 400, "required"),
-    ("tool message without call", {"model": "tiny", "messages": USER + [
-        {"role": "tool", "tool_call_id": "call_x", "content": "42"}]}, 400, "call_x"),
-    ("history arguments not json", {"model": "tiny", "messages": USER + [
-        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-         "function": {"name": "ping", "arguments": "{oops"}}]}]}, 400, "arguments"),
-    ("image content", {"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, 400, "content"),
-    ("json_schema without schema", {"model": "tiny", "messages": USER,
-        "response_format": {"type": "json_schema"}}, 400, "json_schema"),
-    ("unsupported schema keyword", {"model": "tiny", "messages": USER, "tools": [
-        {"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"a": {"type": "string", "format": "uuid",
-                                                   "contentMediaType": "image/png"}}}}}]}, 400, None),
+    (
+        "tool message without call",
+        {"model": "tiny", "messages": USER + [{"role": "tool", "tool_call_id": "call_x", "content": "42"}]},
+        400,
+        "call_x",
+    ),
+    (
+        "history arguments not json",
+        {
+            "model": "tiny",
+            "messages": USER
+            + [
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "type": "function", "function": {"name": "ping", "arguments": "{oops"}}],
+                }
+            ],
+        },
+        400,
+        "arguments",
+    ),
+    (
+        "image content",
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}],
+        },
+        400,
+        "content",
+    ),
+    (
+        "json_schema without schema",
+        {"model": "tiny", "messages": USER, "response_format": {"type": "json_schema"}},
+        400,
+        "json_schema",
+    ),
+    (
+        "unsupported schema keyword",
+        {
+            "model": "tiny",
+            "messages": USER,
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "f",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"a": {"type": "string", "format": "uuid", "contentMediaType": "image/png"}},
+                        },
+                    },
+                }
+            ],
+        },
+        400,
+        None,
+    ),
 ]
 
 
@@ -95,6 +165,7 @@ def test_openai_client_surfaces_errors(client) -> None:  # type: ignore[no-untyp
 def test_server_still_serves_after_bad_input(gateway, client) -> None:  # type: ignore[no-untyped-def]
     for _, body, _, _ in CASES:
         _post(gateway, body)
-    r = client.chat.completions.create(model="tiny", messages=USER, tools=[PING, TRACK], tool_choice="required",
-                                       seed=0, max_tokens=60)
+    r = client.chat.completions.create(
+        model="tiny", messages=USER, tools=[PING, TRACK], tool_choice="required", seed=0, max_tokens=60
+    )
     assert r.choices[0].finish_reason in ("tool_calls", "length")

@@ -21,13 +21,20 @@ def _running(base_url: str) -> float:
 
 def _generated(base_url: str) -> float:
     text = httpx.get(base_url + "/metrics").text
-    return sum(float(v) for v in re.findall(r'^callgate_completion_tokens_total\{[^}]*\} (\S+)$', text, re.M))
+    return sum(float(v) for v in re.findall(r"^callgate_completion_tokens_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 def test_disconnect_stops_generation(gateway) -> None:  # type: ignore[no-untyped-def]
     before = _generated(gateway.base_url)
-    body = {"model": "tiny", "messages": USER, "stream": True, "max_tokens": 2000, "seed": 3,
-            "tools": [WEATHER], "tool_choice": "none"}
+    body = {
+        "model": "tiny",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 2000,
+        "seed": 3,
+        "tools": [WEATHER],
+        "tool_choice": "none",
+    }
     with httpx.Client(timeout=60) as c, c.stream("POST", gateway.base_url + "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
         next(r.iter_lines())  # the generation is under way
@@ -40,8 +47,16 @@ def test_disconnect_stops_generation(gateway) -> None:  # type: ignore[no-untype
 
 
 def test_chunk_sequence_is_openai_shaped(gateway) -> None:  # type: ignore[no-untyped-def]
-    body = {"model": "tiny", "messages": USER, "stream": True, "max_tokens": 40, "seed": 1,
-            "tools": [WEATHER], "tool_choice": "required", "stream_options": {"include_usage": True}}
+    body = {
+        "model": "tiny",
+        "messages": USER,
+        "stream": True,
+        "max_tokens": 40,
+        "seed": 1,
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "stream_options": {"include_usage": True},
+    }
     text = httpx.post(gateway.base_url + "/v1/chat/completions", json=body, timeout=60).text
     lines = [ln for ln in text.split("\n\n") if ln]
     assert lines[-1] == "data: [DONE]"
@@ -66,4 +81,4 @@ def test_a_line_separator_in_the_text_never_splits_an_event() -> None:
     raw = ChunkWriter(AnswerHeader("tiny"), include_usage=False).event(ContentEvent(text)).decode()
     lines = [line for line in raw.splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("data: ")
-    assert json.loads(lines[0][len("data: "):])["choices"][0]["delta"]["content"] == text
+    assert json.loads(lines[0][len("data: ") :])["choices"][0]["delta"]["content"] == text

@@ -18,8 +18,19 @@ import pytest
 from training.evaluation import bfcl
 
 SETS_PER_CATEGORY = 20
-CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple",
-              "live_parallel", "live_parallel_multiple", "irrelevance", "simple_java", "simple_javascript"]
+CATEGORIES = [
+    "simple_python",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+    "irrelevance",
+    "simple_java",
+    "simple_javascript",
+]
 MAX_TOKENS = 400  # for calls: a random model writes long strings
 TEXT_TOKENS = 60  # text modes only need to show that no call appears
 
@@ -29,9 +40,13 @@ def _function_sets() -> list[tuple[str, list[dict[str, Any]], str]]:
     for category in CATEGORIES:
         for record in bfcl.load_category(category)[:SETS_PER_CATEGORY]:
             question = record["question"][0][-1]["content"]
-            tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                       "parameters": t.parameters}}
-                     for t in (bfcl.to_tool(doc) for doc in record["function"])]
+            tools = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in (bfcl.to_tool(doc) for doc in record["function"])
+            ]
             sets.append((record["id"], tools, question))
     return sets
 
@@ -47,8 +62,15 @@ def _request(client: openai.OpenAI, tools: list[dict[str, Any]], question: str, 
     if mode == "single":
         kw = {"tool_choice": "required", "parallel_tool_calls": False}
     budget = TEXT_TOKENS if mode in ("auto", "none") else MAX_TOKENS
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}],
-                                          tools=tools, seed=seed, max_tokens=budget, temperature=0.7, **kw)
+    return client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": question}],
+        tools=tools,
+        seed=seed,
+        max_tokens=budget,
+        temperature=0.7,
+        **kw,
+    )
 
 
 def _check(mode: str, tools: list[dict[str, Any]], response: Any) -> str:
@@ -91,8 +113,10 @@ def test_every_mode_holds_over_bfcl_function_sets(client: openai.OpenAI) -> None
             tally[(mode, _check(mode, tools, response))] += 1
             seconds[mode] += time.perf_counter() - start
     served = len(FUNCTION_SETS) - len(refused)
-    print(f"\n{served} function sets served, {len(refused)} refused; outcomes: {dict(tally)}; "
-          f"seconds per mode: { {m: round(s) for m, s in seconds.items()} }")
+    print(
+        f"\n{served} function sets served, {len(refused)} refused; outcomes: {dict(tally)}; "
+        f"seconds per mode: { {m: round(s) for m, s in seconds.items()} }"
+    )
     assert served >= 200
     for mode in ("required", "named", "single"):
         # Cut calls are legal (a random model writes long strings), but most must complete,

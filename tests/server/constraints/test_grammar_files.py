@@ -231,12 +231,17 @@ def test_control_tokens_without_a_name_are_referenced_by_id(name: str) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS, *markers],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=[EOS, *markers],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([fmt.render(None, [PARIS])] * 10, trainer)
     ids = tuple((m, tok.token_to_id(m)) for m in markers)
-    spec = ConstraintSpec((WEATHER, PING), ToolChoice(ChoiceMode.REQUIRED), False, TextFormat(),
-                          frozenset(markers), ids)
+    spec = ConstraintSpec(
+        (WEATHER, PING), ToolChoice(ChoiceMode.REQUIRED), False, TextFormat(), frozenset(markers), ids
+    )
     lark = compile_constraint(spec, fmt).lark
     assert lark is not None and f"<[{tok.token_to_id('[TOOL_CALLS]')}]>" in lark
     engine = llguidance.LLTokenizer(tok.to_str(), eos_token=_eos(tok))

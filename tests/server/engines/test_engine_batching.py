@@ -48,7 +48,10 @@ async def engine(tiny_model: TinyModel) -> AsyncIterator[LlamaCppEngine]:
 
 
 async def run(
-    engine: LlamaCppEngine, request: GenerateRequest, cancel: Cancel | None = None, log: list[int] | None = None,
+    engine: LlamaCppEngine,
+    request: GenerateRequest,
+    cancel: Cancel | None = None,
+    log: list[int] | None = None,
     tag: int = 0,
 ) -> tuple[str, Finish | None]:
     text, finish = [], None
@@ -106,12 +109,34 @@ async def test_a_batch_answers_as_each_request_alone(engine: LlamaCppEngine) -> 
 async def test_concurrent_grammars_each_give_valid_calls(engine: LlamaCppEngine) -> None:
     info = engine.info()
     tools = [
-        Tool("get_order", "Find an order.", {"type": "object", "properties": {"id": {"type": "integer"}},
-                                              "required": ["id"], "additionalProperties": False}),
-        Tool("weather", "Weather.", {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                     "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"]}),
-        Tool("book", "Book.", {"type": "object", "properties": {"people": {"type": "integer", "minimum": 1,
-                               "maximum": 9}}, "required": ["people"]}),
+        Tool(
+            "get_order",
+            "Find an order.",
+            {
+                "type": "object",
+                "properties": {"id": {"type": "integer"}},
+                "required": ["id"],
+                "additionalProperties": False,
+            },
+        ),
+        Tool(
+            "weather",
+            "Weather.",
+            {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}},
+                "required": ["city", "unit"],
+            },
+        ),
+        Tool(
+            "book",
+            "Book.",
+            {
+                "type": "object",
+                "properties": {"people": {"type": "integer", "minimum": 1, "maximum": 9}},
+                "required": ["people"],
+            },
+        ),
     ]
     hermes = get_format("hermes")
     jobs = []
@@ -193,8 +218,9 @@ def lora_files(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) 
     root = tmp_path_factory.mktemp("batch_lora")
     files = []
     for name, seed in (("a", 1), ("b", 2)):
-        peft_dir = make_peft_adapter(tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
-                                     root / name, seed)
+        peft_dir = make_peft_adapter(
+            tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), root / name, seed
+        )
         gguf = convert_lora(peft_dir, tiny_model.hf_dir, peft_dir / "adapter.gguf").path
         files.append(AdapterFiles(name, peft_dir, gguf))
     return files
@@ -204,8 +230,9 @@ async def test_adapter_and_base_requests_interleave(engine: LlamaCppEngine, lora
     for files in lora_files:
         await engine.load_adapter(files)
     order = [None, "a", "b", "a", None, "b", "a", None]
-    requests = [GenerateRequest(PROMPTS[i % 4], seeded(max_tokens=16, seed=i), adapter=name)
-                for i, name in enumerate(order)]
+    requests = [
+        GenerateRequest(PROMPTS[i % 4], seeded(max_tokens=16, seed=i), adapter=name) for i, name in enumerate(order)
+    ]
     alone = [await run(engine, r) for r in requests]
     together = await asyncio.gather(*(run(engine, r) for r in requests))
     assert together == alone

@@ -32,10 +32,19 @@ from training.export.gguf_lora import convert_lora
 
 pytestmark = PEFT_WARNINGS
 PROMPT = "<|im_start|>user\nWhere is order 12345?<|im_end|>\n<|im_start|>assistant\n"
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
-                                     "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city"], "additionalProperties": False}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
 PING = {"type": "function", "function": {"name": "ping", "description": "No arguments."}}
 
 
@@ -45,16 +54,18 @@ def loras(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> li
     root = tmp_path_factory.mktemp("ls_lora")
     out = []
     for name, seed in (("a", 1), ("b", 2)):
-        peft_dir = make_peft_adapter(tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
-                                     root / name, seed)
+        peft_dir = make_peft_adapter(
+            tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), root / name, seed
+        )
         gguf = convert_lora(peft_dir, tiny_model.hf_dir, peft_dir / f"{name}.gguf").path
         out.append(AdapterFiles(name, peft_dir, gguf))
     return out
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model: TinyModel, loras: list[AdapterFiles], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Server]:
+def server(
+    tiny_model: TinyModel, loras: list[AdapterFiles], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     extra = tuple(x for f in loras for x in ("--lora", str(f.gguf))) + ("--lora-init-without-apply",)
     with llama_server(tiny_model.gguf, tmp_path_factory.mktemp("logs"), slots=2, ctx=2048, extra=extra) as s:
         yield s
@@ -89,7 +100,7 @@ async def test_streams_stops_and_counts_tokens(server: Server) -> None:
     again, _ = await run(engine, GenerateRequest(PROMPT, Sampling(max_tokens=20, seed=5)))
     assert text == again and finish.reason == "length" and finish.completion_tokens == 20
     assert finish.prompt_tokens > 10
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     cut, stopped = await run(engine, GenerateRequest(PROMPT, Sampling(max_tokens=20, seed=5, stop=(stop,))))
     assert stopped.reason == "stop" and cut == text[: text.index(stop)]
     await engine.close()
@@ -131,10 +142,11 @@ async def test_auto_is_lazy_on_the_opener_and_the_server_takes_the_grammar(serve
     full = native_constraint(replace(spec, choice=ToolChoice(ChoiceMode.REQUIRED)), get_format("hermes"))
     assert full is not None and not full.triggers and "open ::= <tool_call>" in full.gbnf
     for grammar in (lazy, full):  # llama-server parses both (it answers 400 to a grammar it cannot)
-        text, _ = await run(engine, GenerateRequest(PROMPT, Sampling(max_tokens=48, seed=2),
-                                                    gbnf=Gbnf(grammar.gbnf, grammar.triggers)))
+        text, _ = await run(
+            engine, GenerateRequest(PROMPT, Sampling(max_tokens=48, seed=2), gbnf=Gbnf(grammar.gbnf, grammar.triggers))
+        )
         if grammar is full:
-            assert text.startswith("<tool_call>\n{\"name\": \"get_weather\"")
+            assert text.startswith('<tool_call>\n{"name": "get_weather"')
     await engine.close()
 
 
@@ -184,14 +196,23 @@ async def test_probabilities_and_lora_match_the_embedded_engine(
 def test_every_tool_choice_mode_holds_on_llama_server(server: Server, tiny_model: TinyModel) -> None:
     from tests.support.live import live_gateway
 
-    flags = {"engine.kind": "llama-server", "engine.urls": [server.url], "model.served_name": "tiny",
-             "limits.max_tokens": 200, "limits.default_max_tokens": 160}
+    flags = {
+        "engine.kind": "llama-server",
+        "engine.urls": [server.url],
+        "model.served_name": "tiny",
+        "limits.max_tokens": 200,
+        "limits.default_max_tokens": 160,
+    }
     gen = live_gateway(tiny_model.gguf, **flags)
     live = next(gen)
     tools = [WEATHER, PING]
     modes: list[tuple[str, Any, bool]] = [
-        ("required", "required", True), ("named", {"type": "function", "function": {"name": "get_weather"}}, True),
-        ("none", "none", True), ("auto", "auto", True), ("parallel_false", "required", False)]
+        ("required", "required", True),
+        ("named", {"type": "function", "function": {"name": "get_weather"}}, True),
+        ("none", "none", True),
+        ("auto", "auto", True),
+        ("parallel_false", "required", False),
+    ]
     try:
         with openai.OpenAI(base_url=live.v1, api_key="unused", max_retries=0, timeout=120) as client:
             for label, choice, parallel in modes:
@@ -202,10 +223,17 @@ def test_every_tool_choice_mode_holds_on_llama_server(server: Server, tiny_model
         gen.close()
 
 
-def _ask(client: openai.OpenAI, tools: list[Any], choice: Any, parallel: bool, stream: bool
-         ) -> tuple[list[tuple[str, str]], str]:
-    kwargs: dict[str, Any] = dict(model="tiny", tools=tools, tool_choice=choice, max_tokens=160, seed=3,
-                                  messages=[{"role": "user", "content": "Weather in Paris?"}])
+def _ask(
+    client: openai.OpenAI, tools: list[Any], choice: Any, parallel: bool, stream: bool
+) -> tuple[list[tuple[str, str]], str]:
+    kwargs: dict[str, Any] = dict(
+        model="tiny",
+        tools=tools,
+        tool_choice=choice,
+        max_tokens=160,
+        seed=3,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
     if not parallel:
         kwargs["parallel_tool_calls"] = False
     if not stream:

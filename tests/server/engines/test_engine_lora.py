@@ -105,9 +105,18 @@ async def test_switching_back_and_forth_matches_a_fresh_engine(
     engine: LlamaCppEngine, tiny_model: TinyModel, adapters: Adapters
 ) -> None:
     order: list[tuple[str | None, Sampling, float]] = [
-        ("a", GREEDY, 1.0), (None, GREEDY, 1.0), ("b", GREEDY, 1.0), ("a", GREEDY, 1.0),
-        ("a", SEEDED, 1.0), ("b", SEEDED, 1.0), (None, SEEDED, 1.0), ("b", GREEDY, 1.0),
-        ("a", GREEDY, 0.5), ("a", GREEDY, 1.0), ("a", GREEDY, 0.0), (None, GREEDY, 1.0),
+        ("a", GREEDY, 1.0),
+        (None, GREEDY, 1.0),
+        ("b", GREEDY, 1.0),
+        ("a", GREEDY, 1.0),
+        ("a", SEEDED, 1.0),
+        ("b", SEEDED, 1.0),
+        (None, SEEDED, 1.0),
+        ("b", GREEDY, 1.0),
+        ("a", GREEDY, 0.5),
+        ("a", GREEDY, 1.0),
+        ("a", GREEDY, 0.0),
+        (None, GREEDY, 1.0),
     ]
     got = [(await generate(engine, name, sampling, scale))[0] for name, sampling, scale in order]
     by_name = {None: None, "a": adapters.a, "b": adapters.b}
@@ -151,9 +160,7 @@ async def test_unknown_and_unloaded_adapters_are_not_found(engine: LlamaCppEngin
     assert (await generate(engine, "a"))[0] != base_after
 
 
-async def test_unloading_the_active_adapter_returns_to_the_base(
-    engine: LlamaCppEngine, tiny_model: TinyModel
-) -> None:
+async def test_unloading_the_active_adapter_returns_to_the_base(engine: LlamaCppEngine, tiny_model: TinyModel) -> None:
     await generate(engine, "b")
     await engine.unload_adapter("b")
     [base_text] = await fresh(tiny_model, None, [(GREEDY, 1.0)])
@@ -167,4 +174,3 @@ async def test_bad_adapter_files_are_refused(engine: LlamaCppEngine, tiny_model:
     with pytest.raises(EngineError, match="refused the LoRA"):
         await engine.load_adapter(AdapterFiles("not-a-lora", tmp_path, tiny_model.gguf))
     assert engine.adapters() == {"a", "b"}
-

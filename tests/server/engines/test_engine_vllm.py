@@ -41,12 +41,15 @@ def request(**sampling: Any) -> GenerateRequest:
 # -- request bodies against vLLM's protocol ------------------------------------------------
 
 
-@pytest.mark.parametrize("req", [
-    request(),
-    request(temperature=0.0, seed=7, stop=("\n\n", "</s>")),
-    GenerateRequest(PROMPT, Sampling(max_tokens=4, top_p=0.0), grammar=LARK),
-    GenerateRequest(PROMPT, Sampling(max_tokens=4), grammar=LARK, adapter="weather-lora"),
-])
+@pytest.mark.parametrize(
+    "req",
+    [
+        request(),
+        request(temperature=0.0, seed=7, stop=("\n\n", "</s>")),
+        GenerateRequest(PROMPT, Sampling(max_tokens=4, top_p=0.0), grammar=LARK),
+        GenerateRequest(PROMPT, Sampling(max_tokens=4), grammar=LARK, adapter="weather-lora"),
+    ],
+)
 def test_completion_bodies_are_valid_vllm_requests(req: GenerateRequest) -> None:
     body = vllm.completion_body(req, "qwen")
     parsed = vp.CompletionRequest.model_validate(body)
@@ -55,7 +58,10 @@ def test_completion_bodies_are_valid_vllm_requests(req: GenerateRequest) -> None
     assert parsed.stream and parsed.stream_options and parsed.stream_options.include_usage
     # The template wrote BOS; markers are special tokens the parser must see; stops are cut.
     assert (parsed.add_special_tokens, parsed.skip_special_tokens, parsed.include_stop_str_in_output) == (
-        False, False, False)
+        False,
+        False,
+        False,
+    )
     assert parsed.seed == req.sampling.seed and list(parsed.stop or []) == list(req.sampling.stop)
     grammar = parsed.structured_outputs.grammar if parsed.structured_outputs else None
     assert grammar == req.grammar
@@ -134,7 +140,7 @@ async def test_same_seed_same_text_and_a_stop_string_cuts(upstream: Server, tiny
     first, _ = await collect(engine, request(max_tokens=24, seed=3))
     again, _ = await collect(engine, request(max_tokens=24, seed=3))
     assert first == again
-    stop = first[len(first) // 2: len(first) // 2 + 2]
+    stop = first[len(first) // 2 : len(first) // 2 + 2]
     cut, finish = await collect(engine, request(max_tokens=24, seed=3, stop=(stop,)))
     assert finish.reason == "stop" and cut == first[: first.index(stop)]
     await engine.close()
@@ -189,9 +195,16 @@ def test_start_up_refuses_an_upstream_that_ignores_grammars(upstream: Server) ->
 def test_gateway_serves_chat_through_the_vllm_engine(upstream: Server, tiny_model) -> None:  # type: ignore[no-untyped-def]
     from tests.support.live import live_gateway
 
-    flags = {"engine.kind": "vllm", "engine.urls": [upstream.url], "engine.tokenizer": tiny_model.hf_dir,
-             "engine.verify_grammar": False, "model.served_name": "tiny", "model.context_length": 512,
-             "limits.max_tokens": 64, "limits.default_max_tokens": 32}
+    flags = {
+        "engine.kind": "vllm",
+        "engine.urls": [upstream.url],
+        "engine.tokenizer": tiny_model.hf_dir,
+        "engine.verify_grammar": False,
+        "model.served_name": "tiny",
+        "model.context_length": 512,
+        "limits.max_tokens": 64,
+        "limits.default_max_tokens": 32,
+    }
     gen = live_gateway(None, **flags)  # type: ignore[arg-type]
     live = next(gen)
     try:
@@ -225,8 +238,11 @@ def lora_stub() -> tuple[FastAPI, dict[str, str]]:
     async def load(body: dict[str, Any]) -> Any:
         req = vp.LoadLoRAAdapterRequest.model_validate(body)
         if req.lora_name in loaded and not req.load_inplace:
-            return vllm_error(400, f"The lora adapter '{req.lora_name}' has already been loaded. If you want "
-                              "to load the adapter in place, set 'load_inplace' to True.")
+            return vllm_error(
+                400,
+                f"The lora adapter '{req.lora_name}' has already been loaded. If you want "
+                "to load the adapter in place, set 'load_inplace' to True.",
+            )
         loaded[req.lora_name] = req.lora_path
         return f"Success: LoRA adapter '{req.lora_name}' added successfully."
 
@@ -245,8 +261,11 @@ async def test_adapters_are_pushed_with_the_host_path_and_loading_twice_is_a_no_
     app, loaded = lora_stub()
     url, server, thread = await asyncio.to_thread(serve, app)
     try:
-        engine = vllm.VllmEngine(Upstream(url), EngineInfo("base", 512, None, "", ""),
-                                 path_map={"/srv/callgate/adapters": "/models/adapters"})
+        engine = vllm.VllmEngine(
+            Upstream(url),
+            EngineInfo("base", 512, None, "", ""),
+            path_map={"/srv/callgate/adapters": "/models/adapters"},
+        )
         files = AdapterFiles("weather", Path("/srv/callgate/adapters/weather"))
         await engine.load_adapter(files)
         await engine.load_adapter(files)  # vLLM answers 400 "already been loaded": fine
@@ -275,6 +294,7 @@ async def test_sse_lines_end_only_at_cr_or_lf() -> None:
                 chunk = json.dumps({"choices": [{"text": text, "finish_reason": None}]}, ensure_ascii=False)
                 yield f"data: {chunk}\r\n\r\n".encode()
             yield b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n'
+
         return StreamingResponse(events(), media_type="text/event-stream")
 
     url, server, thread = await asyncio.to_thread(serve, app)

@@ -49,8 +49,9 @@ class FakeReplica:
             raise UpstreamError("connection broke", replica=self.name, kind=DISCONNECT)
         yield Finish("stop", 1, 1)
 
-    async def token_probabilities(self, prompt: str, candidates: Sequence[str], adapter: str | None = None,
-                                  adapter_scale: float = 1.0) -> list[float]:
+    async def token_probabilities(
+        self, prompt: str, candidates: Sequence[str], adapter: str | None = None, adapter_scale: float = 1.0
+    ) -> list[float]:
         if self.fail:
             raise UpstreamError("scripted", replica=self.name, kind=self.fail.pop(0))
         return [0.5 for _ in candidates]
@@ -269,15 +270,19 @@ def test_remote_engines_know_nothing_of_tools_or_http_routes() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, server.engines.vllm, server.engines.llamaserver, server.engines.router; "
-            "print('\\n'.join(sorted(sys.modules)))")
+    code = (
+        "import sys, server.engines.vllm, server.engines.llamaserver, server.engines.router; "
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
     mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     for banned in ("server.toolcalls", "server.constraints", "server.chat", "server.api", "fastapi", "training"):
         assert not any(m == banned or m.startswith(banned + ".") for m in mods), banned
 
 
-@pytest.mark.parametrize("error", [UpstreamError("refused", replica="a", kind=CONNECT),
-                                   EngineError("llama-server was not started with this LoRA")])
+@pytest.mark.parametrize(
+    "error",
+    [UpstreamError("refused", replica="a", kind=CONNECT), EngineError("llama-server was not started with this LoRA")],
+)
 async def test_a_failed_adapter_load_fails_over_to_another_replica(error: Exception) -> None:
     # Loading is part of the failover: a replica that cannot load the adapter is skipped.
     a, b = FakeReplica("a", load_fail=[error]), FakeReplica("b")

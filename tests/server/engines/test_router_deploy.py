@@ -22,8 +22,11 @@ def documents(path: Path) -> list[Any]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
-@pytest.mark.parametrize("path", sorted(DEPLOY.glob("compose/*.y*ml")) + sorted(DEPLOY.glob("k8s/*.yaml")),
-                         ids=lambda p: str(p.relative_to(DEPLOY)))
+@pytest.mark.parametrize(
+    "path",
+    sorted(DEPLOY.glob("compose/*.y*ml")) + sorted(DEPLOY.glob("k8s/*.yaml")),
+    ids=lambda p: str(p.relative_to(DEPLOY)),
+)
 def test_every_file_parses(path: Path) -> None:
     assert documents(path)
 
@@ -72,7 +75,7 @@ def test_compose_gateway_settings_load_and_point_at_its_vllm_services(tmp_path: 
     assert settings.engine.upstream_model == "qwen"
     assert settings.adapters.max_loaded <= _flag(services["vllm-tp"]["command"], "--max-loras")
     # The adapters folder the gateway sees maps onto the one vLLM mounts.
-    (local, remote), = settings.engine.path_map.items()
+    ((local, remote),) = settings.engine.path_map.items()
     assert f"../../adapters:{remote}:ro" in services["vllm-tp"]["volumes"]
     assert any(v.startswith(f"../../adapters:{local}") for v in services["gateway"]["volumes"])
     assert services["gateway"]["command"] == ["--config", "/etc/callgate/callgate.yaml"]
@@ -100,20 +103,24 @@ def test_k8s_gateway_mounts_its_config_and_probes_health() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
     kustomization = documents(DEPLOY / "k8s" / "kustomization.yaml")[0]
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml")
-                                                       if p.name != "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml"
+    )
 
 
 def _flag(args: list[str], name: str) -> int:
     return int(next(a.split("=", 1)[1] for a in args if a.startswith(name + "=")))
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    ({"engine.kind": "vllm"}, "needs engine.urls"),
-    ({"engine.urls": ["http://a:8000"]}, "embedded engine reads model.path"),
-    ({"engine.kind": "llama-server", "engine.urls": ["a:8000"]}, "http:// or https://"),
-    ({"engine.kind": "tgi", "engine.urls": ["http://a:8000"]}, "engine.kind"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"engine.kind": "vllm"}, "needs engine.urls"),
+        ({"engine.urls": ["http://a:8000"]}, "embedded engine reads model.path"),
+        ({"engine.kind": "llama-server", "engine.urls": ["a:8000"]}, "http:// or https://"),
+        ({"engine.kind": "tgi", "engine.urls": ["http://a:8000"]}, "engine.kind"),
+    ],
+)
 def test_engine_settings_that_cannot_work_are_refused_at_start_up(flags: dict[str, Any], message: str) -> None:
     from server.errors import ConfigError
 

@@ -35,8 +35,12 @@ def ask(client: openai.OpenAI, tokens: int) -> Outcome:
     chunks = 0
     try:
         stream = client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "Tell me a long story."}],
-            max_tokens=tokens, temperature=1.0, stream=True)
+            model="tiny",
+            messages=[{"role": "user", "content": "Tell me a long story."}],
+            max_tokens=tokens,
+            temperature=1.0,
+            stream=True,
+        )
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 chunks += 1
@@ -58,10 +62,19 @@ def test_a_killed_replica_loses_no_request_that_had_not_started(tiny_model: Tiny
     need_llama_server()
     with ExitStack() as stack:
         servers: list[Server] = [
-            stack.enter_context(llama_server(tiny_model.gguf, tmp_path, slots=SLOTS, ctx=2048)) for _ in range(3)]
-        flags = {"engine.kind": "llama-server", "engine.urls": [s.url for s in servers], "model.served_name": "tiny",
-                 "engine.slots_per_replica": 4, "engine.health_interval_s": 0.3, "engine.breaker_failures": 2,
-                 "engine.retries": 2, "limits.max_tokens": 600, "limits.default_max_tokens": 100}
+            stack.enter_context(llama_server(tiny_model.gguf, tmp_path, slots=SLOTS, ctx=2048)) for _ in range(3)
+        ]
+        flags = {
+            "engine.kind": "llama-server",
+            "engine.urls": [s.url for s in servers],
+            "model.served_name": "tiny",
+            "engine.slots_per_replica": 4,
+            "engine.health_interval_s": 0.3,
+            "engine.breaker_failures": 2,
+            "engine.retries": 2,
+            "limits.max_tokens": 600,
+            "limits.default_max_tokens": 100,
+        }
         gen = live_gateway(tiny_model.gguf, **flags)
         live = next(gen)
         stack.callback(gen.close)
@@ -81,17 +94,21 @@ def test_a_killed_replica_loses_no_request_that_had_not_started(tiny_model: Tiny
         # queued behind them there had no token yet and were moved to the live replicas.
         assert len(failed) <= SLOTS, [o.error for o in failed]
         assert all("upstream" in o.error or "connection" in o.error.lower() for o in failed), failed
-        errors = sum(metric(live.base_url, "callgate_upstream_errors_total", victim.url, kind)
-                     for kind in ("connect", "disconnect"))
+        errors = sum(
+            metric(live.base_url, "callgate_upstream_errors_total", victim.url, kind)
+            for kind in ("connect", "disconnect")
+        )
         assert errors >= 2  # it held requests when it died (not a vacuous test)
 
         _wait_until(lambda: metric(live.base_url, "callgate_replica_healthy", victim.url) == 0)
-        before = sum(metric(live.base_url, "callgate_upstream_errors_total", victim.url, k)
-                     for k in ("connect", "disconnect"))
+        before = sum(
+            metric(live.base_url, "callgate_upstream_errors_total", victim.url, k) for k in ("connect", "disconnect")
+        )
         later = [ask(client, 20) for _ in range(6)]
         assert all(o.ok for o in later)
-        after = sum(metric(live.base_url, "callgate_upstream_errors_total", victim.url, k)
-                    for k in ("connect", "disconnect"))
+        after = sum(
+            metric(live.base_url, "callgate_upstream_errors_total", victim.url, k) for k in ("connect", "disconnect")
+        )
         assert after == before  # the dead replica is out of rotation: nothing more was sent to it
         for live_replica in (servers[0], servers[2]):
             assert metric(live.base_url, "callgate_replica_healthy", live_replica.url) == 1

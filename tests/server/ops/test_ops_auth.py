@@ -26,9 +26,16 @@ USER = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def locked(tiny_model: Any) -> Iterator[Live]:
-    settings = load_settings(None, **{
-        "model.path": tiny_model.gguf, "model.served_name": "tiny", "auth.api_keys": [INFERENCE_KEY],
-        "auth.admin_keys": [ADMIN_KEY], "auth.open_metrics": False})
+    settings = load_settings(
+        None,
+        **{
+            "model.path": tiny_model.gguf,
+            "model.served_name": "tiny",
+            "auth.api_keys": [INFERENCE_KEY],
+            "auth.admin_keys": [ADMIN_KEY],
+            "auth.open_metrics": False,
+        },
+    )
     metrics = Metrics()
     app = create_app(settings, build_registry(settings, metrics), metrics)
     app.get("/admin/ping", dependencies=[AdminDep])(lambda: {"ok": True})  # admin routes come later
@@ -42,22 +49,35 @@ def _get(live: Live, path: str, key: str | None) -> httpx.Response:
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong-key", "Basic dXNlcjpwYXNz", "Bearer"])
 def test_no_or_bad_key_is_401_in_openai_shape(locked: Live, header: str | None) -> None:
-    r = httpx.post(locked.v1 + "/chat/completions", json={"model": "tiny", "messages": USER},
-                   headers={"Authorization": header} if header else {}, timeout=30)
+    r = httpx.post(
+        locked.v1 + "/chat/completions",
+        json={"model": "tiny", "messages": USER},
+        headers={"Authorization": header} if header else {},
+        timeout=30,
+    )
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-    assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "authentication_error",
-                                  "param": None, "code": "invalid_api_key"}}
+    assert r.json() == {
+        "error": {
+            "message": r.json()["error"]["message"],
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
     assert "Authorization: Bearer" in r.json()["error"]["message"]  # says how to fix it
 
 
 def test_inference_key_serves_the_openai_client(locked: Live) -> None:
     with openai.OpenAI(base_url=locked.v1, api_key=INFERENCE_KEY, max_retries=0) as client:
         assert [m.id for m in client.models.list().data] == ["tiny"]
-        r = client.chat.completions.create(model="tiny", messages=USER, tools=[PING], tool_choice="required",
-                                           max_tokens=30, seed=1)
+        r = client.chat.completions.create(
+            model="tiny", messages=USER, tools=[PING], tool_choice="required", max_tokens=30, seed=1
+        )
         assert r.choices[0].finish_reason in ("tool_calls", "length")
-    with openai.OpenAI(base_url=locked.v1, api_key="sk-nope", max_retries=0) as client, \
-            pytest.raises(openai.AuthenticationError):
+    with (
+        openai.OpenAI(base_url=locked.v1, api_key="sk-nope", max_retries=0) as client,
+        pytest.raises(openai.AuthenticationError),
+    ):
         client.models.list()
 
 

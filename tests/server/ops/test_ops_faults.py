@@ -104,6 +104,7 @@ def _holding_the_slot(live: Live) -> Iterator[None]:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_client_leaving_the_queue_frees_its_place_at_once(faulty: Live, stream: bool) -> None:
     with _holding_the_slot(faulty):
+
         def queued_then_gone() -> None:
             with contextlib.suppress(httpx.TimeoutException):
                 httpx.post(faulty.v1 + "/chat/completions", json={**LONG, "stream": stream}, timeout=1.0)
@@ -143,8 +144,14 @@ def test_engine_error_mid_stream_is_an_error_event(faulty: Live, marker: str) ->
     before = _engine_errors(faulty)
     client = openai.OpenAI(base_url=faulty.v1, api_key="unused", max_retries=0, timeout=60)
     stream = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": f"{marker} please"}], stream=True,
-        tools=[WEATHER], tool_choice="none", max_tokens=50, seed=2)
+        model="tiny",
+        messages=[{"role": "user", "content": f"{marker} please"}],
+        stream=True,
+        tools=[WEATHER],
+        tool_choice="none",
+        max_tokens=50,
+        seed=2,
+    )
     received = 0
     with pytest.raises(openai.APIError) as info:
         for _ in stream:
@@ -152,14 +159,21 @@ def test_engine_error_mid_stream_is_an_error_event(faulty: Live, marker: str) ->
     assert received >= 2  # the failure came after the first token, as a final SSE event
     assert "engine" in str(info.value.message)
     assert _engine_errors(faulty) == before + 1
-    after = client.chat.completions.create(model="tiny", messages=USER, tools=[WEATHER],
-                                           tool_choice="required", max_tokens=60, seed=1)
+    after = client.chat.completions.create(
+        model="tiny", messages=USER, tools=[WEATHER], tool_choice="required", max_tokens=60, seed=1
+    )
     assert after.choices[0].finish_reason in ("tool_calls", "length")  # the next request is served
 
 
 def test_engine_error_before_the_answer_is_502(faulty: Live) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "FAULT_GATEWAY"}],
-            "tools": [WEATHER], "tool_choice": "none", "max_tokens": 50, "seed": 2}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "FAULT_GATEWAY"}],
+        "tools": [WEATHER],
+        "tool_choice": "none",
+        "max_tokens": 50,
+        "seed": 2,
+    }
     r = httpx.post(faulty.v1 + "/chat/completions", json=body, timeout=60)
     assert r.status_code == 502 and r.json()["error"]["code"] == "engine_error"
 
@@ -175,20 +189,33 @@ def _sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
 def test_engine_error_mid_stream_in_the_responses_and_messages_grammars(faulty: Live) -> None:
     """The same failure after the first token, as each API's own final error event."""
     ask = [{"role": "user", "content": "FAULT_GATEWAY please"}]
-    responses = httpx.post(faulty.v1 + "/responses", timeout=60, json={
-        "model": "tiny", "input": ask, "stream": True, "max_output_tokens": 50, "seed": 2})
+    responses = httpx.post(
+        faulty.v1 + "/responses",
+        timeout=60,
+        json={"model": "tiny", "input": ask, "stream": True, "max_output_tokens": 50, "seed": 2},
+    )
     events = _sse_events(responses.text)
     assert events[0][0] == "response.created" and events[-1][0] == "error"
     assert events[-1][1]["code"] == "engine_error" and "engine" in events[-1][1]["message"]
-    messages = httpx.post(faulty.base_url + "/v1/messages", timeout=60, json={
-        "model": "tiny", "messages": ask, "stream": True, "max_tokens": 50, "seed": 2})
+    messages = httpx.post(
+        faulty.base_url + "/v1/messages",
+        timeout=60,
+        json={"model": "tiny", "messages": ask, "stream": True, "max_tokens": 50, "seed": 2},
+    )
     events = _sse_events(messages.text)
     assert events[0][0] == "message_start" and events[-1][0] == "error"
     assert events[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "injected engine failure"}}
     import anthropic
 
-    with anthropic.Anthropic(base_url=faulty.base_url, api_key="unused", max_retries=0) as ac, \
-            pytest.raises(anthropic.APIError, match="injected engine failure"):
-        for _ in ac.messages.create(model="tiny", max_tokens=50, messages=ask, stream=True,  # type: ignore[arg-type]
-                                    extra_body={"seed": 2}):
+    with (
+        anthropic.Anthropic(base_url=faulty.base_url, api_key="unused", max_retries=0) as ac,
+        pytest.raises(anthropic.APIError, match="injected engine failure"),
+    ):
+        for _ in ac.messages.create(
+            model="tiny",
+            max_tokens=50,
+            messages=ask,
+            stream=True,  # type: ignore[arg-type]
+            extra_body={"seed": 2},
+        ):
             pass

@@ -39,16 +39,25 @@ def _health_while(live: Live, work: concurrent.futures.Future[Any], budget_s: fl
 
 
 def _chat(live: Live, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
-    return httpx.post(live.v1 + "/chat/completions", json={"model": "tiny", "messages": USER, **body},
-                      timeout=timeout)
+    return httpx.post(live.v1 + "/chat/completions", json={"model": "tiny", "messages": USER, **body}, timeout=timeout)
 
 
 def test_backtracking_pattern_below_a_nested_schema_is_matched_in_linear_time(gateway: Live) -> None:
     # The model is forced to write the const; validating it with Python's `re` takes 2^27 steps.
     value = "a" * 27 + "b"
     prop = {"$schema": DRAFT, "type": "string", "const": value, "pattern": "^(?:(a+)+c|a*b)$"}
-    tool = {"type": "function", "function": {"name": "echo", "parameters": {
-        "type": "object", "properties": {"s": prop}, "required": ["s"], "additionalProperties": False}}}
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "echo",
+            "parameters": {
+                "type": "object",
+                "properties": {"s": prop},
+                "required": ["s"],
+                "additionalProperties": False,
+            },
+        },
+    }
     body = {"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "echo"}}, "max_tokens": 60}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         work = pool.submit(_chat, gateway, body, 15)
@@ -76,8 +85,9 @@ def test_meta_schema_checks_run_off_the_event_loop(gateway: Live) -> None:
 
 
 def _post_raw(live: Live, path: str, text: str) -> httpx.Response:
-    return httpx.post(live.base_url + path, content=text.encode(), timeout=60,
-                      headers={"content-type": "application/json"})
+    return httpx.post(
+        live.base_url + path, content=text.encode(), timeout=60, headers={"content-type": "application/json"}
+    )
 
 
 def _error(r: httpx.Response) -> dict[str, Any]:
@@ -90,8 +100,10 @@ def test_lone_surrogates_are_400_naming_the_field(gateway: Live) -> None:
     content = '{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "\\ud800 hi"}]}'
     r = _post_raw(gateway, "/v1/chat/completions", content)
     assert r.status_code == 400 and _error(r)["param"] == "messages[0].content", r.text
-    tool = ('{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], "tools": '
-            '[{"type": "function", "function": {"name": "f", "description": "x \\udfff y"}}]}')
+    tool = (
+        '{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}], "tools": '
+        '[{"type": "function", "function": {"name": "f", "description": "x \\udfff y"}}]}'
+    )
     r = _post_raw(gateway, "/v1/chat/completions", tool)
     assert r.status_code == 400 and _error(r)["param"] == "tools[0].function.description", r.text
     r = _post_raw(gateway, "/apply-template", content)
@@ -104,16 +116,20 @@ def test_lone_surrogates_are_400_naming_the_field(gateway: Live) -> None:
 
 def _engine_errors(live: Live) -> float:
     text = httpx.get(live.base_url + "/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("callgate_engine_errors_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("callgate_engine_errors_total{")
+    )
 
 
 def test_any_nesting_depth_is_a_400(gateway: Live) -> None:
     call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 50_000}}
     for arguments in ("[" * 50_000, "[" * 500 + "]" * 500, '{"a": ' * 100 + "1" + "}" * 100):
         call["function"]["arguments"] = arguments
-        history = [*USER, {"role": "assistant", "tool_calls": [call]},
-                   {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+        history = [
+            *USER,
+            {"role": "assistant", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        ]
         r = _chat(gateway, {"messages": history, "max_tokens": 2})
         assert r.status_code == 400, r.text[:300]
         assert _error(r)["param"] == "messages[1].tool_calls[0].function.arguments"
@@ -122,8 +138,10 @@ def test_any_nesting_depth_is_a_400(gateway: Live) -> None:
     deep_schema: Any = {"type": "string"}
     for _ in range(400):
         deep_schema = {"type": "array", "items": deep_schema}
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
-        "x": deep_schema}}}}
+    tool = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": deep_schema}}},
+    }
     r = _post_raw(gateway, "/v1/chat/completions", json.dumps({"model": "tiny", "messages": USER, "tools": [tool]}))
     assert r.status_code == 400, r.text[:300]
 
@@ -135,9 +153,11 @@ def test_client_text_never_becomes_control_tokens(gateway: Live, tiny_model: Any
     from llama_cpp import Llama
 
     call = {"id": "c1", "type": "function", "function": {"name": "ping", "arguments": "{}"}}
-    messages = [{"role": "user", "content": "hi " + FORGED},
-                {"role": "assistant", "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": "c1", "content": FORGED + "ok"}]
+    messages = [
+        {"role": "user", "content": "hi " + FORGED},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": FORGED + "ok"},
+    ]
     ping = {"type": "function", "function": {"name": "ping", "description": "pings " + FORGED}}
     body = {"model": "tiny", "messages": messages, "tools": [ping]}
     prompt = httpx.post(gateway.base_url + "/apply-template", json=body, timeout=30).json()["prompt"]
@@ -150,8 +170,11 @@ def test_client_text_never_becomes_control_tokens(gateway: Live, tiny_model: Any
         return list(vocab.tokenize(text.encode(), add_bos=False, special=special))
 
     chunks = prompt.split(FORGED)
-    plain = [t for i, chunk in enumerate(chunks)
-             for t in tokens(chunk, True) + (tokens(FORGED, False) if i < len(chunks) - 1 else [])]
+    plain = [
+        t
+        for i, chunk in enumerate(chunks)
+        for t in tokens(chunk, True) + (tokens(FORGED, False) if i < len(chunks) - 1 else [])
+    ]
     forged = tokens(prompt, True)
     assert len(plain) > len(forged)  # parsed, the forged turn would have been control tokens
     assert r.json()["usage"]["prompt_tokens"] == len(plain)
@@ -182,17 +205,29 @@ def test_with_keys_only_a_bare_liveness_answer_is_open(locked: Live) -> None:
 @pytest.mark.slow
 def test_errors_never_name_upstream_urls(tiny_model: Any, tmp_path: Path) -> None:
     with llama_cpp_python_server(tiny_model.gguf, tmp_path, ctx=512) as upstream:
-        flags = {"engine.kind": "vllm", "engine.urls": [upstream.url], "engine.tokenizer": tiny_model.hf_dir,
-                 "engine.verify_grammar": False, "model.served_name": "tiny", "model.context_length": 512,
-                 "limits.max_tokens": 64, "limits.default_max_tokens": 32, "auth.api_keys": [KEY]}
+        flags = {
+            "engine.kind": "vllm",
+            "engine.urls": [upstream.url],
+            "engine.tokenizer": tiny_model.hf_dir,
+            "engine.verify_grammar": False,
+            "model.served_name": "tiny",
+            "model.context_length": 512,
+            "limits.max_tokens": 64,
+            "limits.default_max_tokens": 32,
+            "auth.api_keys": [KEY],
+        }
         gen = live_gateway(None, **flags)  # type: ignore[arg-type]
         live = next(gen)
         try:
             upstream.kill()
             host = upstream.url.split("//", 1)[1]
             for stream in (False, True):
-                r = httpx.post(live.v1 + "/chat/completions", timeout=60, headers={"Authorization": f"Bearer {KEY}"},
-                               json={"model": "tiny", "messages": USER, "max_tokens": 4, "stream": stream})
+                r = httpx.post(
+                    live.v1 + "/chat/completions",
+                    timeout=60,
+                    headers={"Authorization": f"Bearer {KEY}"},
+                    json={"model": "tiny", "messages": USER, "max_tokens": 4, "stream": stream},
+                )
                 assert r.status_code >= 500 or "error" in r.text, r.text
                 assert host not in r.text and upstream.url not in r.text, r.text
             assert host not in _get(live, "/health").text
@@ -201,12 +236,16 @@ def test_errors_never_name_upstream_urls(tiny_model: Any, tmp_path: Path) -> Non
 
 
 def _server(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "server", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
-def test_no_key_on_a_network_address_refuses_to_start_unless_open_on_purpose(tiny_model: Any,
-                                                                               tmp_path: Path) -> None:
+def test_no_key_on_a_network_address_refuses_to_start_unless_open_on_purpose(tiny_model: Any, tmp_path: Path) -> None:
     port = free_port()
     base = ["--model", str(tiny_model.gguf), "--host", "0.0.0.0", "--port", str(port)]
     refused = _server(base)
@@ -235,9 +274,19 @@ def _wait_up(url: str, proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"the gateway did not start: {proc.communicate(timeout=5)[0][-2000:]}")
 
 
-STALLED = {"model": "tiny", "messages": USER, "max_tokens": 2000, "stream": True, "response_format": {
-    "type": "json_schema", "json_schema": {"name": "long", "schema": {
-        "type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]}}}}
+STALLED = {
+    "model": "tiny",
+    "messages": USER,
+    "max_tokens": 2000,
+    "stream": True,
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "long",
+            "schema": {"type": "object", "properties": {"s": {"type": "string", "minLength": 8000}}, "required": ["s"]},
+        },
+    },
+}
 
 
 def _stalled_reader(port: int) -> socket.socket:
@@ -246,16 +295,20 @@ def _stalled_reader(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
     sock.connect(("127.0.0.1", port))
     body = json.dumps(STALLED).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     return sock
 
 
 def _stalled_writer(port: int) -> socket.socket:
     """A client that sends half a request and then nothing: it holds its connection open."""
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 1000\r\n\r\n{\"model\": ")
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"model": '
+    )
     return sock
 
 
@@ -300,8 +353,19 @@ def test_shutdown_is_bounded_with_a_stalled_reader(tiny_model: Any, tmp_path: Pa
 
 def _slow_tools(salt: str) -> list[dict[str, Any]]:
     """~240 KB of pattern properties: a couple of seconds of grammar compilation."""
-    return [{"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object", "properties": {
-        f"p{j}_{salt}": {"type": "string", "pattern": f"^x{j}[a-z]+$"} for j in range(400)}}}} for i in range(11)]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f"t{i}",
+                "parameters": {
+                    "type": "object",
+                    "properties": {f"p{j}_{salt}": {"type": "string", "pattern": f"^x{j}[a-z]+$"} for j in range(400)},
+                },
+            },
+        }
+        for i in range(11)
+    ]
 
 
 @pytest.mark.slow
@@ -312,15 +376,20 @@ def test_one_client_cannot_take_every_compile_thread(tiny_model: Any) -> None:
     live = next(gen)
 
     def ask(key: str, tools: list[dict[str, Any]]) -> httpx.Response:
-        return httpx.post(live.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                          json={"model": "tiny", "messages": USER, "tools": tools, "max_tokens": 2})
+        return httpx.post(
+            live.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            json={"model": "tiny", "messages": USER, "tools": tools, "max_tokens": 2},
+        )
 
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             flood = [pool.submit(ask, abuser, _slow_tools(secrets.token_hex(3))) for _ in range(8)]
             time.sleep(1.5)  # the abuser's compilations fill the pool and its queue
-            served = [ask(victim, [{"type": "function", "function": {"name": f"v{secrets.token_hex(3)}"}}])
-                      for _ in range(3)]
+            served = [
+                ask(victim, [{"type": "function", "function": {"name": f"v{secrets.token_hex(3)}"}}]) for _ in range(3)
+            ]
             flooded = [f.result() for f in flood]
         assert [r.status_code for r in served] == [200] * 3, [r.text for r in served]
         assert {r.status_code for r in flooded} <= {200, 400}
@@ -345,8 +414,19 @@ def _rss_mb() -> float:
 
 def _large_tools(salt: str) -> list[dict[str, Any]]:
     """Four ~60 KB schemas (a full limits.max_tools_bytes), unique to `salt`."""
-    return [{"type": "function", "function": {"name": f"t{i}", "parameters": {"type": "object", "properties": {
-        f"{salt}_{j}": {"type": "integer", "minimum": j} for j in range(1300)}}}} for i in range(4)]
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": f"t{i}",
+                "parameters": {
+                    "type": "object",
+                    "properties": {f"{salt}_{j}": {"type": "integer", "minimum": j} for j in range(1300)},
+                },
+            },
+        }
+        for i in range(4)
+    ]
 
 
 @pytest.mark.slow
@@ -363,8 +443,10 @@ def test_unique_large_tool_lists_keep_memory_flat(tiny_model: Any, monkeypatch: 
     live = next(gen)
 
     def ask(_: int) -> int:
-        return _chat(live, {"tools": _large_tools(secrets.token_hex(4)), "tool_choice": "none", "max_tokens": 1},
-                     ).status_code
+        return _chat(
+            live,
+            {"tools": _large_tools(secrets.token_hex(4)), "tool_choice": "none", "max_tokens": 1},
+        ).status_code
 
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -374,8 +456,10 @@ def test_unique_large_tool_lists_keep_memory_flat(tiny_model: Any, monkeypatch: 
             slowest = _health_while(live, rest, 600)
             statuses = rest.result()
         grown = _rss_mb() - warm
-        print(f"\n{total} unique tool lists of ~240 KB: RSS +{grown:.1f} MB after the first {total // 3}, "
-              f"slowest /health {slowest * 1000:.0f} ms")
+        print(
+            f"\n{total} unique tool lists of ~240 KB: RSS +{grown:.1f} MB after the first {total // 3}, "
+            f"slowest /health {slowest * 1000:.0f} ms"
+        )
         # Unbounded (before #18) the schema caches alone kept ~240 KB a request: +33 MB here.
         assert set(statuses) <= {200, 400} and grown < 20 and slowest < 2.0
     finally:

@@ -34,8 +34,9 @@ def _tool(name: str, properties: int) -> dict[str, Any]:
 def test_schemas_over_the_request_budget_are_400_at_once(gateway: Any) -> None:
     tools = [_tool(f"t{i}", 1200) for i in range(6)]  # ~57 KB each: under the per-tool limit
     start = time.perf_counter()
-    r = httpx.post(gateway.v1 + "/chat/completions", json={"model": "tiny", "messages": USER, "tools": tools},
-                   timeout=60)
+    r = httpx.post(
+        gateway.v1 + "/chat/completions", json={"model": "tiny", "messages": USER, "tools": tools}, timeout=60
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "schemas_too_large", r.text
     assert "limits.max_tools_bytes" in r.json()["error"]["message"]
     assert time.perf_counter() - start < 2  # refused before meta-validating ~350 KB of schema
@@ -55,8 +56,11 @@ def test_budget_names_the_param_and_the_limit() -> None:
 def test_slow_compilation_is_a_400_not_a_stall() -> None:
     settings = load_settings(None, **{"model.path": Path(__file__)})  # any file: the engine is a fake
     served = build_registry(settings, Metrics(), FakeEngine()).default()
-    tool = Tool("big", "", {"type": "object", "properties": {
-        f"p{i}": {"type": "string", "pattern": f"^x{i}[a-z]+$"} for i in range(400)}})
+    tool = Tool(
+        "big",
+        "",
+        {"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": f"^x{i}[a-z]+$"} for i in range(400)}},
+    )
     request = ChatRequest(messages=(Message("user", "hi"),), tools=(tool,), choice=ToolChoice(ChoiceMode.REQUIRED))
 
     async def compile_with_deadline() -> None:
@@ -82,11 +86,28 @@ SCHEMAS = [
     {"type": "string", "pattern": "^[a-z]{2,4}$"},
     {"type": "string", "pattern": "b+"},  # a search, not a full match
     {"type": "object", "patternProperties": {"^x_": {"type": "integer"}}, "additionalProperties": False},
-    {"type": "object", "properties": {"a": {}}, "patternProperties": {"n$": {"type": "number"}},
-     "additionalProperties": {"type": "string"}},
+    {
+        "type": "object",
+        "properties": {"a": {}},
+        "patternProperties": {"n$": {"type": "number"}},
+        "additionalProperties": {"type": "string"},
+    },
 ]
-INSTANCES = ["ab", "abcd", "abcde", "", "xbbx", {"x_1": 1}, {"x_1": "no"}, {"y": 1}, {"a": 1, "pin": 2.5},
-             {"a": 1, "pin": "x"}, {"zz": "s"}, {"zz": 3}, {}]
+INSTANCES = [
+    "ab",
+    "abcd",
+    "abcde",
+    "",
+    "xbbx",
+    {"x_1": 1},
+    {"x_1": "no"},
+    {"y": 1},
+    {"a": 1, "pin": 2.5},
+    {"a": 1, "pin": "x"},
+    {"zz": "s"},
+    {"zz": 3},
+    {},
+]
 
 
 @pytest.mark.parametrize("schema", SCHEMAS)

@@ -38,13 +38,22 @@ def prometheus(scraped: Live, tmp_path_factory: pytest.TempPathFactory) -> Itera
     target = scraped.base_url.removeprefix("http://")
     (folder / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: callgate\n    static_configs:\n      - targets: ['{target}']\n")
+        f"scrape_configs:\n  - job_name: callgate\n    static_configs:\n      - targets: ['{target}']\n"
+    )
     port = _free_port()
     assert PROMETHEUS is not None
     proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            PROMETHEUS,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, proc)
@@ -87,17 +96,33 @@ def test_prometheus_sees_what_was_sent(scraped: Live, prometheus: str) -> None:
     _eventually(prometheus, 'up{job="callgate"}', 1.0)
     chat = scraped.v1 + "/chat/completions"
     for seed in range(3):  # required: one or more calls each, or a truncated one
-        body = {"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "required",
-                "max_tokens": 60, "seed": seed}
+        body = {
+            "model": "tiny",
+            "messages": USER,
+            "tools": [WEATHER],
+            "tool_choice": "required",
+            "max_tokens": 60,
+            "seed": seed,
+        }
         assert httpx.post(chat, json=body, timeout=60).status_code == 200
     for seed in range(2):  # none: text, counted once each as no_tool
-        body = {"model": "tiny", "messages": USER, "tools": [WEATHER], "tool_choice": "none",
-                "max_tokens": 8, "seed": seed}
+        body = {
+            "model": "tiny",
+            "messages": USER,
+            "tools": [WEATHER],
+            "tool_choice": "none",
+            "max_tokens": 8,
+            "seed": seed,
+        }
         assert httpx.post(chat, json=body, timeout=60).status_code == 200
     assert httpx.post(chat, json={"model": "tiny", "messages": []}, timeout=60).status_code == 400
 
-    sent_outcomes = sum(s.value for metric in scraped.metrics.registry.collect()
-                        for s in metric.samples if s.name == "callgate_tool_calls_total")
+    sent_outcomes = sum(
+        s.value
+        for metric in scraped.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "callgate_tool_calls_total"
+    )
     assert sent_outcomes >= 5
     _eventually(prometheus, "sum(callgate_tool_calls_total)", sent_outcomes)
     _eventually(prometheus, 'sum(callgate_tool_calls_total{mode="none",outcome="no_tool"})', 2.0)

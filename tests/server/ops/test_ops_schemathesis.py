@@ -19,8 +19,13 @@ from server.metrics import Metrics
 from server.serving.build import build_registry
 
 KEY = "sk-fuzz"
-EXAMPLES = {("POST", "/v1/chat/completions"): 1500, ("POST", "/apply-template"): 500,
-            ("GET", "/v1/models"): 20, ("GET", "/health"): 20, ("GET", "/metrics"): 20}
+EXAMPLES = {
+    ("POST", "/v1/chat/completions"): 1500,
+    ("POST", "/apply-template"): 500,
+    ("GET", "/v1/models"): 20,
+    ("GET", "/health"): 20,
+    ("GET", "/metrics"): 20,
+}
 
 
 def openai_error_shape(status: int, body: Any) -> None:
@@ -40,8 +45,9 @@ def openai_error_shape(status: int, body: Any) -> None:
 def schema(tiny_model: Any) -> Any:
     """A fresh app per test: the in-process client runs the app's lifespan, whose end closes the engine."""
     limits = {"limits.default_max_tokens": 4, "limits.max_tokens": 8, "limits.compile_timeout_s": 10}
-    cfg = load_settings(None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny",
-                                 "auth.api_keys": [KEY], **limits})
+    cfg = load_settings(
+        None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny", "auth.api_keys": [KEY], **limits}
+    )
     metrics = Metrics()
     app = create_app(cfg, build_registry(cfg, metrics), metrics)
     return schemathesis.openapi.from_asgi("/openapi.json", app, headers={"Authorization": f"Bearer {KEY}"})
@@ -54,8 +60,10 @@ def test_fuzzed_requests_get_no_5xx_and_openai_shaped_errors(schema: Any) -> Non
     for (method, path), examples in EXAMPLES.items():
         _fuzz(schema[path][method], examples, statuses, failures)
     total = sum(statuses.values())
-    print(f"\nschemathesis: {total} requests, statuses {dict(sorted(statuses.items()))}, "
-          f"{len(failures)} distinct failures")
+    print(
+        f"\nschemathesis: {total} requests, statuses {dict(sorted(statuses.items()))}, "
+        f"{len(failures)} distinct failures"
+    )
     assert not failures, "\n".join(f"{problem}\n    {repro}" for problem, repro in failures.items())
     assert total >= 2000
     assert statuses[200] > 0 and statuses[400] > 0  # both valid and invalid requests were made
@@ -85,10 +93,14 @@ def test_fuzzed_responses_and_messages_get_no_5xx_and_their_own_error_shapes(sch
 def _fuzz(
     operation: Any, examples: int, statuses: Counter[int], failures: dict[str, str], check: Any = openai_error_shape
 ) -> None:
-    @given(case=operation.as_strategy(), authorized=st.sampled_from([True] * 9 + [False]),
-           served=st.sampled_from([True] * 4 + [False]))
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @given(
+        case=operation.as_strategy(),
+        authorized=st.sampled_from([True] * 9 + [False]),
+        served=st.sampled_from([True] * 4 + [False]),
+    )
+    @settings(
+        max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     def run(case: Any, authorized: bool, served: bool) -> None:
         if served and isinstance(case.body, dict) and "model" in case.body:
             case.body["model"] = "tiny"  # mostly past the 404, into translation and generation
@@ -113,6 +125,9 @@ def _json(response: Any) -> Any:
 
 
 def test_message_without_content_is_a_400(schema: Any) -> None:
-    response = schema["/v1/chat/completions"]["POST"].Case(
-        body={"model": "tiny", "messages": [{"role": "system"}]}).call(headers={"Authorization": f"Bearer {KEY}"})
+    response = (
+        schema["/v1/chat/completions"]["POST"]
+        .Case(body={"model": "tiny", "messages": [{"role": "system"}]})
+        .call(headers={"Authorization": f"Bearer {KEY}"})
+    )
     assert response.status_code == 400

@@ -31,7 +31,10 @@ def _start(model: Path, tmp_path: Path, shutdown_timeout_s: float) -> tuple[subp
     config.write_text(f"model:\n  served_name: tiny\nserver:\n  shutdown_timeout_s: {shutdown_timeout_s}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--config", str(config), "--model", str(model), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url + "/health")
     return proc, url
@@ -69,8 +72,10 @@ def test_past_the_deadline_the_stream_ends_with_a_503_event(tiny_model: Any, tmp
     # which on an idle machine finishes its 2,000 tokens in under a second.
     proc, url = _start(tiny_model.gguf, tmp_path, shutdown_timeout_s=0)
     try:
-        with httpx.Client(timeout=60) as c, c.stream("POST", url + "/v1/chat/completions",
-                                                     json={**LONG, "stream": True}) as r:
+        with (
+            httpx.Client(timeout=60) as c,
+            c.stream("POST", url + "/v1/chat/completions", json={**LONG, "stream": True}) as r,
+        ):
             lines = r.iter_lines()
             next(lines)
             proc.send_signal(signal.SIGTERM)

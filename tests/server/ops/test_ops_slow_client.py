@@ -24,8 +24,9 @@ SMALL = 4096  # bytes of socket buffer each side: a few chunks, far less than th
 
 @pytest.fixture(scope="module")
 def small_buffers(tiny_model: Any) -> Iterator[Live]:
-    settings = load_settings(None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny",
-                                      "limits.queue_timeout_s": 30})
+    settings = load_settings(
+        None, **{"model.path": tiny_model.gguf, "model.served_name": "tiny", "limits.queue_timeout_s": 30}
+    )
     metrics = Metrics()
     app = create_app(settings, build_registry(settings, metrics), metrics)
     url, server, thread = serve(app, sndbuf=SMALL)
@@ -43,8 +44,10 @@ def _stalled_stream(base_url: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
     sock.connect((host, int(port)))
     body = json.dumps({**LONG, "stream": True}).encode()
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     assert b"200 OK" in sock.recv(256)
     return sock
 
@@ -57,8 +60,11 @@ def test_a_stalled_reader_does_not_hold_the_engine(small_buffers: Live) -> None:
         while admission.running and time.monotonic() < deadline:
             time.sleep(0.05)
         assert admission.running == 0, "the stalled client still holds the engine slot"
-        r = httpx.post(small_buffers.v1 + "/chat/completions", timeout=20,
-                       json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        r = httpx.post(
+            small_buffers.v1 + "/chat/completions",
+            timeout=20,
+            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5},
+        )
         assert r.status_code == 200  # served while the stalled client is still connected
     finally:
         stalled.close()

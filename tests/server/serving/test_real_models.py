@@ -23,13 +23,26 @@ from tests.support.live import Live, fetched_model, live_gateway
 
 pytestmark = pytest.mark.slow
 CITY = {"type": "string", "enum": ["Paris", "Rome", "London"]}
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": CITY}, "required": ["city"]}}}
-SEARCH = {"type": "function", "function": {
-    "name": "search_web", "description": "Search the web",
-    "parameters": {"type": "object", "properties": {"query": {"type": "string", "maxLength": 40}},
-                   "required": ["query"]}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": CITY}, "required": ["city"]},
+    },
+}
+SEARCH = {
+    "type": "function",
+    "function": {
+        "name": "search_web",
+        "description": "Search the web",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 40}},
+            "required": ["query"],
+        },
+    },
+}
 TOOLS = [WEATHER, SEARCH]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
@@ -52,8 +65,12 @@ def _ask(live: Live, question: str, tool_choice: object, max_tokens: int = 60) -
     with openai.OpenAI(base_url=live.v1, api_key="unused", max_retries=0, timeout=300) as client:
         return client.chat.completions.create(
             model=live.settings.model.served_name or client.models.list().data[0].id,
-            messages=[{"role": "user", "content": question}], tools=TOOLS,  # type: ignore[arg-type]
-            tool_choice=tool_choice, temperature=0, max_tokens=max_tokens)  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": question}],
+            tools=TOOLS,  # type: ignore[arg-type]
+            tool_choice=tool_choice,
+            temperature=0,
+            max_tokens=max_tokens,
+        )  # type: ignore[arg-type]
 
 
 def _valid_calls(answer: openai.types.chat.ChatCompletion) -> list[tuple[str, dict[str, object]]]:
@@ -69,8 +86,11 @@ def _valid_calls(answer: openai.types.chat.ChatCompletion) -> list[tuple[str, di
 def test_the_prompt_carries_the_tools_for_a_template_without_a_tool_section(smol: Live) -> None:
     import httpx
 
-    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Weather in Rome?"}],
-            "tools": TOOLS}
+    body = {
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "Weather in Rome?"}],
+        "tools": TOOLS,
+    }
     prompt = httpx.post(smol.base_url + "/apply-template", json=body, timeout=30).json()["prompt"]
     assert "get_weather" in prompt and "search_web" in prompt and '{"tool_calls": [' in prompt
 

@@ -62,9 +62,14 @@ TOOLS = [get_weather, ship, Search, Refund, explode]
 
 
 def _message(*calls: tuple[str, Any]) -> dict[str, Any]:
-    return {"role": "assistant", "content": None, "tool_calls": [
-        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
-        for i, (name, args) in enumerate(calls)]}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+            for i, (name, args) in enumerate(calls)
+        ],
+    }
 
 
 def _contents(message: dict[str, Any]) -> list[Any]:
@@ -79,12 +84,16 @@ def test_specs_from_signatures_and_models() -> None:
     assert list(specs) == ["get_weather", "ship", "Search", "Refund", "explode"]
     weather = specs["get_weather"]
     assert weather["description"] == "Current weather for a city."
-    assert weather["parameters"] == {"type": "object", "additionalProperties": False, "required": ["city"],
-                                     "properties": {
-                                         "city": {"type": "string", "description": "City name"},
-                                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"],
-                                                  "default": "celsius"},
-                                         "days": {"type": "integer", "default": 1}}}
+    assert weather["parameters"] == {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["city"],
+        "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+            "days": {"type": "integer", "default": 1},
+        },
+    }
     assert specs["ship"]["parameters"]["properties"]["to"]["required"] == ["city"]
     assert specs["Search"]["description"] == "Search the catalogue."
     assert specs["Search"]["parameters"]["required"] == ["query"]
@@ -92,45 +101,55 @@ def test_specs_from_signatures_and_models() -> None:
         jsonschema.Draft202012Validator.check_schema(spec["parameters"])
 
 
-@pytest.mark.parametrize("hint, schema", [
-    (float, {"type": "number"}),
-    (bool, {"type": "boolean"}),
-    (Literal["a", "b"], {"type": "string", "enum": ["a", "b"]}),
-    (Literal[1, "x"], {"enum": [1, "x"]}),
-    (list[int], {"type": "array", "items": {"type": "integer"}}),
-    (tuple[int, ...], {"type": "array", "items": {"type": "integer"}}),
-    (tuple[int, str], {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
-                       "minItems": 2, "maxItems": 2}),
-    (dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),
-    (int | None, {"anyOf": [{"type": "integer"}, {"type": "null"}]}),
-    (Any, {}),
-])
+@pytest.mark.parametrize(
+    "hint, schema",
+    [
+        (float, {"type": "number"}),
+        (bool, {"type": "boolean"}),
+        (Literal["a", "b"], {"type": "string", "enum": ["a", "b"]}),
+        (Literal[1, "x"], {"enum": [1, "x"]}),
+        (list[int], {"type": "array", "items": {"type": "integer"}}),
+        (tuple[int, ...], {"type": "array", "items": {"type": "integer"}}),
+        (
+            tuple[int, str],
+            {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "minItems": 2, "maxItems": 2},
+        ),
+        (dict[str, float], {"type": "object", "additionalProperties": {"type": "number"}}),
+        (int | None, {"anyOf": [{"type": "integer"}, {"type": "null"}]}),
+        (Any, {}),
+    ],
+)
 def test_schema_for_type_hints(hint: Any, schema: dict[str, Any]) -> None:
     assert schema_for(hint) == schema
 
 
 def test_calls_run_with_converted_arguments() -> None:
-    contents = _contents(_message(
-        ("get_weather", '{"city": "Paris", "unit": "fahrenheit"}'),
-        ("ship", {"to": {"city": "Rome"}, "items": ["a", "b"], "express": True}),  # arguments as a dict
-        ("Search", '{"query": "lamps"}'),
-        ("Refund", '{"order_id": 7}'),
-    ))
+    contents = _contents(
+        _message(
+            ("get_weather", '{"city": "Paris", "unit": "fahrenheit"}'),
+            ("ship", {"to": {"city": "Rome"}, "items": ["a", "b"], "express": True}),  # arguments as a dict
+            ("Search", '{"query": "lamps"}'),
+            ("Refund", '{"order_id": 7}'),
+        )
+    )
     assert json.loads(contents[0]) == {"city": "Paris", "unit": "fahrenheit", "days": 1}  # Enum in, value out
     assert contents[1] == "2 item(s) to Rome express"  # the pydantic parameter was built
     assert json.loads(contents[2]) == {"query": "lamps", "limit": 5}  # a model instance is the result
     assert json.loads(contents[3]) == {"refunded": 7}  # a callable model is called
 
 
-@pytest.mark.parametrize("call, error", [
-    (("nope", "{}"), "unknown tool 'nope'; available tools: Refund, Search, explode, get_weather, ship"),
-    (("get_weather", '{"city": 5}'), "invalid arguments for get_weather at city: 5 is not of type 'string'"),
-    (("get_weather", '{"city": "x", "mood": 1}'), "invalid arguments for get_weather at (root)"),
-    (("get_weather", "{"), "arguments for get_weather are not JSON"),
-    (("get_weather", "[1]"), "must be a JSON object"),
-    (("explode", '{"reason": "boom"}'), "explode raised RuntimeError: boom"),
-    (("Search", '{"query": 3}'), "invalid arguments for Search at query"),
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (("nope", "{}"), "unknown tool 'nope'; available tools: Refund, Search, explode, get_weather, ship"),
+        (("get_weather", '{"city": 5}'), "invalid arguments for get_weather at city: 5 is not of type 'string'"),
+        (("get_weather", '{"city": "x", "mood": 1}'), "invalid arguments for get_weather at (root)"),
+        (("get_weather", "{"), "arguments for get_weather are not JSON"),
+        (("get_weather", "[1]"), "must be a JSON object"),
+        (("explode", '{"reason": "boom"}'), "explode raised RuntimeError: boom"),
+        (("Search", '{"query": 3}'), "invalid arguments for Search at query"),
+    ],
+)
 def test_errors_become_tool_results(call: tuple[str, str], error: str) -> None:
     [content] = _contents(_message(call))
     assert error in json.loads(content)["error"]
@@ -155,8 +174,13 @@ def test_mistakes_in_the_tools_themselves_raise() -> None:
 
     def odd(x: complex) -> None: ...
 
-    for tools, match in (([untyped], "by keyword"), ([later], "async"), ([odd], "unsupported annotation"),
-                         ([get_weather, get_weather], "unique"), ([42], "callable")):
+    for tools, match in (
+        ([untyped], "by keyword"),
+        ([later], "async"),
+        ([odd], "unsupported annotation"),
+        ([get_weather, get_weather], "unique"),
+        ([42], "callable"),
+    ):
         with pytest.raises(TypeError, match=match):
             tool_specs(tools)
 
@@ -190,8 +214,9 @@ def _example() -> ModuleType:
 def test_agent_loop_completes_against_the_gateway(client) -> None:  # type: ignore[no-untyped-def]
     agent = _example()
     # Integer arguments end fast even for a random model; the first turn must be a call.
-    messages = agent.run_agent(client, "tiny", "Where is order 42?", [agent.track_order],
-                               first_choice="required", max_steps=3, max_tokens=96)
+    messages = agent.run_agent(
+        client, "tiny", "Where is order 42?", [agent.track_order], first_choice="required", max_steps=3, max_tokens=96
+    )
     user, first, *rest = messages
     assert user["role"] == "user" and first["role"] == "assistant"
     [call] = first["tool_calls"][:1]

@@ -21,11 +21,18 @@ from tests.support.live import WEATHER, Live, live_gateway
 if TYPE_CHECKING:
     from training.demo.tiny import TinyModel
 
-TRACK: dict[str, Any] = {"type": "function", "function": {
-    "name": "track_order", "description": "Where an order is.",
-    "parameters": {"type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1},
-                                                    "express": {"type": "boolean"}},
-                   "required": ["order_id"]}}}
+TRACK: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "track_order",
+        "description": "Where an order is.",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "integer", "minimum": 1}, "express": {"type": "boolean"}},
+            "required": ["order_id"],
+        },
+    },
+}
 TOOLS = [WEATHER, TRACK]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 MESSAGES = [{"role": "user", "content": "What's the weather in Paris, and where is order 42?"}]
@@ -48,8 +55,11 @@ def family_gateway(request: pytest.FixtureRequest, tiny_model: TinyModel) -> Ite
     family: str = request.param
     if FAMILIES[family] not in format_names():
         pytest.skip(f"format {FAMILIES[family]!r} (template {family}.jinja) is not registered yet")
-    flags = {"model.served_name": "tiny", "model.chat_template": TEMPLATES_DIR / f"{family}.jinja",
-             "model.tool_format": "auto"}
+    flags = {
+        "model.served_name": "tiny",
+        "model.chat_template": TEMPLATES_DIR / f"{family}.jinja",
+        "model.tool_format": "auto",
+    }
     for live in live_gateway(tiny_model.gguf, **flags):
         yield family, live
 
@@ -74,8 +84,14 @@ def test_mode_contract_streamed_and_not(
     family_gateway: tuple[str, Live], oai: openai.OpenAI, mode: str, seeds: tuple[int, ...]
 ) -> None:
     for seed in seeds:
-        kw = {"model": "tiny", "messages": MESSAGES, "tools": TOOLS, "seed": seed, "max_tokens": MAX_TOKENS[mode],
-              **MODES[mode]}
+        kw = {
+            "model": "tiny",
+            "messages": MESSAGES,
+            "tools": TOOLS,
+            "seed": seed,
+            "max_tokens": MAX_TOKENS[mode],
+            **MODES[mode],
+        }
         whole = _whole(oai, kw)
         streamed = _streamed(oai, kw)
         assert streamed == whole, f"seed {seed}: stream != non-stream"

@@ -13,10 +13,18 @@ from server.types import ToolCall
 
 fmt = get_format("hermes")
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=12) | st.floats(
-    allow_nan=False, allow_infinity=False, width=32)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=3), max_leaves=8)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.text(max_size=12)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 arguments = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_.\-]{0,20}", fullmatch=True)
 calls = st.lists(st.builds(lambda n, a: ToolCall(n, json.dumps(a, ensure_ascii=False)), names, arguments), max_size=3)
@@ -31,7 +39,8 @@ def test_parse_inverts_render(content: str, tool_calls: list[ToolCall]) -> None:
     parsed = fmt.parse(fmt.render(content, tool_calls))
     assert parsed.content == content
     assert [(c.name, json.loads(c.arguments)) for c in parsed.calls] == [
-        (c.name, json.loads(c.arguments)) for c in tool_calls]
+        (c.name, json.loads(c.arguments)) for c in tool_calls
+    ]
     assert all(c.error is None for c in parsed.calls)
     assert not parsed.unclosed
 
@@ -77,8 +86,9 @@ def test_broken_json_is_reported_on_the_call() -> None:
 
 
 def test_missing_or_null_arguments_mean_empty_object() -> None:
-    parsed = fmt.parse('<tool_call>\n{"name": "ping"}\n</tool_call>\n'
-                       '<tool_call>\n{"name": "p2", "arguments": null}\n</tool_call>')
+    parsed = fmt.parse(
+        '<tool_call>\n{"name": "ping"}\n</tool_call>\n<tool_call>\n{"name": "p2", "arguments": null}\n</tool_call>'
+    )
     assert [(c.name, c.arguments) for c in parsed.calls] == [("ping", "{}"), ("p2", "{}")]
 
 

@@ -27,10 +27,16 @@ CALLS = [
     (BARE, "", [("get_weather", '{"city": "Paris"}')]),
     ("  " + BARE + "\n", "", [("get_weather", '{"city": "Paris"}')]),
     ('```\n{"name": "f", "parameters": {"x": 1}}\n```', "", [("f", '{"x": 1}')]),
-    ('Let me check.\n' + BARE + "\n" + BARE.replace("Paris", "Rome"), "Let me check.",
-     [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')]),
-    ('[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"k": "v"}}]', "",
-     [("a", "{}"), ("b", '{"k": "v"}')]),
+    (
+        "Let me check.\n" + BARE + "\n" + BARE.replace("Paris", "Rome"),
+        "Let me check.",
+        [("get_weather", '{"city": "Paris"}'), ("get_weather", '{"city": "Rome"}')],
+    ),
+    (
+        '[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"k": "v"}}]',
+        "",
+        [("a", "{}"), ("b", '{"k": "v"}')],
+    ),
     (BARE + "\nDone.", "\nDone.", [("get_weather", '{"city": "Paris"}')]),
 ]
 TEXTS = [
@@ -81,21 +87,26 @@ def test_a_block_cut_inside_a_call_is_neither_call_nor_text() -> None:
 def test_loose_calls_carry_their_text_and_tagged_calls_do_not() -> None:
     [loose] = HERMES.parse(FENCED).calls
     assert loose.raw == FENCED
-    [tagged] = HERMES.parse('<tool_call>\n' + BARE + '\n</tool_call>').calls
+    [tagged] = HERMES.parse("<tool_call>\n" + BARE + "\n</tool_call>").calls
     assert tagged.raw is None
 
 
 # ---- the chat layer: a declared name in a mode that allows calls makes it a call ----
 
-WEATHER = Tool("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}},
-                                   "required": ["city"]})
+WEATHER = Tool("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
 
 
 def _answer(output: str, mode: ChoiceMode = ChoiceMode.AUTO, parallel: bool = True) -> tuple[str, list[str], str]:
-    served = Served("fake", FakeEngine([([output], "stop")]), INFO, HERMES, INFO.chat_template or "",
-                    Admission(1, 4, 5.0))
-    request = ChatRequest(messages=(Message("user", "weather?"),), tools=(WEATHER,), choice=ToolChoice(mode),
-                          parallel=parallel, sampling=Sampling(max_tokens=64))
+    served = Served(
+        "fake", FakeEngine([([output], "stop")]), INFO, HERMES, INFO.chat_template or "", Admission(1, 4, 5.0)
+    )
+    request = ChatRequest(
+        messages=(Message("user", "weather?"),),
+        tools=(WEATHER,),
+        choice=ToolChoice(mode),
+        parallel=parallel,
+        sampling=Sampling(max_tokens=64),
+    )
 
     async def collect() -> list[object]:
         return [e async for e in run_chat(served, request, Metrics(), Cancel())]

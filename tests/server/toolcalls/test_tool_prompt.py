@@ -16,10 +16,15 @@ SMOL = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-WITH_TOOLS = ("{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}"
-              "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
-WEATHER = Tool("get_weather", "Current weather in a city",
-               {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+WITH_TOOLS = (
+    "{% if tools %}TOOLS {{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+)
+WEATHER = Tool(
+    "get_weather",
+    "Current weather in a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 ASK = Message("user", "Weather in Paris?")
 
 

@@ -31,8 +31,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if built:
         return Path(built)
     home = tmp_path_factory.mktemp("demo")
-    out = subprocess.run([sys.executable, "-m", "training", "build-demo"], cwd=home, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=40 * 60)
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "build-demo"],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=40 * 60,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return home
 
@@ -113,16 +119,25 @@ def test_gateway_with_no_model_serves_the_demo_and_its_adapter(demo: Path) -> No
         tools = [json.loads(line) for line in _support_tools(demo)]
         order = {"type": "function", "function": {"name": "track_order"}}
         r = client.chat.completions.create(
-            model="support-demo", tools=tools, tool_choice=order, temperature=0,
-            messages=[{"role": "user", "content": "where is my package? the order number is 5550123"}])
+            model="support-demo",
+            tools=tools,
+            tool_choice=order,
+            temperature=0,
+            messages=[{"role": "user", "content": "where is my package? the order number is 5550123"}],
+        )
         # Through the gateway the trained adapter's call is always usable: the grammar holds
         # it to the declared schema (digits, 6 to 8 of them) whatever the model would write.
         [call] = r.choices[0].message.tool_calls
         assert call.function.name == "track_order"
         order_id = json.loads(call.function.arguments)["order_id"]
         assert order_id.isdigit() and 6 <= len(order_id) <= 8
-        base = client.chat.completions.create(model="demo", tools=tools, tool_choice=order, temperature=0,
-                                              messages=[{"role": "user", "content": "track 5550123"}])
+        base = client.chat.completions.create(
+            model="demo",
+            tools=tools,
+            tool_choice=order,
+            temperature=0,
+            messages=[{"role": "user", "content": "track 5550123"}],
+        )
         assert base.choices[0].message.tool_calls[0].function.name == "track_order"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -12,8 +12,13 @@ def test_the_report_puts_models_side_by_side_with_their_arguments() -> None:
     report = {
         "scores": {
             "base": {**four, "argument_match": None, "by_argument": {}},
-            "sft": {**four, "by_argument": {"track_order.order_id": {"n": 40, "accuracy": 0.875},
-                                            "escalate.reason": {"n": 8, "accuracy": 0.25}}},
+            "sft": {
+                **four,
+                "by_argument": {
+                    "track_order.order_id": {"n": 40, "accuracy": 0.875},
+                    "escalate.reason": {"n": 8, "accuracy": 0.25},
+                },
+            },
         },  # fmt: skip
         "exported": "sft",
         "seconds": {"base": 90.0, "sft": 30.0},

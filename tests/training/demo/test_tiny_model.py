@@ -130,9 +130,7 @@ def file_tokenizer(tiny_model: TinyModel) -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="module")
 def prompt_ids(auto_tokenizer: Any) -> list[int]:
-    prompt = auto_tokenizer.apply_chat_template(
-        CONVERSATION, tools=TOOLS, add_generation_prompt=True, tokenize=False
-    )
+    prompt = auto_tokenizer.apply_chat_template(CONVERSATION, tools=TOOLS, add_generation_prompt=True, tokenize=False)
     ids: list[int] = auto_tokenizer.encode(prompt, add_special_tokens=False)
     return ids
 
@@ -173,9 +171,7 @@ def test_llama_cpp_matches_on_nfc_text(auto_tokenizer: Any, llama: llama_cpp.Lla
     assert hf_ids == _llama_ids(llama, nfc)
 
 
-def test_every_digit_is_its_own_token(
-    file_tokenizer: PreTrainedTokenizerFast, llama: llama_cpp.Llama
-) -> None:
+def test_every_digit_is_its_own_token(file_tokenizer: PreTrainedTokenizerFast, llama: llama_cpp.Llama) -> None:
     # Byte-level BPE spells ASCII digits as themselves, so any merged digit would show here.
     with_digits = [t for t in file_tokenizer.get_vocab() if any(c in "0123456789" for c in t)]
     assert sorted(with_digits) == list("0123456789")
@@ -183,9 +179,7 @@ def test_every_digit_is_its_own_token(
     assert [llama.detokenize([i]) for i in ids[-10:]] == [d.encode() for d in "1234567890"]
 
 
-def test_special_tokens_are_single_control_tokens(
-    tiny_model: TinyModel, llama: llama_cpp.Llama
-) -> None:
+def test_special_tokens_are_single_control_tokens(tiny_model: TinyModel, llama: llama_cpp.Llama) -> None:
     vocab = read_vocab(tiny_model.hf_dir, n_vocab=llama.n_vocab())
     for token in SPECIAL_TOKENS:
         (token_id,) = _llama_ids(llama, token)
@@ -250,9 +244,7 @@ def test_gguf_carries_template_and_eos(tiny_model: TinyModel, llama: llama_cpp.L
     assert llama.metadata["tokenizer.ggml.add_bos_token"] == "false"
 
 
-def test_exporter_refuses_a_pre_tokenizer_llama_cpp_would_not_match(
-    tiny_model: TinyModel, tmp_path: Path
-) -> None:
+def test_exporter_refuses_a_pre_tokenizer_llama_cpp_would_not_match(tiny_model: TinyModel, tmp_path: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model.hf_dir / name, tmp_path / name)
     tok = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))

@@ -25,11 +25,30 @@ from training.evaluation.items import EvalItem, bfcl_categories, bfcl_items, rec
 from training.evaluation.verifier import aggregate
 
 # Short calls only (an enum, an integer, no arguments), so a random model's calls fit max_tokens.
-CITY = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}}, "required": ["city"],
-    "additionalProperties": False}}}
-LIGHT = {"type": "function", "function": {"name": "set_light", "parameters": {
-    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"], "additionalProperties": False}}}
+CITY = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Oslo"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+LIGHT = {
+    "type": "function",
+    "function": {
+        "name": "set_light",
+        "parameters": {
+            "type": "object",
+            "properties": {"on": {"type": "boolean"}},
+            "required": ["on"],
+            "additionalProperties": False,
+        },
+    },
+}
 TOOLS = [CITY, LIGHT, PING]
 ONE_CALL = {"parallel_tool_calls": False}
 QUESTIONS = ["Weather in Paris?", "Lights on please.", "Ping the server.", "Is it cold in Oslo?",
@@ -196,8 +215,11 @@ def test_eval_cli_in_process_counts_bad_lines(tiny_model: TinyModel, tmp_path: P
 
 
 def _raw(i: int) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": QUESTIONS[i]}, {"role": "assistant", "content": "ok"}],
-            "tools": TOOLS, "meta": {"id": f"x{i}", "kind": "no_tool_chitchat", "source": "test"}}
+    return {
+        "messages": [{"role": "user", "content": QUESTIONS[i]}, {"role": "assistant", "content": "ok"}],
+        "tools": TOOLS,
+        "meta": {"id": f"x{i}", "kind": "no_tool_chitchat", "source": "test"},
+    }
 
 
 def test_eval_cli_refuses_mixed_flags(tmp_path: Path) -> None:

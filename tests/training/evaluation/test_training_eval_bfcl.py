@@ -158,7 +158,9 @@ def test_agrees_with_bfcl_on_answer_variants(category: str, bfcl_checker: Checke
     for entry, tools, possible in cases(category):
         for calls in _variants(possible, tools):
             assert match_calls(tools, calls, possible).ok == bfcl_checker(entry, calls, possible, category), (
-                entry["id"], calls)
+                entry["id"],
+                calls,
+            )
             compared += 1
     assert compared > len(cases(category))
 

@@ -163,8 +163,10 @@ def test_records_give_their_last_message_as_expected() -> None:
     assert VERIFIER.score_record(record, said(("get_weather", {"city": "Paris", "days": 2}))).reward == 1.0
     negative = _record({"role": "assistant", "content": "Hello!"})
     assert not expected_of(negative).expects_call
-    bfcl_like = _record({"role": "assistant", "content": None, "tool_calls": [call]},
-                        possible_answers=[{"get_weather": {"city": ["Paris"], "days": ["", 2, 3]}}])
+    bfcl_like = _record(
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        possible_answers=[{"get_weather": {"city": ["Paris"], "days": ["", 2, 3]}}],
+    )
     assert VERIFIER.score_record(bfcl_like, said(("get_weather", {"city": "Paris", "days": 3}))).args_ok
 
 

@@ -26,18 +26,25 @@ from training.export.adapter import STAGING, ExportError, ExportOptions, check_v
 
 pytestmark = PEFT_WARNINGS
 
-EXPECTED_FILES = {"manifest.json", "adapter_config.json", "adapter_model.safetensors", "adapter.gguf",
-                  "chat_template.jinja"}
+EXPECTED_FILES = {
+    "manifest.json",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter.gguf",
+    "chat_template.jinja",
+}
 
 
 @pytest.fixture(scope="module")
 def peft_dirs(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("peft")
     return {
-        "one": make_peft_adapter(tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR),
-                                 root / "one", 1),
-        "two": make_peft_adapter(tiny_model, LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
-                                 root / "two", 2),
+        "one": make_peft_adapter(
+            tiny_model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), root / "one", 1
+        ),
+        "two": make_peft_adapter(
+            tiny_model, LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "v_proj"]), root / "two", 2
+        ),
     }
 
 
@@ -108,8 +115,15 @@ def test_bad_requests_are_refused(
 
 @pytest.mark.parametrize(
     ("config", "needed"),
-    [({"r": 8}, 8), ({"r": 4}, 8), ({"r": 1}, 1), ({"r": 17}, 32), ({"r": 8, "rank_pattern": {"q_proj": 64}}, 64),
-     ({"r": 300}, 320), ({"r": 512}, 512)],
+    [
+        ({"r": 8}, 8),
+        ({"r": 4}, 8),
+        ({"r": 1}, 1),
+        ({"r": 17}, 32),
+        ({"r": 8, "rank_pattern": {"q_proj": 64}}, 64),
+        ({"r": 300}, 320),
+        ({"r": 512}, 512),
+    ],
 )
 def test_vllm_max_lora_rank(config: dict[str, object], needed: int) -> None:
     assert check_vllm_rank(config) == needed
@@ -120,11 +134,26 @@ def test_rank_beyond_vllm_is_refused() -> None:
         check_vllm_rank({"r": 1024})
 
 
-def test_cli(tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path: Path,
-             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli(
+    tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "adapters"
-    args = ["export", "--adapter", str(peft_dirs["two"]), "--base", str(tiny_model.hf_dir), "--name", "cli",
-            "--out", str(out), "--base-id", "tiny-random", "--tool-choice", "required", "--f16"]
+    args = [
+        "export",
+        "--adapter",
+        str(peft_dirs["two"]),
+        "--base",
+        str(tiny_model.hf_dir),
+        "--name",
+        "cli",
+        "--out",
+        str(out),
+        "--base-id",
+        "tiny-random",
+        "--tool-choice",
+        "required",
+        "--f16",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["vllm_max_lora_rank"] == 16 and set(summary["files"]) == EXPECTED_FILES
@@ -138,8 +167,9 @@ def test_cli(tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Live]:
+def served(
+    tiny_model: TinyModel, peft_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("served") / "adapters"
     export_adapter(peft_dirs["one"], tiny_model.hf_dir, "support", root)
     flags: dict[str, Any] = {"model.served_name": "tiny", "adapters.dir": root}
@@ -152,8 +182,12 @@ def test_gateway_serves_the_exported_adapter(served: Live) -> None:
         answers: dict[str, set[str | None]] = {}
         for model in ("tiny", "support", "tiny", "support"):
             reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "Where is order 12345?"}],
-                temperature=0, max_tokens=16, seed=0)
+                model=model,
+                messages=[{"role": "user", "content": "Where is order 12345?"}],
+                temperature=0,
+                max_tokens=16,
+                seed=0,
+            )
             answers.setdefault(model, set()).add(reply.choices[0].message.content)
     # Deterministic per model across interleaving, and the adapter changes the answer.
     assert len(answers["tiny"]) == 1 and len(answers["support"]) == 1

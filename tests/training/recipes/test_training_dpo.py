@@ -25,21 +25,41 @@ def assistant(*calls: dict[str, Any], content: str | None = None) -> dict[str, A
 
 
 def pair(prompt: list[dict[str, Any]], chosen: dict[str, Any], rejected: dict[str, Any], kind: str) -> dict[str, Any]:
-    return {"messages": prompt, "tools": TOOLS, "chosen": chosen, "rejected": rejected,
-            "meta": {"kind": kind, "source": "test"}}
+    return {
+        "messages": prompt,
+        "tools": TOOLS,
+        "chosen": chosen,
+        "rejected": rejected,
+        "meta": {"kind": kind, "source": "test"},
+    }
 
 
 PAIRS = [
-    pair(SINGLE["messages"][:-1], SINGLE["messages"][-1],
-         assistant(call("get_weather", {"city": "Paris", "unit": "f"})), "wrong_value"),
-    pair(SINGLE["messages"][:-1], SINGLE["messages"][-1], assistant(call("get_weather", {"unit": "c"})),
-         "missing_arg"),
-    pair(MULTI_TURN["messages"][:2], MULTI_TURN["messages"][2], assistant(call("order_status", {"order_id": "42"})),
-         "wrong_type"),
-    pair(MULTI_TURN["messages"][:2], MULTI_TURN["messages"][2],
-         assistant(call("get_weather", {"city": "42"})), "wrong_function"),
-    pair(NO_TOOL["messages"][:-1], NO_TOOL["messages"][-1], assistant(call("get_weather", {"city": "Hi"})),
-         "call_on_irrelevant"),
+    pair(
+        SINGLE["messages"][:-1],
+        SINGLE["messages"][-1],
+        assistant(call("get_weather", {"city": "Paris", "unit": "f"})),
+        "wrong_value",
+    ),
+    pair(SINGLE["messages"][:-1], SINGLE["messages"][-1], assistant(call("get_weather", {"unit": "c"})), "missing_arg"),
+    pair(
+        MULTI_TURN["messages"][:2],
+        MULTI_TURN["messages"][2],
+        assistant(call("order_status", {"order_id": "42"})),
+        "wrong_type",
+    ),
+    pair(
+        MULTI_TURN["messages"][:2],
+        MULTI_TURN["messages"][2],
+        assistant(call("get_weather", {"city": "42"})),
+        "wrong_function",
+    ),
+    pair(
+        NO_TOOL["messages"][:-1],
+        NO_TOOL["messages"][-1],
+        assistant(call("get_weather", {"city": "Hi"})),
+        "call_on_irrelevant",
+    ),
 ]
 
 
@@ -47,15 +67,33 @@ PAIRS = [
 def sft_adapter(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.recipes.sft import SFTConfig, run_sft
 
-    cfg = SFTConfig(base_model=str(tiny_model.hf_dir), lora_r=8, batch_size=2, max_steps=3, learning_rate=5e-3,
-                    warmup=0, save_steps=100, threads=1)
+    cfg = SFTConfig(
+        base_model=str(tiny_model.hf_dir),
+        lora_r=8,
+        batch_size=2,
+        max_steps=3,
+        learning_rate=5e-3,
+        warmup=0,
+        save_steps=100,
+        threads=1,
+    )
     return run_sft(cfg, tmp_path_factory.mktemp("sft"), train_records=RECORDS).output
 
 
 def config(tiny_model: Any, sft_adapter: Path, **changes: Any) -> DPOConfig:
-    base = DPOConfig(base_model=str(tiny_model.hf_dir), adapter=str(sft_adapter), batch_size=5, max_steps=6,
-                     learning_rate=2e-3, warmup=0, lr_scheduler="constant", logging_steps=1, save_steps=100,
-                     beta=0.1, threads=1)
+    base = DPOConfig(
+        base_model=str(tiny_model.hf_dir),
+        adapter=str(sft_adapter),
+        batch_size=5,
+        max_steps=6,
+        learning_rate=2e-3,
+        warmup=0,
+        lr_scheduler="constant",
+        logging_steps=1,
+        save_steps=100,
+        beta=0.1,
+        threads=1,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -130,8 +168,12 @@ def test_dpo_raises_the_margin_and_keeps_the_reference(tiny_model: Any, sft_adap
 
     out = setup.run_dir / "adapter"
     save_adapter(model, setup, config(tiny_model, sft_adapter), out)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                     "chat_template.jinja"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "chat_template.jinja",
+    ]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -146,9 +188,29 @@ def test_dpo_command_writes_a_run_folder(tiny_model: Any, sft_adapter: Path, tmp
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\nnot json\n", encoding="utf-8")
     run = tmp_path / "run"
-    code = main(["dpo", "--base-model", str(tiny_model.hf_dir), "--adapter", str(sft_adapter),
-                 "--pairs", str(pairs), "--val", str(pairs), "--out", str(run), "--max-steps", "2",
-                 "--set", "threads=1", "--set", "batch_size=5", "--set", "logging_steps=1"])
+    code = main(
+        [
+            "dpo",
+            "--base-model",
+            str(tiny_model.hf_dir),
+            "--adapter",
+            str(sft_adapter),
+            "--pairs",
+            str(pairs),
+            "--val",
+            str(pairs),
+            "--out",
+            str(run),
+            "--max-steps",
+            "2",
+            "--set",
+            "threads=1",
+            "--set",
+            "batch_size=5",
+            "--set",
+            "logging_steps=1",
+        ]
+    )
     assert code == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_data"]["kept"] == len(PAIRS) and metrics["train_data"]["skipped"]["bad_json"] == 1

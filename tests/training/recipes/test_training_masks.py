@@ -40,8 +40,9 @@ def segments(rec: dict[str, Any], tokenizer: Any, template: str | None = None) -
 
 
 def test_single_call_mask_is_exactly_the_call_and_end_of_turn(tokenizer: Any) -> None:
-    expected = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n'
-                "</tool_call><|im_end|>")
+    expected = (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call><|im_end|>'
+    )
     assert segments(SINGLE, tokenizer) == [expected]
 
 
@@ -58,8 +59,10 @@ def test_masked_text_parses_back_to_the_records_calls(tokenizer: Any) -> None:
 def test_multi_turn_masks_every_assistant_turn_and_nothing_else(tokenizer: Any) -> None:
     example = render_record(MULTI_TURN, tokenizer.chat_template, tokenizer)
     got = masked_segments(example.input_ids, example.assistant_masks, tokenizer)
-    assert got == ['<tool_call>\n{"name": "order_status", "arguments": {"order_id": 42}}\n</tool_call><|im_end|>',
-                   "Order 42 has shipped.<|im_end|>"]
+    assert got == [
+        '<tool_call>\n{"name": "order_status", "arguments": {"order_id": 42}}\n</tool_call><|im_end|>',
+        "Order 42 has shipped.<|im_end|>",
+    ]
     unmasked = tokenizer.decode([t for t, b in zip(example.input_ids, example.assistant_masks, strict=True) if not b])
     for prompt_text in ("You are brief.", "Where is order 42?", '{"status": "shipped"}', "# Tools"):
         assert prompt_text in unmasked
@@ -115,16 +118,30 @@ BAD = [
     ({"tools": TOOLS}, "no_messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "bad_message"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "no_trained_turn"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "train": False}]},
-     "no_trained_turn"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": {}}]}]},
-     "bad_tool_call"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "train": False}]},
+        "no_trained_turn",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": {}}]}]},
+        "bad_tool_call",
+    ),
     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "bad_message"),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"x": 1}]},
-     "bad_tool"),
+    (
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "tools": [{"x": 1}]},
+        "bad_tool",
+    ),
     # A tool turn without content: the template cannot concatenate it.
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": None},
-                   {"role": "assistant", "content": "a"}]}, "template_refused"),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "tool", "content": None},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        "template_refused",
+    ),
 ]
 
 
@@ -150,8 +167,14 @@ def test_prompt_that_the_template_renders_differently_is_refused(tokenizer: Any)
         "{% if m.role == 'assistant' and not loop.last %}...{% else %}{{ m.content }}{% endif %}"
         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    rec = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    rec = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ]
+    }
     with pytest.raises(RecordError) as err:
         render_record(rec, template, tokenizer)
     assert err.value.reason == "prefix_mismatch"

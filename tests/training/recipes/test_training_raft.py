@@ -29,8 +29,18 @@ from training.recipes.raft import (
 
 HERMES = get_format("hermes")
 VERIFIER = ToolCallingVerifier(HERMES)
-LIGHT = {"type": "function", "function": {"name": "set_light", "parameters": {
-    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"], "additionalProperties": False}}}
+LIGHT = {
+    "type": "function",
+    "function": {
+        "name": "set_light",
+        "parameters": {
+            "type": "object",
+            "properties": {"on": {"type": "boolean"}},
+            "required": ["on"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def raw(i: int, *, call: bool) -> dict[str, Any]:

@@ -26,8 +26,18 @@ pytestmark = [
 def config(tiny_model: Any, **changes: Any) -> SFTConfig:
     # One thread: on a shared 2-core machine torch's 2 OpenMP threads spin against other
     # processes and a step gets ~30x slower.
-    base = SFTConfig(base_model=str(tiny_model.hf_dir), lora_r=8, batch_size=2, max_steps=3, logging_steps=1,
-                     save_steps=100, learning_rate=5e-3, warmup=0, lr_scheduler="constant", threads=1)
+    base = SFTConfig(
+        base_model=str(tiny_model.hf_dir),
+        lora_r=8,
+        batch_size=2,
+        max_steps=3,
+        logging_steps=1,
+        save_steps=100,
+        learning_rate=5e-3,
+        warmup=0,
+        lr_scheduler="constant",
+        threads=1,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -68,7 +78,8 @@ def test_labels_follow_the_masks_and_loss_is_over_masked_tokens_only(tiny_model:
     assert loss.item() == pytest.approx(total / count, rel=1e-4)
     # A loss over every token (the bug this guards against) is clearly different.
     everything = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="mean")
+        logits[:, :-1].reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="mean"
+    )
     assert abs(everything.item() - loss.item()) > 1e-3
 
 
@@ -85,10 +96,14 @@ def test_padding_with_the_eos_token_keeps_the_end_of_turn_in_the_loss(tiny_model
     batch = collate(rows)
     for row, data in enumerate(rows):
         real = len(data["input_ids"])
-        trained_ends = [k for k in range(real)
-                        if batch["input_ids"][row, k] == im_end and batch["labels"][row, k] != -100]
-        expected = [k for k, (t, lab) in enumerate(zip(data["input_ids"], data["labels"], strict=True))
-                    if t == im_end and lab != -100]
+        trained_ends = [
+            k for k in range(real) if batch["input_ids"][row, k] == im_end and batch["labels"][row, k] != -100
+        ]
+        expected = [
+            k
+            for k, (t, lab) in enumerate(zip(data["input_ids"], data["labels"], strict=True))
+            if t == im_end and lab != -100
+        ]
         assert trained_ends == expected and expected  # every assistant <|im_end|> is still trained
         assert (batch["labels"][row, real:] == -100).all()
 
@@ -218,14 +233,19 @@ def test_full_fine_tune_writes_a_loadable_model(tiny_model: Any, tmp_path: Path)
 
     from training.recipes.sft import run_sft
 
-    result = run_sft(config(tiny_model, full=True, max_steps=2, learning_rate=1e-3), tmp_path / "run",
-                     train_records=[SINGLE, ERROR_RECOVERY])
+    result = run_sft(
+        config(tiny_model, full=True, max_steps=2, learning_rate=1e-3),
+        tmp_path / "run",
+        train_records=[SINGLE, ERROR_RECOVERY],
+    )
     assert result.kind == "model" and result.output == tmp_path / "run" / "model"
     trained = AutoModelForCausalLM.from_pretrained(result.output)
     base = AutoModelForCausalLM.from_pretrained(tiny_model.hf_dir)
     assert not torch.equal(trained.lm_head.weight, base.lm_head.weight)
-    assert AutoTokenizer.from_pretrained(result.output).chat_template == AutoTokenizer.from_pretrained(
-        tiny_model.hf_dir).chat_template
+    assert (
+        AutoTokenizer.from_pretrained(result.output).chat_template
+        == AutoTokenizer.from_pretrained(tiny_model.hf_dir).chat_template
+    )
 
 
 def test_replay_mixing_repeats_and_samples_by_weight() -> None:
@@ -248,8 +268,25 @@ def test_sft_command_from_a_recipe_with_overrides(tiny_model: Any, tmp_path: Pat
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n", encoding="utf-8")
     run = tmp_path / "run"
-    code = main(["sft", "--base-model", str(tiny_model.hf_dir), "--train", str(train), "--out", str(run),
-                 "--max-steps", "2", "--set", "lora_r=8", "--set", "threads=1", "--set", "batch_size=2"])
+    code = main(
+        [
+            "sft",
+            "--base-model",
+            str(tiny_model.hf_dir),
+            "--train",
+            str(train),
+            "--out",
+            str(run),
+            "--max-steps",
+            "2",
+            "--set",
+            "lora_r=8",
+            "--set",
+            "threads=1",
+            "--set",
+            "batch_size=2",
+        ]
+    )
     assert code == 0
     import yaml
 
@@ -259,15 +296,19 @@ def test_sft_command_from_a_recipe_with_overrides(tiny_model: Any, tmp_path: Pat
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 8
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--set", "lora_rank=8"], "unknown recipe keys ['lora_rank']"),
-    (["--set", "lora_r=eight"], "lora_r='eight' is not"),
-    (["--set", "lora_r"], "is not key=value"),
-    (["--set", "lora_r=12"], "one of (1, 8, 16"),
-    (["--train", "/nonexistent.jsonl"], "nonexistent.jsonl"),
-])
-def test_sft_command_bad_input_exits_2_with_the_reason(tiny_model: Any, tmp_path: Path, argv: list[str],
-                                                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "lora_rank=8"], "unknown recipe keys ['lora_rank']"),
+        (["--set", "lora_r=eight"], "lora_r='eight' is not"),
+        (["--set", "lora_r"], "is not key=value"),
+        (["--set", "lora_r=12"], "one of (1, 8, 16"),
+        (["--train", "/nonexistent.jsonl"], "nonexistent.jsonl"),
+    ],
+)
+def test_sft_command_bad_input_exits_2_with_the_reason(
+    tiny_model: Any, tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from training.__main__ import main
 
     train = tmp_path / "train.jsonl"
@@ -288,9 +329,32 @@ def test_two_processes_share_one_run(tiny_model: Any, tmp_path: Path) -> None:
     train = tmp_path / "train.jsonl"
     train.write_text("\n".join(json.dumps(r) for r in RECORDS * 4) + "\n", encoding="utf-8")
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training", "sft",
-            "--base-model", str(tiny_model.hf_dir), "--train", str(train), "--out", str(run), "--max-steps", "3",
-            "--set", "lora_r=8", "--set", "threads=1", "--set", "batch_size=2", "--set", "logging_steps=1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "training",
+        "sft",
+        "--base-model",
+        str(tiny_model.hf_dir),
+        "--train",
+        str(train),
+        "--out",
+        str(run),
+        "--max-steps",
+        "3",
+        "--set",
+        "lora_r=8",
+        "--set",
+        "threads=1",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "logging_steps=1",
+    ]
     repo = Path(__file__).resolve().parents[3]
     done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

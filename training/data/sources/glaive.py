@@ -69,8 +69,11 @@ def _assistant(text: str, call_id: str) -> Json:
         return {"role": "assistant", "content": text}
     before, _, call_text = text.partition(_CALL)
     call = _call(call_text.strip())
-    return {"role": "assistant", "content": before.strip() or None,
-            "tool_calls": [tool_call(call.get("name"), call.get("arguments", {}), call_id)]}
+    return {
+        "role": "assistant",
+        "content": before.strip() or None,
+        "tool_calls": [tool_call(call.get("name"), call.get("arguments", {}), call_id)],
+    }
 
 
 def _call(text: str) -> Json:

@@ -35,9 +35,14 @@ def _message(m: Json, before: list[Json]) -> Json:
     role = {"developer": "system", "function": "tool"}.get(str(m.get("role")), str(m.get("role")))
     out: Json = {"role": role, "content": _text(m.get("content"))}
     if role == "assistant":
-        calls = [tool_call((c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments", {}),
-                           str(c.get("id") or f"call_{_count(before) + i}"))
-                 for i, c in enumerate(m.get("tool_calls") or [])]
+        calls = [
+            tool_call(
+                (c.get("function") or {}).get("name"),
+                (c.get("function") or {}).get("arguments", {}),
+                str(c.get("id") or f"call_{_count(before) + i}"),
+            )
+            for i, c in enumerate(m.get("tool_calls") or [])
+        ]
         if m.get("function_call"):
             fc = m["function_call"]
             calls.append(tool_call(fc.get("name"), fc.get("arguments", {}), f"call_{_count(before)}"))

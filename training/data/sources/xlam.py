@@ -13,8 +13,16 @@ from typing import Any
 from training.data.sources.common import ConversionError, Json, arguments_object, infer_kind, loads_loose, tool_call
 
 _SCALARS = {
-    "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
-    "number": "number", "bool": "boolean", "boolean": "boolean", "None": "null", "NoneType": "null",
+    "str": "string",
+    "string": "string",
+    "int": "integer",
+    "integer": "integer",
+    "float": "number",
+    "number": "number",
+    "bool": "boolean",
+    "boolean": "boolean",
+    "None": "null",
+    "NoneType": "null",
 }
 _ARRAYS = {"list", "tuple", "set", "sequence", "array", "iterable"}
 _OBJECTS = {"dict", "mapping", "object"}
@@ -24,8 +32,9 @@ def convert_row(row: Json, where: str) -> Json:
     tools = [_tool(t) for t in _as_list(row.get("tools"), "tools")]
     answers = _as_list(row.get("answers"), "answers")
     calls = [tool_call(a.get("name"), a.get("arguments", {}), f"call_{i}") for i, a in enumerate(answers)]
-    answer: Json = {"role": "assistant", "content": None, "tool_calls": calls} if calls else {
-        "role": "assistant", "content": ""}
+    answer: Json = (
+        {"role": "assistant", "content": None, "tool_calls": calls} if calls else {"role": "assistant", "content": ""}
+    )
     query = row.get("query")
     if not isinstance(query, str) or not query.strip():
         raise ConversionError("no query")
@@ -48,8 +57,10 @@ def _tool(raw: Json) -> Json:
     params = raw.get("parameters") or {}
     already_schema = params.get("type") == "object" and "properties" in params
     schema = params if already_schema else _parameters(params, name)
-    return {"type": "function", "function": {"name": name, "description": raw.get("description") or "",
-                                             "parameters": schema}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": raw.get("description") or "", "parameters": schema},
+    }
 
 
 def _parameters(params: Json, tool: str) -> Json:
