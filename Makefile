@@ -69,10 +69,11 @@ $(LLAMA_SERVER_DIR)/.tried: | $(STAMP)
 	} >build.log 2>&1 || echo "make: could not build llama-server (see $(LLAMA_SERVER_DIR)/build.log); its tests will skip" >&2
 	@touch $@
 
-# The gates that cost seconds, run first by `make test` (and so by CI, .ci/run): lint and types.
+# The gates that cost seconds, run first by `make test` (and so by CI, .ci/run): lint, layout, types.
 LINTED := server training
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy --strict $(LINTED)
 
 test: $(STAMP) lint prometheus llama-server
