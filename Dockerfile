@@ -12,7 +12,7 @@ COPY server ./server
 COPY training ./training
 # Portable CPU build (AVX2/FMA on x86_64) rather than -march=native of the build host.
 ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[llamacpp]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[llamacpp,vllm]"
 
 FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
