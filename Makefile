@@ -8,7 +8,7 @@ PORT ?= 8000
 # The CPU build of torch lies on this machine's disk; an unpinned torch would pull CUDA (GBs).
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo serve serve-demo serve-tiny lint test test-fast bench clean prometheus llama-server
+.PHONY: setup demo serve serve-demo serve-tiny lint test test-fast bench clean prometheus llama-server image-base
 
 setup: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_CPU)"
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[llamacpp,training,dev]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q -e ".[llamacpp,vllm,training,dev]"
 	touch $(STAMP)
 
 models/tiny/model.gguf: $(STAMP)
@@ -76,7 +76,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy --strict $(LINTED)
 
-test: $(STAMP) lint prometheus llama-server
+# Podman and a Debian 12 base image made here (no registry needed), for the test that builds and
+# runs the shipped image: installed and made once (~3 min); if that fails, the test skips and says why.
+IMAGE_BASE_DIR := .cache/image-base
+image-base: $(IMAGE_BASE_DIR)/.tried
+
+$(IMAGE_BASE_DIR)/.tried:
+	@mkdir -p $(IMAGE_BASE_DIR)
+	@{ SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo -n"; \
+		for c in podman runc debootstrap; do command -v $$c >/dev/null 2>&1 || MISSING=1; done; \
+		{ [ -z "$$MISSING" ] || { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			$$SUDO apt-get install -y -qq podman runc debootstrap; }; } && \
+		{ podman image exists localhost/callgate-base:bookworm || $$SUDO sh deploy/build-local-base.sh; }; \
+	} >$(IMAGE_BASE_DIR)/build.log 2>&1 || echo "make: could not make the local base image (see $(IMAGE_BASE_DIR)/build.log); the image test will skip" >&2
+	@touch $@
+
+test: $(STAMP) lint prometheus llama-server image-base
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

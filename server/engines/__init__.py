@@ -34,15 +34,18 @@ def make_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
 
 def _vllm(settings: Settings, metrics: Metrics | None) -> Engine:
     from server.engines import vllm
+    from server.engines.hf_tokens import PromptTokenizer
     from server.engines.vocab import read_tokenizer_dir
 
     section = settings.engine
     upstreams = _upstreams(settings)
     vocab = read_tokenizer_dir(section.tokenizer) if section.tokenizer else None
+    # Client text spelling a special token goes to vLLM as ids from the model's own tokenizer.
+    tokenizer = PromptTokenizer(section.tokenizer / "tokenizer.json") if section.tokenizer else None
     first, info = vllm.discover(upstreams, vocab, settings.model.context_length)
     if section.verify_grammar:
         vllm.verify_enforces_grammar(first, info.model)
-    replicas = [vllm.VllmEngine(u, info, section.path_map) for u in upstreams]
+    replicas = [vllm.VllmEngine(u, info, section.path_map, tokenizer) for u in upstreams]
     return _router(settings, replicas, metrics)
 
 

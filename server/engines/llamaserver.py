@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from server.engines.base import (
     AdapterFiles,
     Cancel,
@@ -35,7 +37,9 @@ from server.engines.remote import (
     make_client,
     post_json,
     sse_events,
+    status_error,
     sync_json,
+    transport_error,
     upstream_load,
     upstream_path,
 )
@@ -168,6 +172,13 @@ class LlamaServerEngine:
         if adapter.gguf is None:
             raise EngineError(f"adapter {adapter.name!r} has no GGUF LoRA, which llama-server needs")
         wanted = upstream_path(adapter.gguf, self._path_map)
+        served = await self._served_loras()
+        if served != self._facts.loras:  # ids are positions in the first replica's list
+            raise EngineError(
+                f"this llama-server replica serves the LoRAs {[p for p, _ in served]}, the first one "
+                f"{[p for p, _ in self._facts.loras]}: start every replica with the same --lora files "
+                "in the same order"
+            )
         for path, lora_id in self._facts.loras:
             if path == wanted or Path(path).name == adapter.gguf.name:
                 self._adapters[adapter.name] = lora_id
@@ -177,6 +188,15 @@ class LlamaServerEngine:
             f"a llama-server replica was not started with this adapter's LoRA "
             f"({wanted}; it has: {loaded}); add --lora {wanted} --lora-init-without-apply"
         )
+
+    async def _served_loras(self) -> tuple[tuple[str, int], ...]:
+        try:
+            response = await self._client.get("/lora-adapters")
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.name) from None
+        if response.status_code != 200:
+            raise status_error(response.status_code, response.text, self.name)
+        return tuple((str(a["path"]), int(a["id"])) for a in response.json())
 
     async def unload_adapter(self, name: str) -> None:
         self._adapters.pop(name, None)  # the file stays in the server; requests can no longer name it

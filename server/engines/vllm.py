@@ -7,12 +7,24 @@ router's load figure. Field names follow vLLM's own source (see tests/support/vl
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from server.engines.base import AdapterFiles, Cancel, EngineInfo, Event, Finish, GenerateRequest, Piece, unmarked
+from server.engines.base import (
+    AdapterFiles,
+    Cancel,
+    EngineInfo,
+    Event,
+    Finish,
+    GenerateRequest,
+    Piece,
+    prompt_spans,
+    unmarked,
+)
+from server.engines.hf_tokens import PromptTokenizer
 from server.engines.remote import (
     Health,
     Upstream,
@@ -38,20 +50,27 @@ PROBE_GRAMMAR = 'start: "ok"'
 
 
 class VllmEngine:
-    def __init__(self, upstream: Upstream, info: EngineInfo, path_map: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        upstream: Upstream,
+        info: EngineInfo,
+        path_map: Mapping[str, str] | None = None,
+        tokenizer: PromptTokenizer | None = None,
+    ):
         self.upstream = upstream
         self.name = upstream.url
         self.model = info.model
         self.parallelism = upstream.slots
         self._info = info
         self._path_map = dict(path_map or {})
+        self._tokenizer = tokenizer
         self._client = make_client(upstream.url, upstream.timeouts, upstream.api_key, upstream.slots + 4)
 
     def info(self) -> EngineInfo:
         return self._info
 
     async def generate(self, request: GenerateRequest, cancel: Cancel) -> AsyncIterator[Event]:
-        body = completion_body(request, self.model)
+        body = {**completion_body(request, self.model), "prompt": await self._prompt(request.prompt)}
         reason, usage, chunks = None, None, 0
         # Closed on the way out, whatever the way: vLLM aborts a request whose connection closes.
         async with aclosing(sse_events(self._client, "/v1/completions", body, self.name)) as events:
@@ -78,7 +97,7 @@ class VllmEngine:
         """From the top-20 logprobs of one generated token: a candidate whose first token is
         not among them reads as 0 (it is below the 20th most likely token)."""
         check_scale(adapter, adapter_scale)
-        body = probability_body(prompt, adapter or self.model)
+        body = probability_body(await self._prompt(prompt), adapter or self.model)
         answer = await post_json(self._client, "/v1/completions", body, self.name)
         try:
             top: dict[str, float] = answer["choices"][0]["logprobs"]["top_logprobs"][0]
@@ -129,6 +148,18 @@ class VllmEngine:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def _prompt(self, prompt: str) -> str | list[int]:
+        """The prompt as text, or where client text spells a special token (vLLM would parse it:
+        its tokenizer always does), as token ids in which that text is ordinary tokens."""
+        if all(special for _, special in prompt_spans(prompt)):
+            return unmarked(prompt)
+        if self._tokenizer is None:
+            raise EngineError(
+                "client text spells a special token and this vLLM engine has no tokenizer to "
+                "send it as plain tokens; set engine.tokenizer"
+            )
+        return await asyncio.to_thread(self._tokenizer.ids, prompt)  # linear, but a prompt can be MBs
+
 
 def discover(
     upstreams: Sequence[Upstream], vocab: Vocab | None, context_length: int = 4096
@@ -156,7 +187,7 @@ def completion_body(request: GenerateRequest, model: str) -> dict[str, Any]:
     s = request.sampling
     body: dict[str, Any] = {
         "model": request.adapter or model,
-        "prompt": unmarked(request.prompt),  # TODO(#18): client text spelling special tokens is still parsed
+        "prompt": unmarked(request.prompt),  # VllmEngine sends token ids where client text spells a special token
         "max_tokens": s.max_tokens,
         "temperature": s.temperature,
         "top_p": max(s.top_p, 1e-6),  # vLLM wants 0 < top_p <= 1; a tiny one keeps only the top token
@@ -183,10 +214,10 @@ def check_scale(adapter: str | None, scale: float) -> None:
         )
 
 
-def probability_body(prompt: str, model: str) -> dict[str, Any]:
+def probability_body(prompt: str | list[int], model: str) -> dict[str, Any]:
     return {
         "model": model,
-        "prompt": unmarked(prompt),
+        "prompt": unmarked(prompt) if isinstance(prompt, str) else prompt,
         "max_tokens": 1,
         "temperature": 0.0,
         "logprobs": _TOP_LOGPROBS,

@@ -18,7 +18,7 @@ instead of being silently ignored by vLLM (whose models allow extra fields).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,7 +57,7 @@ class StructuredOutputsParams(_Strict):
 
 class CompletionRequest(_Strict):
     model: str | None = None
-    prompt: str | list[str] | list[int] | None = None
+    prompt: str | list[str] | list[Annotated[int, Field(ge=0)]] | None = None
     max_tokens: int | None = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)

@@ -185,6 +185,12 @@ async def test_probabilities_and_lora_match_the_embedded_engine(
     missing = AdapterFiles("c", loras[0].peft_dir, loras[0].peft_dir / "other.gguf")
     with pytest.raises(EngineError, match="--lora"):
         await remote.load_adapter(missing)
+    # A replica started with another --lora list would apply the wrong LoRA by id: refused.
+    reordered = llamaserver.ServerFacts(remote._facts.add_bos, remote._facts.loras[::-1], remote._facts.specials)
+    other = llamaserver.LlamaServerEngine(remote.upstream, remote.info(), reordered)
+    with pytest.raises(EngineError, match="same --lora files in the same order"):
+        await other.load_adapter(loras[0])
+    await other.close()
     await remote.close()
     await local.close()
 

@@ -6,17 +6,22 @@ later traffic goes to the live replicas; the metrics show the dead one."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.live import live_gateway
+from tests.support.adapter_folders import make_adapter
+from tests.support.live import live_gateway, serve
 from tests.support.upstreams import Server, llama_server, need_llama_server
 from training.demo.tiny import TinyModel
 
@@ -120,3 +125,147 @@ def _wait_until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+# -- adapter loads in the failover path (issue #18, item 8) ----------------------------------
+# llama-server replicas cannot differ here (their LoRAs are fixed at start and must be the same
+# list on every replica), so a load that fails on one replica only is a vLLM matter: two
+# loopback stand-ins speaking vLLM's protocol, whose LoRA loads, health, load figure and
+# completions each test sets.
+
+
+@dataclass
+class StandIn:
+    load_ok: bool = True
+    healthy: bool = True
+    load_figure: float = 0.0  # vllm:num_requests_running, which the router reads as this replica's load
+    fail_completions: int = 0  # the next n completions answer 500
+    adapters: set[str] | None = None
+    loads: int = 0
+    served: list[str | None] | None = None
+
+    def app(self) -> FastAPI:
+        app, self.adapters, self.served = FastAPI(), set(), []
+
+        @app.get("/v1/models")
+        async def models() -> Any:
+            return {"object": "list", "data": [{"id": "tiny", "object": "model", "max_model_len": 512}]}
+
+        @app.get("/health")
+        async def health() -> Any:
+            return JSONResponse({}, 200 if self.healthy else 503)
+
+        @app.get("/metrics")
+        async def metrics() -> Any:
+            return PlainTextResponse(f'vllm:num_requests_running{{model_name="tiny"}} {self.load_figure}\n')
+
+        @app.post("/v1/load_lora_adapter")
+        async def load(body: dict[str, Any]) -> Any:
+            self.loads += 1
+            if not self.load_ok:
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "Loading lora support failed: No adapter found",
+                            "type": "BadRequestError",
+                            "code": 400,
+                        }
+                    },
+                    400,
+                )
+            assert self.adapters is not None
+            self.adapters.add(body["lora_name"])
+            return PlainTextResponse(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+        @app.post("/v1/completions")
+        async def completions(body: dict[str, Any]) -> Any:
+            assert self.adapters is not None and self.served is not None
+            if self.fail_completions:
+                self.fail_completions -= 1
+                return JSONResponse({"error": {"message": "engine dead", "type": "InternalServerError"}}, 500)
+            if body["model"] != "tiny" and body["model"] not in self.adapters:
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": f"The model `{body['model']}` does not exist.",
+                            "type": "NotFoundError",
+                            "code": 404,
+                        }
+                    },
+                    404,
+                )
+            self.served.append(body["model"])
+            chunk = {
+                "choices": [{"text": "ok", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            }
+            return StreamingResponse(
+                iter([f"data: {json.dumps(chunk)}\n\n", "data: [DONE]\n\n"]), media_type="text/event-stream"
+            )
+
+        return app
+
+
+def _chat(base_url: str, model: str) -> httpx.Response:
+    return httpx.post(
+        base_url + "/v1/chat/completions",
+        timeout=60,
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+    )
+
+
+def test_adapter_loads_fail_over_and_a_half_open_replica_is_not_left_probing(  # type: ignore[no-untyped-def]
+    tiny_model: TinyModel, tmp_path
+) -> None:
+    adapters = tmp_path / "adapters"
+    make_adapter(adapters, "support")
+    a, b = StandIn(load_ok=False), StandIn(load_figure=5.0)
+    with ExitStack() as stack:
+        urls = []
+        for stand_in in (a, b):
+            url, server, thread = serve(stand_in.app())
+            stack.callback(thread.join, 10)
+            stack.callback(setattr, server, "should_exit", True)
+            urls.append(url)
+        flags = {
+            "engine.kind": "vllm",
+            "engine.urls": urls,
+            "engine.tokenizer": tiny_model.hf_dir,
+            "engine.verify_grammar": False,
+            "model.served_name": "tiny",
+            "model.context_length": 512,
+            "adapters.dir": adapters,
+            "engine.health_interval_s": 0.2,
+            "engine.breaker_failures": 1,
+            "engine.breaker_open_s": 0.5,
+            "engine.retries": 2,
+            "limits.max_tokens": 64,
+            "limits.default_max_tokens": 16,
+        }
+        gen = live_gateway(None, **flags)  # type: ignore[arg-type]
+        live = next(gen)
+        stack.callback(gen.close)
+        _wait_until(lambda: metric(live.base_url, "callgate_replica_healthy", urls[1]) == 1)
+
+        # a cannot load the adapter, b can: b serves it.
+        assert _chat(live.base_url, "support").status_code == 200 and b.served == ["support"]
+        # b restarts and forgets it (404): loaded again on demand, a tried first (b reports more
+        # load); a's failed load moves the request on to b instead of failing it.
+        b.adapters.clear()  # type: ignore[union-attr]
+        loads_a = a.loads
+        r = _chat(live.base_url, "support")
+        assert r.status_code == 200, r.text
+        assert a.loads == loads_a + 1 and b.served == ["support", "support"]
+
+        # a fails one request: its breaker opens (b answers that one), then half-opens; b goes down.
+        a.fail_completions = 1
+        while metric(live.base_url, "callgate_upstream_errors_total", urls[0], "status") < 1:
+            assert _chat(live.base_url, "tiny").status_code == 200
+        b.healthy = False
+        _wait_until(lambda: metric(live.base_url, "callgate_replica_healthy", urls[1]) == 0)
+        time.sleep(0.6)  # a is half-open: the next request to it is the probe
+        # The probe is an adapter request whose load fails on a: an error, at once.
+        failed = _chat(live.base_url, "support")
+        assert failed.status_code >= 500 and "support" in failed.text, failed.text
+        # a was not left `probing`: the next request probes it again and is answered there.
+        assert _chat(live.base_url, "tiny").status_code == 200 and a.served and a.served[-1] == "tiny"
