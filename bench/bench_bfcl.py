@@ -46,6 +46,25 @@ MAX_TOKENS = 256
 Answer = dict[str, Any]  # {"id", "calls": [[name, arguments text]], "content", "finish"}
 
 
+READING = """\
+The first N entries of each category (the table's "entries": those every arm has answered; the
+bench resumes towards `--per-category`), greedy, 256 tokens, one llama.cpp thread per server, the
+same GGUF file and, for `raw` and callgate, the same prompt (the gateway's, tools included).
+callgate runs with the catalogue's calibrated no-tool threshold (Qwen 0.5B: 0.7; SmolLM2: 0.2,
+read after `{"`), calibrated on entries 40-59 (bench/calibrate_threshold.py), not on these.
+
+- AST accuracy: BFCL's AST matching (training/evaluation/bfcl_ast.py) of the returned `tool_calls`
+  against the category's possible answers; on irrelevance, the share answered without a call.
+- valid-call rate: entries answered with calls that all name a declared tool with schema-valid
+  arguments, over the entries that need a call.
+- calls lost as text: answers with no `tool_calls` whose text holds a call-shaped block naming a
+  declared tool (read by the model's format, loose blocks included).
+- false calls (model wrote one): irrelevance entries answered with `tool_calls`; in parentheses,
+  the entries where the model wrote a call to a declared tool at all, returned or left in the text.
+  An arm that never returns calls has no false calls without the model having known better.
+"""
+
+
 def entries(category: str, n: int) -> list[tuple[str, list[Tool], list[Message]]]:
     out = []
     for entry in bfcl.load_category(category)[:n]:
@@ -251,7 +270,7 @@ def main() -> None:
                 }
                 run_arms({arm: asks[arm] for arm in args.arms}, model_dir, args.categories, args.per_category)
         sections.append(table(name, model_dir, args.categories, args.per_category, fmt_name))
-    body = "\n".join(sections)
+    body = READING + "\n" + "\n".join(sections)
     print(body)
     if args.write:
         write_section(
