@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from training.tiny import TinyModel
 
 from tests.support.upstreams import free_port
+from training.demo.tiny import TinyModel
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
