@@ -246,12 +246,6 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
         threshold = served.policy.no_tool_threshold
     if threshold is None or not request.tools or request.choice.mode is not ChoiceMode.AUTO:
         return request.choice
-    if not served.format.envelope.decision_point:
-        raise UnsupportedFeature(
-            f"no_tool_threshold needs a format whose calls and text answers start differently; "
-            f"{served.format.name!r} writes both alike",
-            param="no_tool_threshold",
-        )
     p_open, p_any = await call_probabilities(served, prompt)
     metrics.tool_open_probability.labels(served.name).observe(p_any)
     if p_any < threshold:

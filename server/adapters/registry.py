@@ -178,7 +178,6 @@ def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Ser
     policy = replace(
         base.policy,
         default_choice=ChoiceMode(adapter.manifest.tool_choice),
-        no_tool_threshold=base.policy.no_tool_threshold if fmt.envelope.decision_point else None,
     )
     return replace(
         base,

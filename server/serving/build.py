@@ -58,11 +58,6 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
     )
     template, template_source = _template(settings, info.chat_template, known)
     tool_format, format_source = resolve_format(settings.model.tool_format, template)
-    if settings.model.no_tool_threshold is not None and not tool_format.envelope.decision_point:
-        raise ConfigError(
-            f"model.no_tool_threshold cannot apply to format {tool_format.name!r}: its "
-            "text answers start like its calls, so there is no decision point"
-        )
     registry = ModelRegistry()
     base = Served(
         name=name,

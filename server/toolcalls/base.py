@@ -100,12 +100,6 @@ class Envelope:
         return os.path.commonprefix([self.open, self.reply[0]])
 
     @property
-    def decision_point(self) -> bool:
-        """Whether a call and a text answer part at some token (the no-tool threshold reads there)."""
-        prefix = self.decision_prefix
-        return self.open != prefix or self.reply[0] != prefix
-
-    @property
     def banned(self) -> tuple[str, ...]:
         """The texts free text must avoid (see above)."""
         return self.bans or (self.open,)
