@@ -254,12 +254,19 @@ def main() -> None:
         "CALLGATE_ENGINE__READ_TIMEOUT_S": "600",
     }
     extra = ("--jinja", "--threads-http", str(4 * args.slots))
+    unified_env = {**embedded_env, "CALLGATE_MODEL__KV_UNIFIED": "true"}
     with (
         gateway(args.model, embedded_env, logs / "embedded.log") as embedded,
+        gateway(args.model, unified_env, logs / "unified.log") as unified,
         llama_server(args.model, logs, slots=args.slots, ctx=args.context * args.slots, extra=extra) as ls,
         gateway(args.model, {**front_env, "CALLGATE_ENGINE__URLS": f'["{ls.url}"]'}, logs / "front.log") as front,
     ):
-        urls = {"callgate embedded": embedded, "llama-server": ls.url, "callgate -> llama-server": front}
+        urls = {
+            "callgate embedded": embedded,
+            "callgate embedded, kv_unified": unified,
+            "llama-server": ls.url,
+            "callgate -> llama-server": front,
+        }
         cells = measure(urls, args)
         top = max(args.concurrency)
         ttfts = {arm: asyncio.run(first_tokens(url, top, args.tokens)) for arm, url in urls.items()}
@@ -277,16 +284,19 @@ def report(
     table += [c.row() for c in cells]
     by = {(c.arm, c.mode, c.concurrency): c for c in cells}
     ratios = [
-        "| mode | concurrency | embedded / llama-server tokens/s | embedded / llama-server p50 |",
-        "|---|---|---|---|",
+        "| mode | concurrency | embedded / llama-server tokens/s | p50 | embedded, kv_unified / llama-server "
+        "tokens/s | p50 |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in ("text", "required"):
         for c in args.concurrency:
-            e, s = by[("callgate embedded", mode, c)], by[("llama-server", mode, c)]
-            ratios.append(
-                f"| {mode} | {c} | {e.tokens / e.seconds / (s.tokens / s.seconds):.2f} "
-                f"| {pct(e.latencies, 50) / pct(s.latencies, 50):.2f} |"
-            )
+            s = by[("llama-server", mode, c)]
+            cols = []
+            for arm in ("callgate embedded", "callgate embedded, kv_unified"):
+                e = by[(arm, mode, c)]
+                speed = e.tokens / e.seconds / (s.tokens / s.seconds)
+                cols.append(f"{speed:.2f} | {pct(e.latencies, 50) / pct(s.latencies, 50):.2f}")
+            ratios.append(f"| {mode} | {c} | " + " | ".join(cols) + " |")
     grammar = ["| concurrency | grammar off tokens/s | grammar on tokens/s | on / off |", "|---|---|---|---|"]
     same, total = grammar_speeds.pop(0)
     for c, (off, on) in grammar_speeds.items():
@@ -298,7 +308,7 @@ def report(
         f"Model {args.model.name}; one llama.cpp thread per server; {args.slots} slots (`-np {args.slots}`), "
         f"{args.context} tokens of context per slot; {args.requests} requests per cell "
         f"({max(4, args.requests // 4)} at concurrency 1), max_tokens {args.tokens}, temperature 1, seeds "
-        f"0..n; one warm-up round per arm and mode fills every slot's prompt cache; all three servers up at "
+        f"0..n; one warm-up round per arm and mode fills every slot's prompt cache; all four servers up at "
         f"once, the arms interleaved cell by cell. tokens/s = completion "
         f"tokens of the cell / its wall time. A shared 2-core machine (other jobs running; 1-minute load "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after): compare arms within this run only."

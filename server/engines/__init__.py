@@ -29,7 +29,13 @@ def make_engine(settings: Settings, metrics: Metrics | None = None) -> Engine:
 
     model = settings.model
     assert model.path is not None  # resolved by server.serving.build before engines are made
-    return LlamaCppEngine(model.path, context_length=model.context_length, threads=model.threads, slots=model.slots)
+    return LlamaCppEngine(
+        model.path,
+        context_length=model.context_length,
+        threads=model.threads,
+        slots=model.slots,
+        kv_unified=model.kv_unified,
+    )
 
 
 def _vllm(settings: Settings, metrics: Metrics | None) -> Engine:

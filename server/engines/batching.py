@@ -278,33 +278,38 @@ class Scheduler:
     def _fill_batch(self) -> list[tuple[Seq, int]]:
         """Put this step's tokens in the batch; returns (sequence, batch index of its logits)."""
         self._batch.n_tokens = 0
-        sampled: list[tuple[Seq, int]] = []
         decoding = [s for s in self._running if not s.prefilling]
-        for seq in decoding:
-            assert seq.next_token is not None
-            sampled.append((seq, self._add(seq.slot, seq.next_token, logits=True)))
+        plan: dict[Seq, list[int]] = {s: [s.next_token] for s in decoding if s.next_token is not None}
         # With company, prompts advance by a bounded chunk per step: a long prompt delays the
         # others' next token (or a short prompt's first) by one chunk, never by its whole prefill.
         alone = len(self._running) == 1
         budget = min(self._n_batch if alone else self._chunk, self._n_batch - len(decoding))
         # Shortest remaining prompt first: short prompts start answering at once, and a long
         # one still advances by whatever budget they leave.
-        prefilling = sorted((s for s in self._running if s.prefilling), key=_remaining)
-        for seq in prefilling:
+        for seq in sorted((s for s in self._running if s.prefilling), key=_remaining):
             # The last prompt token goes in a step of its own, as it does when the rest of the
             # prompt is cached: the first logits then do not depend on how much was cached, so a
             # seeded answer is the same cold and replayed (the stream / non-stream pair).
-            remaining = len(seq.job.tokens) - len(seq.slot.tokens)
+            remaining = _remaining(seq)
             take = min(remaining - 1 if remaining > 1 else 1, budget)
             if take <= 0:
                 break
             start = len(seq.slot.tokens)
-            for n, token in enumerate(seq.job.tokens[start : start + take]):
-                index = self._add(seq.slot, token, logits=start + n == len(seq.job.tokens) - 1)
-            if len(seq.slot.tokens) == len(seq.job.tokens):
-                sampled.append((seq, index))
+            plan[seq] = seq.job.tokens[start : start + take]
             budget -= take
             self.prefilled += take
+        # In slot order: with one KV stream per slot, llama.cpp puts only sequences with
+        # consecutive ids in one micro-batch, so any other order splits the step into several
+        # passes over the weights (llama_batch_allocr::split_equal, `sequential`).
+        sampled: list[tuple[Seq, int]] = []
+        for seq in sorted(plan, key=lambda s: s.slot.id):
+            prefilling = seq.prefilling
+            for token in plan[seq]:
+                index = self._add(
+                    seq.slot, token, logits=not prefilling or len(seq.slot.tokens) == len(seq.job.tokens) - 1
+                )
+            if not prefilling or len(seq.slot.tokens) == len(seq.job.tokens):
+                sampled.append((seq, index))
         return sampled
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:

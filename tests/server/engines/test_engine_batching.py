@@ -40,9 +40,19 @@ def prompt(text: str) -> str:
 PROMPTS = [prompt(t) for t in ("Where is order 12345?", "Weather in Paris", "hi", "Book a table for two at 8")]
 
 
+@pytest.fixture(params=[False, True], ids=["split", "unified"])
+async def engine(tiny_model: TinyModel, request: pytest.FixtureRequest) -> AsyncIterator[LlamaCppEngine]:
+    """Both KV layouts: a stream per slot (the default) and one buffer (`model.kv_unified`)."""
+    engine = LlamaCppEngine(tiny_model.gguf, context_length=CONTEXT, threads=1, slots=SLOTS, kv_unified=request.param)
+    yield engine
+    await engine.close()
+
+
 @pytest.fixture()
-async def engine(tiny_model: TinyModel) -> AsyncIterator[LlamaCppEngine]:
-    engine = LlamaCppEngine(tiny_model.gguf, context_length=CONTEXT, threads=1, slots=SLOTS)
+async def split_engine(tiny_model: TinyModel) -> AsyncIterator[LlamaCppEngine]:
+    """One KV stream per slot (`model.kv_unified: false`): each sequence's attention reads only
+    its own cells, so what else is in the batch does not change its sums."""
+    engine = LlamaCppEngine(tiny_model.gguf, context_length=CONTEXT, threads=1, slots=SLOTS, kv_unified=False)
     yield engine
     await engine.close()
 
@@ -97,11 +107,11 @@ def test_adapter_groups_switch_after_patience_and_never_starve() -> None:
 # -- the engine -----------------------------------------------------------------------------
 
 
-async def test_a_batch_answers_as_each_request_alone(engine: LlamaCppEngine) -> None:
+async def test_a_batch_answers_as_each_request_alone(split_engine: LlamaCppEngine) -> None:
     requests = [GenerateRequest(p, seeded(seed=i)) for i, p in enumerate(PROMPTS)]
     requests += [GenerateRequest(PROMPTS[0], Sampling(max_tokens=24, temperature=0.0))]  # 5 > 4 slots
-    alone = [await run(engine, r) for r in requests]
-    together = await asyncio.gather(*(run(engine, r) for r in requests))
+    alone = [await run(split_engine, r) for r in requests]
+    together = await asyncio.gather(*(run(split_engine, r) for r in requests))
     assert together == alone
     assert len({text for text, _ in alone}) == len(alone)
 
@@ -226,7 +236,10 @@ def lora_files(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) 
     return files
 
 
-async def test_adapter_and_base_requests_interleave(engine: LlamaCppEngine, lora_files: list[AdapterFiles]) -> None:
+async def test_adapter_and_base_requests_interleave(
+    split_engine: LlamaCppEngine, lora_files: list[AdapterFiles]
+) -> None:
+    engine = split_engine
     for files in lora_files:
         await engine.load_adapter(files)
     order = [None, "a", "b", "a", None, "b", "a", None]
