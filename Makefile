@@ -22,20 +22,22 @@ $(STAMP): pyproject.toml
 models/tiny/model.gguf: $(STAMP)
 	$(BIN)/python -m training init-tiny --out models/tiny
 
-# The demo model and its support adapter, trained here from nothing (~15 min on 2 cores, once).
-models/demo/model.gguf: $(STAMP)
+# The demo: a customer-support LoRA on a real pretrained base (SmolLM2-135M-Instruct from the
+# catalogue, fetched on first use), trained and scored here on CPU (docs/demo.md).
+DEMO_BASE := smollm2-135m-instruct
+adapters/support-demo/manifest.json: $(STAMP)
 	$(BIN)/python -m training build-demo
 
-demo: models/demo/model.gguf
+demo: adapters/support-demo/manifest.json
 
 # A real model from the catalogue, fetched and verified on first use (server/serving/catalogue.py).
 MODEL ?= qwen2.5-coder-0.5b-instruct
 serve: $(STAMP)
 	$(BIN)/python -m server --model $(MODEL) --port $(PORT)
 
-# With no --model the gateway serves models/demo and the adapters in adapters/.
-serve-demo: $(STAMP) models/demo/model.gguf
-	$(BIN)/python -m server --port $(PORT)
+# The demo's base and its adapter (served as support-demo, with every adapter in adapters/).
+serve-demo: $(STAMP) adapters/support-demo/manifest.json
+	$(BIN)/python -m server --model $(DEMO_BASE) --port $(PORT)
 
 # The random-weight tiny model instead: seconds to build, noise for text, valid tool calls.
 serve-tiny: $(STAMP) models/tiny/model.gguf

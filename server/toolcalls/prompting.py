@@ -2,8 +2,8 @@
 section render the tools themselves; for those without one (SmolLM2, Gemma 3, base models), the
 tools would silently vanish from the prompt, so they go into a system message here, with the
 answer shape in the model's tool-call format (as llama.cpp's generic handler does), and the
-history is rewritten in terms such a template can show: assistant calls as the format's own text,
-tool results as user turns. The gateway and training both render through `render_chat`, so what
+history is rewritten in terms such a template can show: assistant calls and answers in the format's own
+shape, tool results as user turns. The gateway and training both render through `render_chat`, so what
 is trained is what is served.
 """
 
@@ -93,6 +93,11 @@ def _tool_prompt(tools: tuple[tuple[str, str, str], ...], fmt: ToolFormat) -> st
 def _plain(message: Message, fmt: ToolFormat) -> Message:
     if message.tool_calls:
         return Message("assistant", fmt.render(message.content, message.tool_calls))
+    if message.role == "assistant" and message.content is not None:
+        # Text answers in the format's text shape too (json_envelope: {"response": ...}): the tool
+        # prompt asks for it and `auto`'s grammar holds text to it, so a model trained on plain
+        # text was pushed into the envelope's `{"` and from there into a call.
+        return Message("assistant", fmt.render(message.content, []))
     if message.role == "tool":
         who = f" of {message.name}" if message.name else ""
         return Message("user", f"Result{who}: {message.content or ''}")

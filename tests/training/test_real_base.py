@@ -337,36 +337,3 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
             assert answer.model == "support-smol" and call.function.name == "track_order"
             # 2 steps teach SmolLM2-135M little: the grammar guarantees an integer, not the right one.
             assert isinstance(json.loads(call.function.arguments)["order_id"], int)
-
-
-@pytest.mark.slow
-@needs_smol
-def test_build_demo_on_a_real_base_reduced(smol: Base, tmp_path: Path) -> None:
-    """build-demo's real-base path (`base_model`), at a size CI affords: support data, SFT, DPO,
-    the three evaluations side by side and the export for the catalogue GGUF. Its numbers at
-    this size mean nothing; the full run's live in docs/benchmarks.md."""
-    from server.adapters.manifest import read_manifest
-    from training.demo.build import DemoConfig, build_demo
-
-    config = DemoConfig(
-        base_model=SMOL,
-        work=str(tmp_path / "work"),
-        adapter_out=str(tmp_path / "adapters"),
-        model_out=str(tmp_path / "unused"),
-        support_records=12,
-        eval_records=3,
-        sft_steps=2,
-        sft_batch=2,
-        dpo_steps=1,
-        dpo_batch=2,
-        max_len=1024,
-        threads=1,
-    )
-    result = build_demo(config, progress=lambda _: None)
-    scores = result.report["scores"]
-    assert set(scores) == {"base", "sft", "dpo"} and all(s["records"] == 3 for s in scores.values())
-    assert set(result.report["seconds"]) == {"data", "base", "sft", "dpo", "eval", "export"}
-    assert not (tmp_path / "unused").exists()  # no from-scratch model was built
-    manifest = read_manifest(result.adapter_dir)
-    assert manifest.base_model.id == SMOL and manifest.base_model.gguf_sha256 == smol.gguf_sha256
-    assert (tmp_path / "work" / "report.md").is_file()

@@ -144,6 +144,9 @@ def add_command(sub: SubParsers) -> None:
     parser.add_argument("--served-model", help="model name at the endpoint (with --endpoint)")
     parser.add_argument("--api-key", default="unused")
     parser.add_argument(
+        "--concurrency", type=int, default=1, help="requests in flight at once (with --endpoint; default 1)"
+    )
+    parser.add_argument(
         "--tool-choice",
         choices=("auto", "required", "none"),
         help="sent to the endpoint (default: not sent, the server's default)",
@@ -208,6 +211,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--endpoint needs --served-model NAME"
     if args.model and (args.served_model or args.tool_choice):
         return "--served-model and --tool-choice go with --endpoint"
+    if args.concurrency < 1 or (args.concurrency > 1 and not args.endpoint):
+        return "--concurrency is 1 or more, and more than 1 only with --endpoint"
     if args.endpoint and (args.adapter or args.tool_format):
         return "--adapter and --tool-format go with --model (an endpoint serves its own)"
     missing = [str(p) for p in (args.data or []) if not p.is_file()]
@@ -231,7 +236,9 @@ def _items(args: argparse.Namespace) -> tuple[list[EvalItem], BadRecords]:
 def _backend(args: argparse.Namespace) -> Backend:
 
     if args.endpoint:
-        return EndpointBackend(args.endpoint, args.served_model, args.tool_choice, api_key=args.api_key)
+        return EndpointBackend(
+            args.endpoint, args.served_model, args.tool_choice, api_key=args.api_key, concurrency=args.concurrency
+        )
     return TransformersBackend(args.model, args.adapter, args.tool_format, threads=args.threads)
 
 

@@ -8,6 +8,7 @@ Knows nothing of scoring; torch, transformers, peft and openai are imported when
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -222,6 +223,7 @@ class EndpointBackend:
     api_key: str = "unused"
     timeout: float = 120.0
     extra_body: dict[str, Any] = field(default_factory=dict)
+    concurrency: int = 1  # requests in flight at once (a batching server answers them together)
     client: openai.OpenAI = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -233,7 +235,10 @@ class EndpointBackend:
         return {"backend": "endpoint", "base_url": self.base_url, "model": self.model, "tool_choice": self.tool_choice}
 
     def sample(self, prompts: Sequence[Prompt], settings: SampleSettings) -> list[list[Sample]]:
-        return [[self._ask(p, settings, settings.seed + k) for k in range(settings.n)] for p in prompts]
+        jobs = [(p, settings.seed + k) for p in prompts for k in range(settings.n)]
+        with ThreadPoolExecutor(max(1, self.concurrency)) as pool:
+            answers = list(pool.map(lambda job: self._ask(job[0], settings, job[1]), jobs))
+        return [answers[i : i + settings.n] for i in range(0, len(answers), settings.n)]
 
     def close(self) -> None:
         self.client.close()

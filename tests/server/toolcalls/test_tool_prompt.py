@@ -52,6 +52,18 @@ def test_history_with_calls_and_results_renders_in_the_format() -> None:
     assert "<|im_start|>user\nResult of get_weather: 18 C<|im_end|>" in prompt
 
 
+def test_text_answers_in_the_history_take_the_formats_text_shape() -> None:
+    # What the tool prompt asks for and what `auto`'s grammar holds text answers to; training
+    # renders through the same function, so a fine-tuned model learns to write it.
+    call = ToolCall("get_weather", '{"city": "Paris"}', id="c1")
+    history = [ASK, Message("assistant", None, (call,)), Message("tool", "18 C", tool_call_id="c1", name="get_weather"),
+               Message("assistant", 'It is 18 C, "mild".'), Message("user", "Thanks")]  # fmt: skip
+    prompt = render_chat(SMOL, get_format("json_envelope"), history, [WEATHER])
+    assert '<|im_start|>assistant\n{"response": "It is 18 C, \\"mild\\"."}<|im_end|>' in prompt
+    plain = render_chat(SMOL, get_format("hermes"), history, [WEATHER])
+    assert '<|im_start|>assistant\nIt is 18 C, "mild".<|im_end|>' in plain
+
+
 def test_a_template_with_a_tool_section_is_left_to_render_them() -> None:
     prompt = render_chat(WITH_TOOLS, get_format("hermes"), [ASK], [WEATHER])
     assert prompt.startswith('TOOLS [{"type": "function"') and "You have access" not in prompt

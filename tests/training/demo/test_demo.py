@@ -1,6 +1,9 @@
-"""`python -m training build-demo` with the shipped recipe, as a user runs it: the demo model
-trained from scratch, its support adapter, the targets on held-out prompts, and the gateway
-serving both with no --model. About 12 minutes on 2 cores: the slowest test, run once."""
+"""`python -m training build-demo` as a user runs it, on its real pretrained base
+(SmolLM2-135M-Instruct from the catalogue), reduced to what CI affords: the same stages and code
+path (support data, SFT, DPO, RAFT, the unconstrained and the gateway evaluation, the export for
+the catalogue GGUF), a few steps each. Its numbers at this size mean nothing; the full build's
+are in docs/demo.md with the command that made them. Then the gateway serves the base and the
+exported adapter as `make serve-demo` does."""
 
 from __future__ import annotations
 
@@ -20,24 +23,41 @@ from server.adapters.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
+SMOL = "smollm2-135m-instruct"
+REDUCED = {
+    "support_records": 24,
+    "eval_records": 6,
+    "sft_steps": 4,
+    "sft_batch": 2,
+    "dpo_steps": 1,
+    "dpo_batch": 2,
+    "raft_prompts": 4,
+    "raft_samples": 2,
+    "raft_steps": 2,
+    "raft_val": 4,
+}
+FOUR = ("valid_call_rate", "tool_name_accuracy", "argument_match", "false_call_rate")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out like a checkout after build-demo: models/demo, adapters/support-demo,
-    runs/demo. Built by the real command with the real recipe (training/configs/demo.yaml), or
-    CALLGATE_TEST_DEMO_HOME: a folder where build-demo already ran (to rerun these tests fast)."""
+def demo(smol_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder laid out like a checkout after build-demo: adapters/support-demo, runs/demo, and
+    models/ holding the catalogue model. CALLGATE_TEST_DEMO_HOME: a folder where build-demo
+    already ran (to rerun these tests fast)."""
     built = os.environ.get("CALLGATE_TEST_DEMO_HOME")
     if built:
         return Path(built)
     home = tmp_path_factory.mktemp("demo")
+    (home / "models").mkdir()
+    (home / "models" / smol_gguf.name).symlink_to(smol_gguf.resolve())
+    overrides = [arg for key, value in REDUCED.items() for arg in ("--set", f"{key}={value}")]
     out = subprocess.run(
-        [sys.executable, "-m", "training", "build-demo"],
+        [sys.executable, "-m", "training", "build-demo", *overrides],
         cwd=home,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=40 * 60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CALLGATE_BASES_CACHE": str(ROOT / ".cache" / "bases")},
+        timeout=30 * 60,
     )
     assert out.returncode == 0, out.stderr[-4000:]
     return home
@@ -47,75 +67,53 @@ def _report(demo: Path) -> dict:  # type: ignore[type-arg]
     return json.loads((demo / "runs" / "demo" / "report.json").read_text())
 
 
-def test_the_adapter_is_what_makes_the_support_tools_work(demo: Path) -> None:
-    scores = _report(demo)["scores"]
-    exported, base = scores[_report(demo)["exported"]], scores["base"]
-    # The base model never saw the support tools; it calls tools it knows, or none.
-    assert (base["valid_call_rate"] or 0) <= 0.1
-    assert exported["valid_call_rate"] - (base["valid_call_rate"] or 0) >= 0.25
-    assert exported["tool_name_accuracy"] - (base["tool_name_accuracy"] or 0) >= 0.25
+def test_every_model_is_scored_unconstrained_and_through_the_gateway(demo: Path) -> None:
+    report = _report(demo)
+    unconstrained, served = report["scores"], report["served"]
+    # RAFT has no adapter when none of its few samples was right (nothing to train on).
+    assert {"base", "sft", "dpo"} <= set(unconstrained) <= {"base", "sft", "dpo", "raft"}
+    assert set(served) == set(unconstrained)
+    for arm in (unconstrained, served):
+        for scores in arm.values():
+            assert scores["records"] == REDUCED["eval_records"]
+            assert all(scores[k] is None or 0.0 <= scores[k] <= 1.0 for k in FOUR)
+    # Through the gateway every call that comes back is a declared tool with valid arguments:
+    # whatever the model wrote, a call the gateway returns validates.
+    for name in served:
+        results = demo / "runs" / "demo" / f"eval-gateway-{name}" / "results.jsonl"
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        assert len(rows) == REDUCED["eval_records"]
+        for row in rows:
+            assert not row["answer"].get("error"), row
+            assert all(call["error"] is None for call in row["verdict"]["calls"]), (name, row)
+    assert set(report["seconds"]) >= {"data", "base", "sft", "dpo", "raft", "eval", "gateway", "export"}
 
 
-# Issue #3's targets, not all met yet: valid calls and false calls are, but tool names (parallel
-# requests that mix tools) and arguments (reasons worded as training never saw) are not. Measured
-# in docs/demo.md; kept here so that a recipe that meets them turns these into passes (strict=False:
-# they report XPASS then).
-NOT_MET = "issue #3 targets not met yet by the shipped recipe (docs/demo.md)"
-
-
-def test_the_adapter_holds_validity_and_false_calls_near_their_targets(demo: Path) -> None:
-    # Three seeds at 1 thread gave valid 0.94-0.96 and false calls 0.01-0.04, CI's 2-thread
-    # build 0.94 and 0.07 (docs/demo.md); the margin is for that drift, not for a worse recipe.
-    exported = _report(demo)["scores"][_report(demo)["exported"]]
-    assert exported["valid_call_rate"] >= 0.85
-    assert exported["false_call_rate"] <= 0.1
-
-
-@pytest.mark.xfail(reason=NOT_MET, strict=False)
-def test_demo_adapter_meets_the_issue_targets(demo: Path) -> None:
-    exported = _report(demo)["scores"][_report(demo)["exported"]]
-    assert exported["valid_call_rate"] >= 0.9
-    assert exported["tool_name_accuracy"] >= 0.9
-    assert exported["argument_match"] >= 0.8
-    assert exported["false_call_rate"] <= 0.05
-
-
-@pytest.mark.xfail(reason=NOT_MET, strict=False)
-def test_preference_training_improves_argument_match_over_sft_alone(demo: Path) -> None:
-    scores = _report(demo)["scores"]
-    assert scores["dpo"]["argument_match"] > scores["sft"]["argument_match"]
-
-
-def test_the_adapter_copies_order_ids_from_the_request(demo: Path) -> None:
-    # The copy curriculum's job: order ids are random, so a right one was copied, not recalled.
-    exported = _report(demo)["scores"][_report(demo)["exported"]]
-    ids = exported["by_argument"]["track_order.order_id"]
-    assert ids["n"] >= 10 and ids["accuracy"] >= 0.5
-
-
-def test_demo_outputs_are_where_the_gateway_looks(demo: Path) -> None:
-    model = demo / "models" / "demo"
-    assert (model / "model.gguf").is_file() and (model / "config.json").is_file()
+def test_the_export_is_the_gateway_best_for_the_catalogue_gguf(demo: Path) -> None:
+    report = _report(demo)
+    best = report["exported"]
+    rewards = {name: s["mean_reward"] for name, s in report["served"].items() if name != "base"}
+    assert rewards[best] == max(rewards.values())
     manifest = read_manifest(demo / "adapters" / "support-demo")
-    assert manifest.tool_format == "hermes"
-    assert manifest.base_model.gguf_sha256 is not None
-    exported = _report(demo)["scores"][_report(demo)["exported"]]
-    assert manifest.scores["support_test.valid_call_rate"] == pytest.approx(exported["valid_call_rate"])
-    report = (demo / "runs" / "demo" / "report.md").read_text()
-    assert "valid-call rate" in report and "false-call rate" in report
+    assert manifest.base_model.id == SMOL
+    assert manifest.base_model.gguf_sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    served = report["served"][best]
+    assert manifest.scores["support_test_gateway.valid_call_rate"] == pytest.approx(served["valid_call_rate"])
+    text = (demo / "runs" / "demo" / "report.md").read_text()
+    assert "through the gateway" in text and "unconstrained" in text and "false-call rate" in text
 
 
-def test_gateway_with_no_model_serves_the_demo_and_its_adapter(demo: Path) -> None:
+def test_the_gateway_serves_the_base_and_its_demo_adapter(demo: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port)], cwd=demo,
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--model", SMOL, "--port", str(port)], cwd=demo,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
         cards = {m.id: m for m in client.models.list().data}
-        assert set(cards) == {"demo", "support-demo"}
-        assert cards["support-demo"].model_extra["parent"] == "demo"
+        assert set(cards) == {SMOL, "support-demo"}
+        assert cards["support-demo"].model_extra["parent"] == SMOL
         tools = [json.loads(line) for line in _support_tools(demo)]
         order = {"type": "function", "function": {"name": "track_order"}}
         r = client.chat.completions.create(
@@ -125,20 +123,12 @@ def test_gateway_with_no_model_serves_the_demo_and_its_adapter(demo: Path) -> No
             temperature=0,
             messages=[{"role": "user", "content": "where is my package? the order number is 5550123"}],
         )
-        # Through the gateway the trained adapter's call is always usable: the grammar holds
-        # it to the declared schema (digits, 6 to 8 of them) whatever the model would write.
-        [call] = r.choices[0].message.tool_calls
+        # Through the gateway the adapter's call is always usable: the grammar holds it to the
+        # declared schema (digits, 6 to 8 of them) whatever a few training steps taught it.
+        [call] = r.choices[0].message.tool_calls or []
         assert call.function.name == "track_order"
         order_id = json.loads(call.function.arguments)["order_id"]
         assert order_id.isdigit() and 6 <= len(order_id) <= 8
-        base = client.chat.completions.create(
-            model="demo",
-            tools=tools,
-            tool_choice=order,
-            temperature=0,
-            messages=[{"role": "user", "content": "track 5550123"}],
-        )
-        assert base.choices[0].message.tool_calls[0].function.name == "track_order"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
@@ -175,3 +165,36 @@ def _wait_healthy(url: str, proc: subprocess.Popen) -> None:  # type: ignore[typ
             pass
         time.sleep(0.3)
     raise AssertionError("the gateway did not become healthy")
+
+
+def test_the_from_scratch_base_still_builds(tmp_path: Path) -> None:
+    """`base_model: ""`: the earlier demo, a Qwen2 trained from nothing (tokenizer, copy curriculum,
+    base, adapters), kept as a fixture for tests that need a model no one else made. Reduced to a
+    few steps each; the gateway arm serves its own GGUF."""
+    from training.demo.build import DemoConfig, build_demo
+
+    config = DemoConfig(
+        base_model="",
+        work=str(tmp_path / "work"),
+        model_out=str(tmp_path / "models" / "demo"),
+        adapter_out=str(tmp_path / "adapters"),
+        general_records=80,
+        copy_records=20,
+        support_records=24,
+        eval_records=3,
+        copy_steps=2,
+        copy_batch=2,
+        base_steps=2,
+        base_batch=2,
+        sft_steps=2,
+        sft_batch=2,
+        dpo_steps=1,
+        dpo_batch=2,
+        raft_cycles=0,
+        dtype="float32",
+        threads=2,
+    )
+    result = build_demo(config, progress=lambda _: None)
+    assert (tmp_path / "models" / "demo" / "model.gguf").is_file()
+    assert set(result.report["scores"]) == {"base", "sft", "dpo"} == set(result.report["served"])
+    assert read_manifest(result.adapter_dir).base_model.id == "callgate/demo"

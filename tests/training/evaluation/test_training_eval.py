@@ -110,6 +110,20 @@ def test_named_tool_choice_and_several_seeded_answers(gateway: Live) -> None:
     assert [a.parsed for a in again] == [a.parsed for a in answers]  # seeded (call ids aside)
 
 
+def test_requests_in_flight_together_come_back_in_prompt_order(gateway: Live) -> None:
+    # Each prompt declares one tool and `required` forces it, so a call's name tells which prompt
+    # it answers. (The words may differ from one-at-a-time answers: a batch changes the
+    # kernels' summation order, and a random model's flat logits flip on that.)
+    declared = _records()[0].prompt.tools
+    prompts = [Prompt((Message("user", f"request {i}"),), (declared[i % 3],)) for i in range(9)]
+    backend = EndpointBackend(gateway.v1, "tiny", tool_choice="required", extra_body=ONE_CALL, concurrency=4)
+    answers = backend.sample(prompts, SampleSettings(n=2, max_tokens=48, temperature=1.0, seed=3))
+    assert [len(row) for row in answers] == [2] * len(prompts)
+    names = [{c.name for a in row for c in a.parsed.calls} for row in answers]
+    # (an answer may run out of max_tokens inside a random model's long key: no call then)
+    assert names == [{p.tools[0].name} for p in prompts]
+
+
 def test_a_refused_request_is_a_counted_error_not_a_crash(gateway: Live) -> None:
     tool = Tool("f", "", {"type": "object", "properties": {}})
     prompt = Prompt((Message("user", "hi"),), (tool, tool))  # duplicate names: the gateway answers 400
