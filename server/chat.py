@@ -235,19 +235,12 @@ async def call_probabilities(served: Served, prompt: str) -> tuple[float, float]
     return p_open, min(1.0, p_open + sum(probs[1:]))
 
 
-# The opener's probability from which `auto` forces the call (with a threshold set): from 1/2 it
-# is the argmax, the call a greedy answer would open anyway; a sampled one keeps it too.
-FORCE_AT = 0.5
-
-
 async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Metrics) -> ToolChoice:
     """The calibrated no-tool decision in `auto`, from the probabilities of the next token where a
     call and a text answer part (`call_probabilities`): below the threshold summed over every opener
     (the format's own and the loose ones its models write, such as a ```json block), no call
-    (`none`); where the format's own opener alone reaches it and is the likelier next token (at
-    least 1/2), a call (`required`); else the model's own answer decides, as in plain `auto`.
-    A low threshold only vetoes: forcing a call the model thinks less likely than its text
-    answer turned a fine-tuned model's replies to tool results into repeated calls (docs/demo.md)."""
+    (`none`); at or above it on the format's own opener alone, a call (`required`); else the
+    model's own answer decides, as in plain `auto`."""
     threshold = request.no_tool_threshold
     if threshold is None:
         threshold = served.policy.no_tool_threshold
@@ -257,7 +250,7 @@ async def _decide(served: Served, request: ChatRequest, prompt: str, metrics: Me
     metrics.tool_open_probability.labels(served.name).observe(p_any)
     if p_any < threshold:
         return ToolChoice(ChoiceMode.NONE)
-    return ToolChoice(ChoiceMode.REQUIRED) if p_open >= max(threshold, FORCE_AT) else request.choice
+    return ToolChoice(ChoiceMode.REQUIRED) if p_open >= threshold else request.choice
 
 
 class _Run:

@@ -106,19 +106,15 @@ def test_cut_call_finishes_with_length_and_no_call() -> None:
 
 
 @pytest.mark.parametrize(
-    "p_open,threshold,expected",
-    [(0.9, 0.5, "required"), (0.2, 0.5, "none"), (0.5, 0.5, "required"), (0.3, 0.2, "auto"), (0.6, 0.2, "required")],
+    "p_open,threshold,expected", [(0.9, 0.5, "required"), (0.2, 0.5, "none"), (0.5, 0.5, "required")]
 )
 def test_no_tool_threshold_decides_from_the_opening_probability(p_open: float, threshold: float, expected: str) -> None:
     engine = FakeEngine([([GOOD] if expected == "required" else ["Hello."], "stop")], p_open=p_open)
     metrics = Metrics()
     _run(_served(engine, threshold=threshold), _request(), metrics)
     grammar = engine.requests[0].grammar or ""
-    # required: the grammar starts with a call; none: text that can never open one; auto: either.
-    # Over a low threshold but under 1/2 the model decides: the threshold vetoes, it forces a
-    # call only where the opener is the likelier token.
+    # required: the grammar starts with a call; none: text that can never open one.
     assert ("start: calls" in grammar) == (expected == "required")
-    assert ("start: reply | calls" in grammar) == (expected == "auto")
     assert metrics.tool_open_probability.collect()[0].samples  # observed for calibration
 
 

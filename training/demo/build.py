@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import shutil
 import sys
@@ -457,11 +456,13 @@ def _evaluate_served(
         names[name] = export_adapter(adapter, model_dir, f"demo-{name}", folder).name
     settings = SampleSettings(max_tokens=96, seed=config.seed)
     served: dict[str, dict[str, Any]] = {}
-    gguf, threads = _served_gguf(model_dir), config.threads or os.cpu_count()
-    with served_gateway(gguf, folder, work / "gateway.log", threads=threads) as url:
+    # The gateway's own thread default (half the cores): more llama.cpp threads than free cores
+    # spin, and this process and the HTTP side need one.
+    with served_gateway(_served_gguf(model_dir), folder, work / "gateway.log", threads=config.threads) as url:
         for name, model in names.items():
-            # 4 in flight: the gateway's default 4 slots decode them in one batch
-            backend = EndpointBackend(url, model, tool_choice="auto", concurrency=4)
+            # 4 in flight: the gateway's default 4 slots decode them in one batch. A generous
+            # timeout: on a shared machine a request can wait for its slot for minutes.
+            backend = EndpointBackend(url, model, tool_choice="auto", concurrency=4, timeout=900)
             try:
                 served[name] = _scores(run_eval(items, backend, settings, work / f"eval-gateway-{name}", skipped))
             finally:
