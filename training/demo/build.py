@@ -1,21 +1,20 @@
-"""`python -m training build-demo`: the embedded default model, built offline from nothing.
+"""`python -m training build-demo`: the demo's customer-support adapter, on a pretrained base.
 
-1. Data: synthetic conversations over the general catalogues (for the base model) and over the
-   customer-support catalogue (for the adapter; the base never sees it), each split with
-   held-out phrasings and slot values, plus near-miss pairs for DPO. Half of the general
-   records get their tools renamed (training/data/rename.py), so the base learns to copy a
-   tool's name and argument keys from the tool list instead of knowing them by heart.
-2. A byte-level BPE trained on the rendered general conversations (digits stay single tokens).
-3. A small Qwen2 trained from scratch: first the copy curriculum (training/demo/curriculum.py:
-   calls whose random ids can only be copied, tool lists shown to a growing share), then a full
-   fine-tune with loss on every token (it has to learn the language of the conversations, not
-   just the answers) -> models/demo (+ model.gguf).
-4. A LoRA adapter on the support catalogue (SFT, assistant-only loss), then DPO on its near-miss
-   pairs from the SFT adapter.
-5. Evaluation on held-out support prompts, unconstrained and greedy: the base model, the SFT
-   adapter and the DPO adapter, side by side -> report.md / report.json in the work folder.
-6. Export of the adapter with the higher mean verifier reward to adapters/support-demo
-   (manifest with its scores).
+1. Data: synthetic conversations over the customer-support catalogue, split with held-out
+   phrasings and slot values, plus near-miss pairs for DPO.
+2. The base: a GGUF file or catalogue name (`base_model`, SmolLM2-135M-Instruct by default),
+   dequantized once (training/bases.py); its own chat template and tool format.
+3. A LoRA adapter (SFT, assistant-only loss), then DPO on the near-miss pairs and one RAFT cycle,
+   both from the SFT adapter.
+4. Evaluation on held-out support prompts, every model (base, SFT, DPO, RAFT) twice: unconstrained
+   and greedy in-process, and through a real gateway (the GGUF, each adapter as a GGUF LoRA,
+   grammars on, `tool_choice` auto) -> report.md / report.json in the work folder.
+5. Export of the adapter with the best mean verifier reward through the gateway to
+   adapters/support-demo (manifest with both sets of scores).
+
+`base_model: ""` replaces stage 2 with the earlier from-scratch base (now a test fixture): a
+byte-level BPE and a small Qwen2 trained here on general synthetic conversations (copy
+curriculum first, half the records' tools renamed) -> models/demo (+ model.gguf).
 
 Every stage writes into `work/`; the published model and adapter folders are replaced only
 when whole. The recipe is training/configs/demo.yaml, each field overridable with --set.
@@ -578,7 +577,7 @@ def _stderr(message: str) -> None:
 def add_command(sub: SubParsers) -> None:
     parser = sub.add_parser(
         "build-demo",
-        help="build the demo model and its support adapter from nothing (offline, ~12 min on 2 cores)",
+        help="build the demo support adapter on a real base and score it (~50 min on 2 CPU cores)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--config", type=Path, default=RECIPE, help="recipe YAML (default: %(default)s)")
