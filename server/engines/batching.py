@@ -32,6 +32,11 @@ from server.errors import EngineError, GatewayError, InvalidRequest
 Emit = Callable[[Event | BaseException], None]
 # Past this wait, requests for another adapter stop the running group from taking new ones.
 SWITCH_PATIENCE_S = 1.0
+# With one KV stream per slot, llama.cpp evaluates only consecutive sequence ids in one pass
+# over the weights (llama_batch_allocr::split_equal, `sequential`): every gap between the
+# step's slots costs another pass (~70 ms for a 0.5B model on one core), while a throwaway
+# token in an idle slot costs ~15 ms. So gaps of up to this many idle slots are filled.
+GAP_FILL = 3
 
 
 class Backend(Protocol):
@@ -97,7 +102,7 @@ class Seq:
 
 
 class Scheduler:
-    def __init__(self, backend: Backend, slots: int, n_batch: int, prefill_chunk: int):
+    def __init__(self, backend: Backend, slots: int, n_batch: int, prefill_chunk: int, *, split_kv: bool = True):
         import llguidance
 
         self._b = backend
@@ -105,6 +110,7 @@ class Scheduler:
         self._slots = [Slot(i) for i in range(slots)]
         self._n_batch = max(n_batch, slots + prefill_chunk)
         self._chunk = prefill_chunk
+        self._split_kv = split_kv
         self._batch = self._lib.llama_batch_init(self._n_batch, 0, 1)
         self._masks = np.zeros((slots, (backend.n_vocab + 31) // 32), dtype=np.int32)
         self._llexec = llguidance.LLExecutor(1)
@@ -262,21 +268,26 @@ class Scheduler:
             self._release(seq)
         if not self._running:
             return
-        sampled = self._fill_batch()
+        sampled, fillers = self._fill_batch()
         for row, (seq, _) in enumerate(sampled):
             seq.row = row
         constrained = [(s.matcher, s.row) for s, _ in sampled if s.matcher is not None]
         masks = self._side.submit(self._compute_masks, constrained) if constrained else None
-        status = self._lib.llama_decode(self._b.ctx, self._batch)
-        if masks is not None:
-            masks.result()
+        try:
+            status = self._lib.llama_decode(self._b.ctx, self._batch)
+        finally:
+            for slot in fillers:  # the throwaway tokens leave the idle slots' caches as they were
+                self._lib.llama_memory_seq_rm(self._memory(), slot.id, len(slot.tokens), -1)
+            if masks is not None:
+                masks.result()
         if status != 0:
             raise EngineError(f"llama_decode returned {status}")
         for seq, index in sampled:
             self._after_logits(seq, index)
 
-    def _fill_batch(self) -> list[tuple[Seq, int]]:
-        """Put this step's tokens in the batch; returns (sequence, batch index of its logits)."""
+    def _fill_batch(self) -> tuple[list[tuple[Seq, int]], list[Slot]]:
+        """Put this step's tokens in the batch; returns (sequence, batch index of its logits)
+        and the idle slots given a throwaway token to close gaps (see GAP_FILL)."""
         self._batch.n_tokens = 0
         decoding = [s for s in self._running if not s.prefilling]
         plan: dict[Seq, list[int]] = {s: [s.next_token] for s in decoding if s.next_token is not None}
@@ -298,19 +309,34 @@ class Scheduler:
             plan[seq] = seq.job.tokens[start : start + take]
             budget -= take
             self.prefilled += take
-        # In slot order: with one KV stream per slot, llama.cpp puts only sequences with
-        # consecutive ids in one micro-batch, so any other order splits the step into several
-        # passes over the weights (llama_batch_allocr::split_equal, `sequential`).
+        # In slot order, gaps filled: with one KV stream per slot, llama.cpp puts only sequences
+        # with consecutive ids in one micro-batch, so any other order, or a gap, splits the
+        # step into several passes over the weights.
+        by_id: dict[int, Seq | Slot] = {s.slot.id: s for s in plan}
+        fillers = self._fillers(sorted(by_id)) if self._split_kv else []
+        by_id.update((slot.id, slot) for slot in fillers)
         sampled: list[tuple[Seq, int]] = []
-        for seq in sorted(plan, key=lambda s: s.slot.id):
-            prefilling = seq.prefilling
+        for _, item in sorted(by_id.items()):
+            if isinstance(item, Slot):
+                self._add_throwaway(item)
+                continue
+            seq, prefilling = item, item.prefilling
             for token in plan[seq]:
                 index = self._add(
                     seq.slot, token, logits=not prefilling or len(seq.slot.tokens) == len(seq.job.tokens) - 1
                 )
             if not prefilling or len(seq.slot.tokens) == len(seq.job.tokens):
                 sampled.append((seq, index))
-        return sampled
+        return sampled, fillers
+
+    def _fillers(self, used: list[int]) -> list[Slot]:
+        """The slots in short gaps between the step's slot ids, each with room for a token."""
+        fill: list[Slot] = []
+        for a, b in zip(used, used[1:], strict=False):
+            gap = self._slots[a + 1 : b]
+            if len(gap) <= GAP_FILL and all(len(s.tokens) < self._b.context_length for s in gap):
+                fill += gap
+        return fill
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:
         b, i = self._batch, self._batch.n_tokens
@@ -319,6 +345,13 @@ class Scheduler:
         b.n_tokens = i + 1
         slot.tokens.append(token)
         return int(i)
+
+    def _add_throwaway(self, slot: Slot) -> None:
+        """A token after the slot's cached ones, without logits; removed after the step."""
+        b, i = self._batch, self._batch.n_tokens
+        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = 0, len(slot.tokens), 1, False
+        b.seq_id[i][0] = slot.id
+        b.n_tokens = i + 1
 
     def _compute_masks(self, constrained: list[tuple[Any, int]]) -> None:
         from llguidance.numpy import fill_next_token_bitmask_par

@@ -83,7 +83,7 @@ class LlamaCppEngine:
         self._doomed: list[_Adapter] = []  # unloaded while a running sequence still uses them
         self._info = self._read_info(path)
         self._closed = False
-        self._scheduler = Scheduler(self, self.parallelism, _N_BATCH, PREFILL_CHUNK)
+        self._scheduler = Scheduler(self, self.parallelism, _N_BATCH, PREFILL_CHUNK, split_kv=not kv_unified)
 
     def _context_params(self, threads: int) -> Any:
         params = self.lib.llama_context_default_params()

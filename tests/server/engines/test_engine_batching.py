@@ -94,6 +94,19 @@ def test_pick_slot_prefers_the_cache_a_prompt_extends() -> None:
     assert pick_slot(slots, [1], BASE) is None
 
 
+def test_pick_slot_keeps_busy_slots_adjacent_among_equals() -> None:
+    # Three slots hold the same prompt; slot 1 is busy. Slot 0 or 2 serve the prompt as well
+    # as slot 3 but keep the busy ids consecutive (one pass over the weights per step).
+    slots = [Slot(i, [1, 2, 3, 9 + i], used_at=5 - i) for i in range(4)]
+    slots[1].busy = True
+    picked, keep = pick_slot(slots, [1, 2, 3, 4], BASE)  # type: ignore[misc]
+    assert picked.id in (0, 2) and keep == 3
+    # Adjacency never outranks reuse, nor takes an unrelated history over the LRU one.
+    slots[3].tokens = [1, 2, 3, 4, 5]
+    assert pick_slot(slots, [1, 2, 3, 4, 5, 6], BASE) == (slots[3], 5)
+    assert pick_slot(slots, [7, 7], BASE) == (slots[3], 0)  # LRU: used_at 2 is the oldest
+
+
 def test_adapter_groups_switch_after_patience_and_never_starve() -> None:
     a, b = (1, 1.0), (2, 1.0)
     waiting = [Waiter(b, since=0.0), Waiter(a, since=0.5)]
@@ -114,6 +127,34 @@ async def test_a_batch_answers_as_each_request_alone(split_engine: LlamaCppEngin
     together = await asyncio.gather(*(run(split_engine, r) for r in requests))
     assert together == alone
     assert len({text for text, _ in alone}) == len(alone)
+
+
+async def test_a_gap_between_busy_slots_is_closed_without_touching_its_cache(
+    split_engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, scheduler = split_engine, split_engine._scheduler
+    requests = [GenerateRequest(p, seeded(seed=i)) for i, p in enumerate(PROMPTS)]
+    answers = [await run(engine, r) for r in requests]  # one prompt cached per slot, in order
+    assert [s.tokens[: len(engine.tokenize(p))] for s, p in zip(scheduler._slots, PROMPTS, strict=True)] == [
+        engine.tokenize(p) for p in PROMPTS
+    ]
+    filled: list[list[int]] = []
+    fillers = scheduler._fillers
+
+    def spy(used: list[int]) -> list[Slot]:
+        slots = fillers(used)
+        filled.append([s.id for s in slots])
+        return slots
+
+    monkeypatch.setattr(scheduler, "_fillers", spy)
+    # Prompts 0 and 2 again, together, on their cached slots: idle slot 1 gets a throwaway token.
+    together = await asyncio.gather(run(engine, requests[0]), run(engine, requests[2]))
+    assert [1] in filled
+    assert together == [answers[0], answers[2]]
+    # Slot 1's cache is as it was: its prompt again prefills one token and answers as before.
+    before = engine.prefilled_tokens
+    assert await run(engine, requests[1]) == answers[1]
+    assert engine.prefilled_tokens - before == 1
 
 
 async def test_concurrent_grammars_each_give_valid_calls(engine: LlamaCppEngine) -> None:
