@@ -98,9 +98,10 @@ async def run_cell(url: str, arm: str, mode: str, concurrency: int, requests: in
         return Cell(arm, mode, concurrency, tokens, time.perf_counter() - start, latencies)
 
 
-async def first_tokens(url: str, concurrency: int, max_tokens: int) -> tuple[list[float], float]:
+async def first_tokens(url: str, concurrency: int, max_tokens: int, salt: str) -> tuple[list[float], float]:
     """Streams `concurrency` text requests at once, one with a long prompt; returns the short
-    ones' times to first token and the long one's."""
+    ones' times to first token and the long one's. `salt` opens every prompt: the front arm's
+    llama-server must not find them cached from the llama-server arm's turn."""
 
     async def ttft(client: httpx.AsyncClient, prompt: str, seed: int) -> float:
         start = time.perf_counter()
@@ -115,7 +116,7 @@ async def first_tokens(url: str, concurrency: int, max_tokens: int) -> tuple[lis
         return elapsed
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        prompts = [LONG] + [f"{STORY} Variation {i}." for i in range(concurrency - 1)]
+        prompts = [f"[{salt}] {LONG}"] + [f"[{salt}] {STORY} Variation {i}." for i in range(concurrency - 1)]
         times = await asyncio.gather(*(ttft(client, p, i) for i, p in enumerate(prompts)))
     return list(times[1:]), times[0]
 
@@ -269,7 +270,7 @@ def main() -> None:
         }
         cells = measure(urls, args)
         top = max(args.concurrency)
-        ttfts = {arm: asyncio.run(first_tokens(url, top, args.tokens)) for arm, url in urls.items()}
+        ttfts = {arm: asyncio.run(first_tokens(url, top, args.tokens, arm)) for arm, url in urls.items()}
     report(cells, ttfts, grammar, args, load_before)
 
 

@@ -63,6 +63,13 @@ class AdapterManifest(BaseModel):
     tool_choice: Literal["auto", "required", "none"] = Field(
         "auto", description="used when a request with tools sends no tool_choice"
     )
+    no_tool_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="auto mode's no-tool threshold calibrated on this adapter; unset: the operator's "
+        "model.no_tool_threshold if any (a catalogue base's calibration is not the adapter's)",
+    )
     lora: LoraSpec
     data_sha256: str | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="evaluation, name -> value")

@@ -175,8 +175,10 @@ def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Ser
         raise AdapterRefused(f"adapter {adapter.name!r}: {exc}", param="lora_path") from None
     # The base's engine, info and queue; the rest is the adapter's own.
     template_path = str(adapter.template_path) if adapter.template_path else base.provenance.template
+    own = adapter.manifest.no_tool_threshold
     policy = replace(
         base.policy,
+        no_tool_threshold=own if own is not None else base.policy.adapter_threshold,
         default_choice=ChoiceMode(adapter.manifest.tool_choice),
     )
     return replace(

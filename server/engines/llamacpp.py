@@ -89,11 +89,11 @@ class LlamaCppEngine:
         params = self.lib.llama_context_default_params()
         params.n_ctx = self.context_length * self.parallelism
         params.n_seq_max = self.parallelism
-        # Split (the default): one KV stream per slot, a sequence's sums read only its own cells,
-        # so a seeded answer reproduces whatever else runs. Unified: one buffer, 1.3x the
-        # tokens/s at 8 busy slots here (docs/benchmarks.md), but attention runs over every
-        # cell, masked, at places that depend on history. Each slot holds at most
-        # context_length tokens, so slots x context_length cells suffice either way.
+        # Split (the default): one KV stream per slot, a sequence's sums read only its own cells
+        # (the loop closes gaps between busy slots, see batching.GAP_FILL). Unified: one buffer,
+        # the same tokens/s and sooner first tokens under many prefills (docs/benchmarks.md),
+        # but attention runs over every cell, masked, at places that depend on history. Each
+        # slot holds at most context_length tokens, so slots x context_length cells suffice.
         params.kv_unified = self.kv_unified
         params.n_batch = params.n_ubatch = _N_BATCH
         params.n_threads = params.n_threads_batch = threads

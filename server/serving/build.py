@@ -66,7 +66,11 @@ def build_registry(settings: Settings, metrics: Metrics, engine: Engine | None =
         format=tool_format,
         template=template,
         admission=_admission(settings, metrics, name, engine.parallelism),
-        policy=Policy(_threshold(settings, known), settings.generation.validation_retries),
+        policy=Policy(
+            _threshold(settings, known),
+            settings.generation.validation_retries,
+            adapter_threshold=settings.model.no_tool_threshold,
+        ),
         provenance=Provenance(format_source, template_source),
     )
     registry.add(base)

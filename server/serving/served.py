@@ -33,6 +33,9 @@ class Policy:
     no_tool_threshold: float | None = None  # auto mode: a call only if P(opening one) reaches it
     validation_retries: int = 1  # regenerations of a first call that fails validation
     default_choice: ChoiceMode = ChoiceMode.AUTO  # when tools come without tool_choice (a manifest's)
+    # What an adapter without its own threshold gets: the operator's setting, never the
+    # catalogue's calibration, which is of the base model's probabilities, not an adapter's.
+    adapter_threshold: float | None = None
 
 
 @dataclass(frozen=True)

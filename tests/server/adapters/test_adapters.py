@@ -260,6 +260,25 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
     assert to_chat_request(no_tools, limits, strict.policy.default_choice).choice.mode is ChoiceMode.NONE
 
 
+def test_a_catalogue_bases_calibrated_threshold_is_not_an_adapters(tmp_path: Path) -> None:
+    # The catalogue's threshold is calibrated on the base model's probabilities; an adapter moves
+    # them (a support adapter opens its calls with far more confidence), so it gets its own
+    # manifest's threshold, or the operator's setting, never the base's calibration.
+    base = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"  # a catalogue file, judged by its name
+    base.write_bytes(b"GGUF not really a model")
+    make_adapter(tmp_path / "adapters", "own", base, no_tool_threshold=0.4)
+    make_adapter(tmp_path / "adapters", "plain", base)
+
+    def thresholds(**flags: object) -> list[float | None]:
+        settings = adapter_settings(base, tmp_path / "adapters", **flags)
+        registry = build_registry(settings, Metrics(), FakeEngine())
+        return [registry.get(name).policy.no_tool_threshold for name in ("base", "own", "plain")]
+
+    assert thresholds() == [0.2, 0.4, None]
+    assert thresholds(**{"model.no_tool_threshold": 0.6}) == [0.6, 0.4, 0.6]  # the operator's: everyone's
+    assert thresholds(**{"model.catalogue_threshold": False}) == [None, 0.4, None]
+
+
 def _answer(served: Served, metrics: Metrics) -> list[object]:
     request = ChatRequest(
         messages=(Message("user", "where is order 7?"),),
