@@ -29,6 +29,7 @@ REDUCED = {
     "eval_records": 6,
     "sft_steps": 4,
     "sft_batch": 2,
+    "micro_batch": 1,  # batches of 2 by accumulation, as the full build's 8 are by 4 passes of 2
     "dpo_steps": 1,
     "dpo_batch": 2,
     "raft_prompts": 4,
