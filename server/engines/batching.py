@@ -339,19 +339,21 @@ class Scheduler:
         return fill
 
     def _add(self, slot: Slot, token: int, logits: bool) -> int:
+        index = self._put(slot, token, logits)
+        slot.tokens.append(token)
+        return index
+
+    def _add_throwaway(self, slot: Slot) -> None:
+        """A token after the slot's cached ones, without logits; removed after the step."""
+        self._put(slot, 0, False)
+
+    def _put(self, slot: Slot, token: int, logits: bool) -> int:
+        """`token` at the slot's next position in the batch; its index there."""
         b, i = self._batch, self._batch.n_tokens
         b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = token, len(slot.tokens), 1, logits
         b.seq_id[i][0] = slot.id
         b.n_tokens = i + 1
-        slot.tokens.append(token)
         return int(i)
-
-    def _add_throwaway(self, slot: Slot) -> None:
-        """A token after the slot's cached ones, without logits; removed after the step."""
-        b, i = self._batch, self._batch.n_tokens
-        b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = 0, len(slot.tokens), 1, False
-        b.seq_id[i][0] = slot.id
-        b.n_tokens = i + 1
 
     def _compute_masks(self, constrained: list[tuple[Any, int]]) -> None:
         from llguidance.numpy import fill_next_token_bitmask_par
