@@ -12,6 +12,7 @@ from collections.abc import Callable
 from server.constraints.spec import (
     ConstraintSpec,
     Plan,
+    grammar_tool,
     layout_json,
     load_grammar_file,
     text_schema,
@@ -136,8 +137,9 @@ def _call_body_rules(spec: ConstraintSpec, tools: tuple[Tool, ...], fmt: ToolFor
 
 def format_rules(spec: ConstraintSpec, fmt: ToolFormat, tool: Tool, args_rule: str) -> tuple[str, list[str] | None]:
     """The format's call body and argument rules for `tool`; its refusals name the tool's index."""
+    enforced = grammar_tool(tool)
     try:
-        return fmt.call_body(tool, args_rule), fmt.args_rules(tool, args_rule)
+        return fmt.call_body(enforced, args_rule), fmt.args_rules(enforced, args_rule)
     except InvalidRequest as error:
         index = spec.tools.index(tool)
         param = f"tools[{index}].{error.param or 'function.parameters'}"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
 import jsonschema
 
+from server.constraints.closed import closed_objects
 from server.errors import InvalidRequest, UnsupportedFeature
 from server.toolcalls.validation import check_schema
 from server.types import ChoiceMode, JSONSchema, TextFormat, Tool, ToolChoice
@@ -211,9 +212,16 @@ def layout_json(schema: JSONSchema) -> str:
 
 
 def tool_schema(tool: Tool) -> JSONSchema:
+    """The arguments' schema as the grammar enforces it: an object, closed where its properties
+    are all declared (constraints/closed.py)."""
     schema: JSONSchema = dict(tool.parameters) or {}
     schema.setdefault("type", "object")
-    return schema
+    return closed_objects(schema)
+
+
+def grammar_tool(tool: Tool) -> Tool:
+    """`tool` with the schema the grammar enforces, for formats that write their own argument rules."""
+    return replace(tool, parameters=tool_schema(tool))
 
 
 def text_schema(text: TextFormat) -> JSONSchema:

@@ -201,8 +201,27 @@ def test_arguments_must_match_the_schema_and_layout(args: str) -> None:
 def test_arguments_in_json_dumps_layout_pass() -> None:
     g = lark(spec())
     assert matches(g, call("get_weather", '{"city": "Paris"}'))
-    assert matches(g, call("search", '{"q": "caf\\u00e9 ol\\u00e9", "extra": [1, {"a": null}]}'))
+    assert matches(g, call("search", '{"q": "caf\\u00e9 ol\\u00e9"}'))
     assert matches(g, call("search", '{"q": "café"}'))
+
+
+def test_undeclared_arguments_are_refused_unless_the_schema_allows_them() -> None:
+    """Objects decode closed (constraints/closed.py), nested ones too; a schema that admits extra
+    properties is left as written."""
+    nested = {"type": "object", "properties": {"where": {"type": "object", "properties": {"city": {}}}}}
+    tools = (
+        SEARCH,
+        Tool("nested", parameters=nested),
+        Tool("open", parameters={**SEARCH.parameters, "additionalProperties": True}),
+        Tool("typed", parameters={**SEARCH.parameters, "additionalProperties": {"type": "integer"}}),
+    )
+    g = lark(spec(tools=tools))
+    assert not matches(g, call("search", '{"q": "x", "extra": [1, {"a": null}]}'))
+    assert not matches(g, call("nested", '{"where": {"city": "Rome", "country": "IT"}}'))
+    assert matches(g, call("nested", '{"where": {"city": "Rome"}}'))
+    assert matches(g, call("open", '{"q": "x", "extra": [1, {"a": null}]}'))
+    assert matches(g, call("typed", '{"q": "x", "n": 3}'))
+    assert not matches(g, call("typed", '{"q": "x", "n": "3"}'))
 
 
 def test_keyword_names_as_property_names_are_fine() -> None:
@@ -504,6 +523,8 @@ def test_pythonic_arguments_are_python_literals_in_schema_order() -> None:
         "[order(item='tea', qty=2)]",
         '[order(item="tea", qty=2, tags=["a", "b", "a"])]',
         '[order(item="a\\/b", qty=1)]',
+        '[order(item="tea", qty=2, colour="red")]',  # undeclared keyword: objects decode closed
+        '[order(item="t", qty=1, meta={"k": None, "x": 1})]',
     ]:
         assert not matches(g, bad, False), bad
 
@@ -522,7 +543,8 @@ def test_qwen3_coder_writes_strings_raw_or_quoted_and_the_rest_as_json() -> None
                + param("note", "some </tool_call> text") + param("tags", '["a", "b"]')]:  # fmt: skip
         assert matches(g, call(ok), False), ok
     for bad in [param("item", "teapot") + qty, param("item", "12") + qty, item + param("qty", "0"),
-                item + param("qty", '"2"'), qty + item, item + qty + param("note", "true")]:  # fmt: skip
+                item + param("qty", '"2"'), qty + item, item + qty + param("note", "true"),
+                item + qty + param("colour", "red")]:  # fmt: skip
         assert not matches(g, call(bad), False), bad
 
 
