@@ -15,8 +15,8 @@ SUITE = Path(__file__).resolve().parents[4] / "shared" / "data" / "json-schema-t
 
 
 def test_objects_of_known_properties_are_closed_at_every_narrowing_position() -> None:
-    leaf = {"type": "object", "properties": {"x": {}}}
-    schema = {
+    leaf: dict[str, Any] = {"type": "object", "properties": {"x": {}}}
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"a": leaf, "b": {"type": "array", "items": leaf, "prefixItems": [leaf]}, "c": {"anyOf": [leaf]}},
         "additionalProperties": {"type": "object", "properties": {"y": {}}, "additionalProperties": True},
