@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
 from server.constraints.native import native_constraint
+from server.constraints.spec import grammar_tool
 from server.engines.base import Cancel, CountsTokens, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
 from server.metrics import Metrics
@@ -272,6 +273,9 @@ class _Run:
         self.choice = choice
         self.metrics = metrics
         self.tools: Mapping[str, Tool] = {t.name: t for t in request.tools}
+        # Calls are validated against the schemas the grammar enforces (closed objects), so a
+        # call read outside the grammar (a ```json block) is held to what the grammar would allow.
+        self.enforced: Mapping[str, Tool] = {t.name: grammar_tool(t) for t in request.tools}
         self.labels = (served.name, served.adapter_name or "none")
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -349,7 +353,7 @@ class _Run:
         if parsed.raw is not None and not self._loose_is_call(parsed, state):
             state.sent = True
             return [ContentEvent(parsed.raw)]
-        error = validate_call(parsed, self.tools)
+        error = validate_call(parsed, self.enforced)
         if error is not None:
             state.invalid.append(InvalidCall(parsed.name, parsed.arguments, error))
             state.loose_failed = parsed.raw is not None

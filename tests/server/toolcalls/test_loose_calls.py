@@ -156,6 +156,23 @@ def test_a_loose_call_that_fails_validation_is_retried_under_the_grammar() -> No
     assert "start: reply | calls" in first and "start: calls" in retry
 
 
+def test_a_loose_call_with_an_undeclared_argument_is_rewritten_under_the_grammar() -> None:
+    """Valid JSON Schema (the tool does not forbid extra properties) but not what the grammar
+    allows (objects decode closed): the retry writes the call the grammar allows."""
+    bad = '```json\n{"name": "get_weather", "arguments": {"city": "Paris", "required": ["city"]}}\n```'
+    good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    engine = FakeEngine([([bad], "stop"), ([good], "stop")])
+    served = Served("fake", engine, INFO, HERMES, INFO.chat_template or "", Admission(1, 4, 5.0))
+    request = ChatRequest(messages=(Message("user", "weather?"),), tools=(WEATHER,), sampling=Sampling(max_tokens=64))
+
+    async def collect() -> list[object]:
+        return [e async for e in run_chat(served, request, Metrics(), Cancel())]
+
+    events = asyncio.run(collect())
+    assert [e.call.arguments for e in events if isinstance(e, CallEvent)] == ['{"city": "Paris"}']
+    assert len(engine.requests) == 2 and "start: calls" in (engine.requests[1].grammar or "")
+
+
 def test_training_scores_loose_blocks_as_the_gateway_serves_them() -> None:
     from training.evaluation.verifier import Expected, ToolCallingVerifier
 
