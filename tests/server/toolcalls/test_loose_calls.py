@@ -141,25 +141,25 @@ def test_parallel_tool_calls_false_keeps_one_loose_call() -> None:
 def test_a_loose_call_that_fails_validation_is_retried_under_the_grammar() -> None:
     """The model meant a call of a declared tool but its ```json block misses `city`: the retry
     runs under the `required` grammar, which writes the call in the format's markers."""
-    bad = '```json\n{"name": "get_weather", "arguments": {"town": "Paris"}}\n```'
-    good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    engine = FakeEngine([([bad], "stop"), ([good], "stop")])
-    served = Served("fake", engine, INFO, HERMES, INFO.chat_template or "", Admission(1, 4, 5.0))
-    request = ChatRequest(messages=(Message("user", "weather?"),), tools=(WEATHER,), sampling=Sampling(max_tokens=64))
-
-    async def collect() -> list[object]:
-        return [e async for e in run_chat(served, request, Metrics(), Cancel())]
-
-    events = asyncio.run(collect())
-    assert [e.call.arguments for e in events if isinstance(e, CallEvent)] == ['{"city": "Paris"}']
-    first, retry = (r.grammar or "" for r in engine.requests)
+    calls, grammars = _retried('```json\n{"name": "get_weather", "arguments": {"town": "Paris"}}\n```')
+    assert calls == ['{"city": "Paris"}']
+    first, retry = grammars
     assert "start: reply | calls" in first and "start: calls" in retry
 
 
 def test_a_loose_call_with_an_undeclared_argument_is_rewritten_under_the_grammar() -> None:
     """Valid JSON Schema (the tool does not forbid extra properties) but not what the grammar
     allows (objects decode closed): the retry writes the call the grammar allows."""
-    bad = '```json\n{"name": "get_weather", "arguments": {"city": "Paris", "required": ["city"]}}\n```'
+    calls, grammars = _retried(
+        '```json\n{"name": "get_weather", "arguments": {"city": "Paris", "required": ["city"]}}\n```'
+    )
+    assert calls == ['{"city": "Paris"}']
+    assert len(grammars) == 2 and "start: calls" in grammars[1]
+
+
+def _retried(bad: str) -> tuple[list[str], list[str]]:
+    """The calls answered and the grammar of each attempt when the model first writes `bad`,
+    then (if asked again) the right call in the format's markers."""
     good = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     engine = FakeEngine([([bad], "stop"), ([good], "stop")])
     served = Served("fake", engine, INFO, HERMES, INFO.chat_template or "", Admission(1, 4, 5.0))
@@ -169,8 +169,7 @@ def test_a_loose_call_with_an_undeclared_argument_is_rewritten_under_the_grammar
         return [e async for e in run_chat(served, request, Metrics(), Cancel())]
 
     events = asyncio.run(collect())
-    assert [e.call.arguments for e in events if isinstance(e, CallEvent)] == ['{"city": "Paris"}']
-    assert len(engine.requests) == 2 and "start: calls" in (engine.requests[1].grammar or "")
+    return [e.call.arguments for e in events if isinstance(e, CallEvent)], [r.grammar or "" for r in engine.requests]
 
 
 def test_training_scores_loose_blocks_as_the_gateway_serves_them() -> None:
