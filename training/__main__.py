@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.allocator import keep_freed_memory
 from training.demo.tokenizer import DEFAULT_VOCAB_SIZE
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # before torch is imported: every later allocation is served from the heap
     handler: Handler = args.handler
     return handler(args)
 
