@@ -2,7 +2,8 @@
 
 From a record whose answer is a call: chosen = the correct call, rejected = the same call with one
 realistic mistake (a wrong value, a wrong type, a missing required argument, an extra argument,
-a distractor function). From a no-tool record: chosen = the text answer, rejected = a plausible
+a distractor function); from one with several calls, as often the answer stopped after the first
+of them (how small models miss parallel requests). From a no-tool record: chosen = the text answer, rejected = a plausible
 call (on an out-of-scope request, or with invented arguments on an underspecified one). Values
 for mistakes come from the schemas and from values seen in other records, never from thin air.
 """
@@ -25,6 +26,7 @@ PAIR_KINDS = (
     "missing_arg",
     "extra_arg",
     "wrong_function",
+    "missing_call",
     "call_on_irrelevant",
     "call_on_underspecified",
 )
@@ -101,6 +103,8 @@ def _rejected(record: Record, seen: _Seen, rng: random.Random) -> tuple[str, Jso
         kind = "call_on_irrelevant" if record.kind == "no_tool_irrelevant" else "call_on_underspecified"
         return (kind, _calls_message([call])) if call else None
     calls = [c.model_dump(mode="json") for c in answer.tool_calls]
+    if len(calls) > 1 and rng.random() < 0.5:
+        return "missing_call", _calls_message(calls[: rng.randrange(1, len(calls))])
     i = rng.randrange(len(calls))
     tool = next(t for t in record.tools if t.function.name == calls[i]["function"]["name"])
     mistakes = [(kind, fn) for kind, fn in _MISTAKES.items()]

@@ -19,7 +19,7 @@ from server.toolcalls.base import ParsedCall
 from server.toolcalls.validation import validate_call
 from training.data.build import build_dataset
 from training.data.catalogue import GENERAL, SUPPORT, CatalogueError, load_catalogue
-from training.data.pairs import near_miss_pairs
+from training.data.pairs import PAIR_KINDS, near_miss_pairs
 from training.data.records import (
     KINDS,
     NEGATIVE_KINDS,
@@ -375,8 +375,7 @@ def test_split_records_keeps_groups_together_and_held_out_tools_in_test(general:
 def test_near_miss_pairs_cover_every_mistake_and_differ_from_chosen(general: list[Record]) -> None:
     pairs = near_miss_pairs(general, seed=0)
     kinds = Counter(p.meta["kind"] for p in pairs)
-    assert set(kinds) >= {"wrong_value", "wrong_type", "missing_arg", "extra_arg", "wrong_function",
-                          "call_on_irrelevant", "call_on_underspecified"}  # fmt: skip
+    assert set(kinds) == set(PAIR_KINDS)
     by_id = {r.meta.id: r for r in general}
     for pair in pairs:
         record = by_id[pair.meta["source"]]
@@ -390,6 +389,9 @@ def test_near_miss_pairs_cover_every_mistake_and_differ_from_chosen(general: lis
             assert any(validate_call(c, tools) for c in calls)  # the schema alone rejects these
         if pair.meta["kind"] == "wrong_function":
             assert [c.name for c in calls] != [c.function.name for c in record.answer.tool_calls or ()]
+        if pair.meta["kind"] == "missing_call":  # the first calls, the last one(s) left out
+            assert pair.rejected["tool_calls"] == pair.chosen["tool_calls"][: len(calls)]
+            assert 0 < len(calls) < len(pair.chosen["tool_calls"])
     assert near_miss_pairs(general, seed=0) == pairs
 
 
