@@ -3,8 +3,9 @@
 From a record whose answer is a call: chosen = the correct call, rejected = the same call with one
 realistic mistake (a wrong value, a wrong type, a missing required argument, an extra argument,
 a distractor function); from one with several calls, as often the answer stopped after the first
-of them (how small models miss parallel requests). From a no-tool record: chosen = the text answer, rejected = a plausible
-call (on an out-of-scope request, or with invented arguments on an underspecified one). Values
+of them (how small models miss parallel requests). From a no-tool record: chosen = the text
+answer, rejected = a plausible call (on an out-of-scope request, or with invented arguments on an
+underspecified one). Values
 for mistakes come from the schemas and from values seen in other records, never from thin air.
 """
 
