@@ -23,18 +23,11 @@ from server.toolcalls.base import Envelope, ToolFormat
 from server.types import JSONSchema, Tool
 
 _JSON_MARK = "%json "
-# No forcing: where the grammar admits only one way on, llguidance otherwise allows just the first
-# token of those forced bytes tokenized on their own, which can be a split the model never writes
-# in context. `"}}` (a string, its object and the call closed) tokenizes alone as `"` `}}`, but
-# before a second call the model writes `"}` `},`: forced onto `"` `}}`, a model that had put 0.94
-# on going on closed the list after one call (docs/formats.md). The mask still admits only what
-# the grammar allows; the model picks among the ways to tokenize it, as it was trained to.
-LLGUIDANCE_OPTIONS = '%llguidance {"no_forcing": true}'
 
 
 def emit_lark(shape: Plan, spec: ConstraintSpec, fmt: ToolFormat) -> str:
     """The Lark text: start, the text answer, then the format's envelope file and call bodies."""
-    parts = [LLGUIDANCE_OPTIONS, _start_rule(shape), *_reply_rules(spec, fmt, shape)]
+    parts = ["%llguidance {}", _start_rule(shape), *_reply_rules(spec, fmt, shape)]
     if shape.tools or uses_open(fmt.envelope, shape):
         parts += _marker_rules(spec, fmt)
     if shape.tools:
