@@ -402,7 +402,7 @@ class Scheduler:
         request = seq.job.request
         assert request is not None and seq.rng is not None and seq.stops is not None
         sampling = request.sampling
-        token = sample(logits, sampling.temperature, sampling.top_p, seq.rng, allowed)
+        token = self._choose(seq, logits, allowed)
         seq.produced += 1
         if self._b.is_eog(token):
             return self._finish(seq, "stop")
@@ -416,6 +416,18 @@ class Scheduler:
         if seq.produced >= sampling.max_tokens:
             return self._finish(seq, "length")
         seq.next_token = token
+
+    def _choose(self, seq: Seq, logits: NDArray[np.float32], allowed: NDArray[np.intp] | None) -> int:
+        """The model's own token where the grammar admits it, else a token from the mask
+        (llama.cpp's order). The mask is not all the grammar admits: where one continuation is
+        forced, llguidance offers it tokenized alone (`"}}` as `"` `}}`), while a model about
+        to write a second call splits it `"}` `},`; sampled from the mask, it closes the list."""
+        assert seq.job.request is not None and seq.rng is not None
+        sampling = seq.job.request.sampling
+        own = sample(logits, sampling.temperature, sampling.top_p, seq.rng)
+        if allowed is None or seq.matcher.validate_tokens([own]) == 1:
+            return own
+        return sample(logits, sampling.temperature, sampling.top_p, seq.rng, allowed)
 
     def _finish(self, seq: Seq, reason: str) -> None:
         assert seq.stops is not None
