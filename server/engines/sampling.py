@@ -1,8 +1,9 @@
 """Token sampling over a logits vector: temperature and nucleus (top_p), seeded.
 
 Kept in numpy, outside llama.cpp's sampler chain, so a grammar mask is applied in one place
-and a seed reproduces a generation exactly. With a grammar, sampling runs over the allowed
-token ids only: tight grammars allow a handful of tokens, so this is also the fast path.
+and a seed reproduces a generation exactly. `allowed` restricts a draw to a grammar's mask; the
+batching engine draws from the whole vocabulary first and uses the mask only when the grammar
+refuses that draw (batching.py `_choose`).
 """
 
 from __future__ import annotations
