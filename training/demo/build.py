@@ -119,6 +119,10 @@ class DemoConfig:
     # one token that adds a second call was learnt as a prior, P ~0.1 on every parallel prompt,
     # and all 10 held-out parallel prompts got one call (docs/demo.md)
     parallel_weight: float = 3.0
+    # General-catalogue records (tools renamed at rename_share) mixed once into the real base's
+    # SFT: trained on support records alone, the adapter cost BFCL simple 0.10 and multiple 0.07
+    # (docs/benchmarks.md); replay of general records is the usual cure. 0: none
+    replay_records: int = 600
     dpo_steps: int = 20
     dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (docs/demo.md)
     dpo_beta: float = 0.1
@@ -195,16 +199,39 @@ def _build_on_real_base(
             fractions=(1 - 2 * share, share, share),
             progress=say,
         )
+        replay = _replay(config, work, say) if config.replay_records else None
     with _stage("base", f"base model: {config.base_model} (dequantized once, cached)", timings, say):
         model_dir = resolve_base(config.base_model).folder
-    return _adapters_and_report(config, work, model_dir, support, timings, say)
+    return _adapters_and_report(config, work, model_dir, support, timings, say, replay)
+
+
+def _replay(config: DemoConfig, work: Path, say: Callable[[str], None]) -> Path:
+    """General-catalogue training records for SFT replay, a `rename_share` of them renamed."""
+    general = build_dataset(
+        [GENERAL],
+        work / "data-replay",
+        config.replay_records,
+        config.seed + 4,
+        SynthConfig(max_distractors=config.distractors),
+        fractions=(1.0, 0.0, 0.0),
+        progress=say,
+    )
+    if config.rename_share:
+        general = _renamed(general, config.rename_share, config.seed + 3, say)
+    return Path(general.train)
 
 
 def _adapters_and_report(
-    config: DemoConfig, work: Path, model_dir: Path, support: Any, timings: dict[str, float], say: Callable[[str], None]
+    config: DemoConfig,
+    work: Path,
+    model_dir: Path,
+    support: Any,
+    timings: dict[str, float],
+    say: Callable[[str], None],
+    replay: Path | None = None,
 ) -> DemoResult:
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
-        sft = _train_adapter(config, work, model_dir, support)
+        sft = _train_adapter(config, work, model_dir, support, replay)
     adapters = {"sft": sft}
     with _stage("dpo", f"adapter: DPO, {config.dpo_steps} steps", timings, say):
         adapters["dpo"] = _train_dpo(config, work, model_dir, sft, support)
@@ -366,9 +393,9 @@ def _batches(batch: int, micro: int) -> tuple[int, int]:
     return micro, batch // micro
 
 
-def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any) -> Path:
+def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any, replay: Path | None = None) -> Path:
     batch, accum = _batches(config.sft_batch, config.micro_batch)
-    train, weights = _weighted_parallel(config, work, support.train)
+    train, weights = _sft_mix(config, work, support.train, replay)
     sft = SFTConfig(
         base_model=str(model_dir),
         train=train,
@@ -390,6 +417,16 @@ def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any
         dtype=config.dtype,
     )
     return run_sft(sft, work / "sft").output
+
+
+def _sft_mix(
+    config: DemoConfig, work: Path, train: Path, replay: Path | None
+) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """SFT's files and weights: the support split (parallel records weighted), replay once."""
+    files, weights = _weighted_parallel(config, work, train)
+    if replay is None:
+        return files, weights
+    return (*files, str(replay)), (*(weights or (1.0,) * len(files)), 1.0)
 
 
 def _weighted_parallel(config: DemoConfig, work: Path, train: Path) -> tuple[tuple[str, ...], tuple[float, ...]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from server.adapters.manifest import read_manifest
 
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SMOL = "smollm2-135m-instruct"
 REDUCED = {
     "support_records": 24,
+    "replay_records": 12,
     "eval_records": 6,
     "sft_steps": 4,
     "sft_batch": 2,
@@ -88,6 +90,13 @@ def test_every_model_is_scored_unconstrained_and_through_the_gateway(demo: Path)
             assert not row["answer"].get("error"), row
             assert all(call["error"] is None for call in row["verdict"]["calls"]), (name, row)
     assert set(report["seconds"]) >= {"data", "base", "sft", "dpo", "raft", "eval", "gateway", "export"}
+
+
+def test_sft_replays_general_records_beside_the_support_split(demo: Path) -> None:
+    sft = yaml.safe_load((demo / "runs" / "demo" / "sft" / "config.yaml").read_text())
+    replay = demo / sft["train"][-1]  # relative to the build's folder, or absolute
+    assert replay.parent.name == "data-replay" and sft["train_weights"][-1] == 1.0
+    assert 0 < len(replay.read_text().splitlines()) <= REDUCED["replay_records"]
 
 
 def test_the_export_is_the_gateway_best_for_the_catalogue_gguf(demo: Path) -> None:
