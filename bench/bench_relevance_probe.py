@@ -22,10 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_bfcl import OUT, _answers  # noqa: E402
+from bench.bench_bfcl import OUT, _answers, entries  # noqa: E402
 from bench.common import pct, write_section  # noqa: E402
 from server.serving import catalogue, fetch  # noqa: E402
-from training.evaluation import bfcl  # noqa: E402
 
 NEEDED = ["simple_python", "multiple", "live_simple"]
 QUESTIONS = {
@@ -56,14 +55,14 @@ def p_yes(llm: Any, question: str) -> float:
 def probe(llm: Any, model: str, category: str, template: str) -> list[float]:
     answers = _answers(OUT / model / "callgate" / f"{category}.jsonl")
     scores = []
-    for entry in bfcl.load_category(category):
-        answer = answers.get(entry["id"])
+    for entry_id, tools, messages in entries(category, len(answers)):  # the answers are a prefix
+        answer = answers.get(entry_id)
         if not answer or not answer["calls"]:
             continue
         name, arguments = answer["calls"][0]
-        doc = next((d for d in entry["function"] if bfcl.to_tool(d).name == name), entry["function"][0])
-        user = " ".join(m["content"] for m in entry["question"][0] if m["role"] == "user")
-        question = template.format(user=user, name=name, description=doc.get("description", ""), arguments=arguments)
+        tool = next((t for t in tools if t.name == name), tools[0])
+        user = " ".join(m.content for m in messages if m.role == "user")
+        question = template.format(user=user, name=name, description=tool.description, arguments=arguments)
         scores.append(p_yes(llm, question))
     return scores
 
