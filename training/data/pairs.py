@@ -3,10 +3,12 @@
 From a record whose answer is a call: chosen = the correct call, rejected = the same call with one
 realistic mistake (a wrong value, a wrong type, a missing required argument, an extra argument,
 a distractor function); from one with several calls, as often the answer stopped after the first
-of them (how small models miss parallel requests). From a no-tool record: chosen = the text
-answer, rejected = a plausible call (on an out-of-scope request, or with invented arguments on an
-underspecified one). Values
-for mistakes come from the schemas and from values seen in other records, never from thin air.
+of them (how small models miss parallel requests) and, from a record with one call, as often
+that call followed by a call to another declared tool (the same mistake the other way: pairs in
+both directions on the count of calls, so that DPO learns when to go on, not to go on). From a
+no-tool record: chosen = the text answer, rejected = a plausible call (on an out-of-scope
+request, or with invented arguments on an underspecified one). Values for mistakes come from the
+schemas and from values seen in other records, never from thin air.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PAIR_KINDS = (
     "extra_arg",
     "wrong_function",
     "missing_call",
+    "extra_call",
     "call_on_irrelevant",
     "call_on_underspecified",
 )
@@ -106,6 +109,10 @@ def _rejected(record: Record, seen: _Seen, rng: random.Random) -> tuple[str, Jso
     calls = [c.model_dump(mode="json") for c in answer.tool_calls]
     if len(calls) > 1 and rng.random() < 0.5:
         return "missing_call", _calls_message(calls[: rng.randrange(1, len(calls))])
+    if len(calls) == 1 and len(record.tools) > 1 and rng.random() < _EXTRA_CALL_SHARE:
+        extra = _extra_call(calls[0], record, seen, rng)
+        if extra is not None:
+            return "extra_call", _calls_message([*calls, extra])
     i = rng.randrange(len(calls))
     tool = next(t for t in record.tools if t.function.name == calls[i]["function"]["name"])
     mistakes = [(kind, fn) for kind, fn in _MISTAKES.items()]
@@ -115,6 +122,18 @@ def _rejected(record: Record, seen: _Seen, rng: random.Random) -> tuple[str, Jso
         if wrong is not None and wrong != calls[i]:
             return kind, _calls_message(calls[:i] + [wrong] + calls[i + 1 :])
     return None
+
+
+# Of the single-call records that declare another tool, the share whose pair is an extra call:
+# about as many as the `missing_call` pairs (half the parallel records) in the generator's mix, so
+# that DPO on the count pairs pulls towards neither more nor fewer calls (docs/demo.md).
+_EXTRA_CALL_SHARE = 0.3
+
+
+def _extra_call(call: Json, record: Record, seen: _Seen, rng: random.Random) -> Json | None:
+    """A plausible call to another declared tool, to follow `call` where one call was asked for."""
+    others = [t for t in record.tools if t.function.name != call["function"]["name"]]
+    return _plausible_call(rng.choice(others), seen, rng) if others else None
 
 
 def _calls_message(calls: list[Json]) -> Json:

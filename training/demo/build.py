@@ -103,9 +103,10 @@ class DemoConfig:
     # adapter: LoRA SFT, then DPO
     lora_r: int = 16
     lora_alpha: int = 32
-    # the adapters' training dtype: bfloat16 runs matmuls on the CPU's AMX / AVX512-BF16 units
-    # (2x the SFT steps/s of float32 here, docs/demo.md); the adapter weights stay float32 (PEFT)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "bfloat16"
+    # the adapters' training dtype; auto: bfloat16 on a CPU with AMX / AVX512-BF16 (2x the SFT
+    # steps/s of float32 on such a Xeon, docs/demo.md), float32 on an AVX2-only one (bfloat16
+    # matmuls ~100x slower there); the adapter weights stay float32 (PEFT)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Records per forward pass in the adapter stages; the batches above are reached by gradient
     # accumulation. On CPU, a batch of 8 x ~650 tokens makes activations of hundreds of MB that
     # are mapped and page-faulted afresh every step (more kernel time than compute); 2 at a time
@@ -128,6 +129,10 @@ class DemoConfig:
     dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (docs/demo.md)
     dpo_beta: float = 0.1
     dpo_batch: int = 4
+    # The pair kinds DPO trains on (training/data/pairs.py), () every kind. The two kinds on the
+    # count of calls alone (missing_call, extra_call) kept SFT's valid calls where every kind cost
+    # 0.13 of them, but lost the fewer false calls that every kind gives (docs/demo.md)
+    dpo_kinds: tuple[str, ...] = ()
     # RAFT (training/recipes/raft.py) from the SFT adapter, beside DPO: sample answers to training
     # prompts, keep the verified ones, fine-tune on them; 0 cycles skips it
     raft_cycles: int = 1
@@ -449,6 +454,7 @@ def _train_dpo(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Pat
         base_model=str(model_dir),
         adapter=str(sft_adapter),
         pairs=(str(support.pairs),),
+        kinds=config.dpo_kinds,
         learning_rate=config.dpo_lr,
         beta=config.dpo_beta,
         max_steps=config.dpo_steps,

@@ -62,11 +62,27 @@ def chat_template(config_template: str | None, tokenizer: PreTrainedTokenizerBas
 
 
 def pick_dtype(name: str) -> torch.dtype:
+    """`auto`: bfloat16 where the hardware multiplies in it (a CUDA GPU that supports it, a CPU
+    with AMX or AVX512-BF16: 2x the SFT steps/s of float32 on such a Xeon), float32 elsewhere
+    (on an AVX2-only CPU, torch 2.13 runs a bfloat16 matmul ~100x slower than float32)."""
     import torch
 
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def cpu_has_bf16() -> bool:
+    caps = torch_cpu_capabilities()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def torch_cpu_capabilities() -> dict[str, Any]:
+    import torch
+
+    return dict(torch.cpu.get_capabilities())
 
 
 def check_rank(rank: int) -> None:

@@ -56,6 +56,7 @@ class DPOConfig:
     adapter: str = ""  # the SFT adapter: the PEFT folder SFT wrote (run/adapter)
     pairs: tuple[str, ...] = ()  # DPO pair JSONL files
     val: str | None = None  # pairs for eval loss / reward margins
+    kinds: tuple[str, ...] = ()  # the pair kinds trained on (meta.kind, training/data/pairs.py); (): all
     chat_template: str | None = None  # default: the adapter's chat_template.jinja, else the tokenizer's
     beta: float = 0.1  # strength of the pull towards the reference
     loss_type: str = "sigmoid"  # TRL DPO loss ("sigmoid" = the DPO paper's, "ipo", ...)
@@ -133,6 +134,14 @@ def load_pairs(paths: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
         pairs += found
         bad += n_bad
     return pairs, bad
+
+
+def of_kinds(pairs: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> list[Mapping[str, Any]]:
+    """The pairs whose meta.kind is one of `kinds` (all of them when `kinds` is empty)."""
+    if not kinds:
+        return list(pairs)
+    meta = [p.get("meta") for p in pairs]
+    return [p for p, m in zip(pairs, meta, strict=True) if isinstance(m, dict) and m.get("kind") in kinds]
 
 
 def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
@@ -226,6 +235,7 @@ def build_datasets(
     bad = 0
     if train_pairs is None:
         train_pairs, bad = load_pairs(config.pairs)
+    train_pairs = of_kinds(train_pairs, config.kinds)
     train_set, stats = to_pair_dataset(train_pairs, template, tokenizer, config.max_len)
     stats["skipped"]["bad_json"] = bad
     if len(train_set) == 0:
@@ -234,7 +244,7 @@ def build_datasets(
     if not config.val:
         return train_set, None, data
     val_pairs, val_bad = load_pairs([config.val])
-    eval_set, data["val_data"] = to_pair_dataset(val_pairs, template, tokenizer, config.max_len)
+    eval_set, data["val_data"] = to_pair_dataset(of_kinds(val_pairs, config.kinds), template, tokenizer, config.max_len)
     data["val_data"]["skipped"]["bad_json"] = val_bad
     return train_set, (eval_set if len(eval_set) else None), data
 

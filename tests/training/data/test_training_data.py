@@ -392,6 +392,10 @@ def test_near_miss_pairs_cover_every_mistake_and_differ_from_chosen(general: lis
         if pair.meta["kind"] == "missing_call":  # the first calls, the last one(s) left out
             assert pair.rejected["tool_calls"] == pair.chosen["tool_calls"][: len(calls)]
             assert 0 < len(calls) < len(pair.chosen["tool_calls"])
+        if pair.meta["kind"] == "extra_call":  # the one right call, then a declared tool's call
+            assert pair.rejected["tool_calls"][:1] == pair.chosen["tool_calls"] and len(calls) == 2
+            assert calls[1].name in tools and calls[1].name != calls[0].name
+            assert not validate_call(calls[1], tools)  # a valid call, only not asked for
     assert near_miss_pairs(general, seed=0) == pairs
 
 

@@ -37,3 +37,27 @@ def test_a_string_field_keeps_a_number_like_string_and_an_int_field_refuses_a_fl
     assert load_recipe(Recipe, overrides=["name=1e-4"]).name == "1e-4"
     with pytest.raises(RecipeError, match="steps="):
         load_recipe(Recipe, overrides=["steps=1e-4"])
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [({"avx2": True}, "float32"), ({"avx512_bf16": True}, "bfloat16"), ({"amx_bf16": True}, "bfloat16")],
+)
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_multiplies_in_it(
+    caps: dict[str, bool], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from training.recipes import common
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(common, "torch_cpu_capabilities", lambda: caps)
+    assert common.pick_dtype("auto") == getattr(torch, expected)
+    assert common.pick_dtype("float32") == torch.float32  # a named dtype is taken as named
+
+
+def test_the_machine_s_own_capabilities_are_read() -> None:
+    from training.recipes.common import torch_cpu_capabilities
+
+    caps = torch_cpu_capabilities()
+    assert caps["num_logical_cores"] >= 1 and isinstance(caps.get("avx512_bf16"), bool)

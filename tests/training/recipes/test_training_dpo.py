@@ -127,6 +127,26 @@ def test_pairs_render_as_served_continuations(tiny_model: Any) -> None:
     assert text.rejected.endswith('{"order_id": "42"}}\n</tool_call><|im_end|>')
 
 
+def test_kinds_choose_the_pairs_trained_on(tiny_model: Any, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from training.recipes.dpo import build_datasets
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
+    unmarked = {k: v for k, v in PAIRS[0].items() if k != "meta"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in [*PAIRS, unmarked]))
+    conf = DPOConfig(pairs=(str(path),), val=str(path))
+    every, _, data = build_datasets(conf, None, tokenizer.chat_template, tokenizer)
+    assert len(every) == len(PAIRS) + 1
+    chosen = dataclasses.replace(conf, kinds=("wrong_function", "call_on_irrelevant"))
+    two, val, data = build_datasets(chosen, None, tokenizer.chat_template, tokenizer)
+    assert len(two) == 2 and val is not None and len(val) == 2  # the pair with no kind is in no kind
+    assert sorted(two["rejected"]) == sorted(r for r in every["rejected"] if '"city": "42"' in r or '"city": "Hi"' in r)
+    with pytest.raises(ValueError, match="no usable pairs"):
+        build_datasets(dataclasses.replace(conf, kinds=("extra_call",)), None, tokenizer.chat_template, tokenizer)
+
+
 def test_unusable_pairs_are_skipped_and_counted(tiny_model: Any) -> None:
     from transformers import AutoTokenizer
 
