@@ -5,7 +5,8 @@ process's max RSS on CPU). Random weights, shapes from Qwen2.5 or the demo model
 and mode runs in its own process so peak memory is its own.
 
     python bench/bench_sft.py [--shape demo,qwen2-0.5b] [--modes lora,full] [--runs demo:lora,...] [--seq 384]
-                              [--batch 8] [--steps 6] [--device cpu|cuda] [--dtype auto] [--write]
+                              [--batch 8] [--steps 6] [--device cpu|cuda] [--dtype auto|float32,bfloat16]
+                              [--write]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_section  # noqa: E402
 
-# Qwen2.5 shapes (config.json of Qwen/Qwen2.5-{0.5B,1.5B}-Instruct); "demo" is training/configs/demo.yaml's.
+# Qwen2.5 shapes (config.json of Qwen/Qwen2.5-{0.5B,1.5B}-Instruct); "smollm2-135m" is the demo's real base
+# (SmolLM2-135M-Instruct's dimensions, as a Qwen2); "demo" the from-scratch fixture's (training/configs/demo.yaml).
 SHAPES: dict[str, dict[str, Any]] = {
     "demo": {
         "hidden_size": 192,
@@ -35,6 +37,15 @@ SHAPES: dict[str, dict[str, Any]] = {
         "intermediate_size": 576,
         "vocab_size": None,
         "tie_word_embeddings": False,
+    },
+    "smollm2-135m": {
+        "hidden_size": 576,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
     },
     "qwen2-0.5b": {
         "hidden_size": 896,
@@ -191,7 +202,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_child(args: argparse.Namespace, shape: str, mode: str, base: Path) -> dict[str, Any]:
+def run_child(args: argparse.Namespace, shape: str, mode: str, base: Path, dtype: str) -> dict[str, Any]:
     """Measure in a fresh process, so its peak memory is training's alone (the base is built here)."""
     argv = [
         sys.executable,
@@ -214,7 +225,7 @@ def run_child(args: argparse.Namespace, shape: str, mode: str, base: Path) -> di
         "--vocab",
         str(args.vocab),
         "--dtype",
-        args.dtype,
+        dtype,
     ]
     argv += ["--threads", str(args.threads)] if args.threads else []
     argv += ["--hidden", str(args.hidden)] if args.hidden else []
@@ -258,7 +269,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, help="demo shape only: hidden size (intermediate = 3x)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
-        "--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="auto = bf16 on CUDA, fp32 on CPU"
+        "--dtype",
+        default="auto",
+        help="comma-separated, every run in each: auto (bf16 where the hardware multiplies in it), float32, bfloat16",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -271,6 +284,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure_one(args)))
         return
+    dtypes = args.dtype.split(",")
+    if not set(dtypes) <= {"auto", "float32", "bfloat16"}:
+        parser.error(f"--dtype: {args.dtype!r}; each of auto, float32, bfloat16")
     load = os.getloadavg()[0]
     results = []
     pairs = (
@@ -280,11 +296,12 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for shape, mode in pairs:
-            base = Path(tmp) / shape
-            if not base.exists():
-                build_base(base, shape, args.vocab, args.hidden, args.dtype)
-            results.append(run_child(args, shape, mode, base))
-            print(json.dumps(results[-1]), file=sys.stderr)
+            for dtype in dtypes:  # side by side: each shape and mode in every dtype before the next
+                base = Path(tmp) / f"{shape}-{dtype}"
+                if not base.exists():
+                    build_base(base, shape, args.vocab, args.hidden, dtype)
+                results.append(run_child(args, shape, mode, base, dtype))
+                print(json.dumps(results[-1]), file=sys.stderr)
     body = (
         f"Random-weight Qwen2 models through `training.recipes.sft.build_trainer` (template rendering, TRL "
         f"SFTTrainer, PEFT LoRA r=16 on all linear layers, or full), one repeated tool-call record of "
@@ -299,7 +316,9 @@ def main() -> None:
     print(body)
     if args.write:
         shapes = ", ".join(dict.fromkeys(shape for shape, _ in pairs))
-        write_section(f"SFT throughput ({args.device}: {shapes})", body, ("torch", "transformers", "trl", "peft"))
+        kinds = f"; {', '.join(dtypes)}" if len(dtypes) > 1 else ""
+        title = f"SFT throughput ({args.device}: {shapes}{kinds})"
+        write_section(title, body, ("torch", "transformers", "trl", "peft"))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,14 @@ _cache: ByteLRU[str, NativeConstraint | _Unconstrained] = ByteLRU(
 )
 
 
+def cached_native(spec: ConstraintSpec, fmt: ToolFormat) -> tuple[NativeConstraint | None] | None:
+    """(what native_constraint returns,) when it is cached (microseconds), else None."""
+    found = _cache.get(cache_key(spec, fmt))
+    if found is None:
+        return None
+    return (found if isinstance(found, NativeConstraint) else None,)
+
+
 def native_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> NativeConstraint | None:
     """GBNF enforcing `spec` in `fmt`'s layout, or None when unconstrained. Raises like
     compile_constraint (UnsupportedFeature names what GBNF cannot express)."""

@@ -5,7 +5,9 @@ for post-generation validation (server/patterns.py)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from server.metrics import Metrics
 from server.patterns import SafeValidator, matches
 from server.serving.build import build_registry
 from server.types import ChoiceMode, Message, Tool, ToolChoice
-from tests.support.fakes import FakeEngine
+from tests.support.fakes import INFO, FakeEngine
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -69,6 +71,43 @@ def test_slow_compilation_is_a_400_not_a_stall() -> None:
     with pytest.raises(InvalidRequest) as info:
         asyncio.run(compile_with_deadline())
     assert info.value.code == "constraint_too_complex" and "limits.compile_timeout_s" in info.value.message
+
+
+class GbnfEngine(FakeEngine):
+    def info(self) -> Any:
+        return replace(INFO, grammar_syntax="gbnf")  # as llama-server's engine says
+
+
+@pytest.mark.parametrize("syntax", ["lark", "gbnf"])
+def test_one_client_s_burst_with_the_same_tools_compiles_once_within_the_deadline(
+    syntax: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.chat as chat
+
+    name = "compile_constraint" if syntax == "lark" else "native_constraint"
+    real, compiled = getattr(chat, name), []
+
+    def slow(spec: Any, fmt: Any) -> Any:  # a loaded machine: every trip through the pool is slow
+        compiled.append(spec)
+        time.sleep(0.05)
+        return real(spec, fmt)
+
+    monkeypatch.setattr(chat, name, slow)
+    settings = load_settings(None, **{"model.path": Path(__file__)})
+    served = build_registry(settings, Metrics(), GbnfEngine() if syntax == "gbnf" else FakeEngine()).default()
+    tool = Tool(f"t{secrets.token_hex(4)}", "", {"type": "object", "properties": {"a": {"type": "string"}}})
+    request = ChatRequest(messages=(Message("user", "hi"),), tools=(tool,), choice=ToolChoice(ChoiceMode.REQUIRED))
+
+    async def burst() -> list[Any]:
+        if syntax == "lark":
+            asks = [chat.constraint_for(served, request, request.choice, Metrics(), timeout_s=1.0) for _ in range(40)]
+        else:
+            asks = [chat.gbnf_for(served, request, request.choice, timeout_s=1.0) for _ in range(40)]
+        return await asyncio.gather(*asks)  # one InvalidRequest (a 400) fails the test
+
+    # 40 compilations one after another would take 2 s: the 39 behind the first take its result.
+    results = asyncio.run(burst())
+    assert len(compiled) == 1 and len(results) == 40 and all(r is not None for r in results)
 
 
 CATASTROPHIC = "^(a+)+b|c"  # Python's re needs ~2^n steps on "a"*n + "c"; RE2 is linear
