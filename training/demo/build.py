@@ -105,7 +105,7 @@ class DemoConfig:
     lora_alpha: int = 32
     # the adapters' training dtype; auto: bfloat16 on a CPU with AMX / AVX512-BF16 (2x the SFT
     # steps/s of float32 on such a Xeon, docs/demo.md), float32 on an AVX2-only one (bfloat16
-    # matmuls ~100x slower there); the adapter weights stay float32 (PEFT)
+    # SFT steps 14x slower there, docs/benchmarks.md); the adapter weights stay float32 (PEFT)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Records per forward pass in the adapter stages; the batches above are reached by gradient
     # accumulation. On CPU, a batch of 8 x ~650 tokens makes activations of hundreds of MB that
