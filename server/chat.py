@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from server.constraints import Constraint, ConstraintSpec, cached_constraint, compile_constraint
-from server.constraints.native import NativeConstraint, cached_native, native_constraint
+from server.constraints.native import cached_native, native_constraint
 from server.constraints.spec import grammar_tool
 from server.engines.base import Cancel, CountsTokens, Finish, Gbnf, GenerateRequest, Piece
 from server.errors import EngineError, GatewayError, InvalidRequest, UnsupportedFeature
@@ -105,17 +105,9 @@ async def constraint_for(
 ) -> Constraint:
     """Compiled off the event loop with a deadline: a schema crafted to make compilation slow
     gets a 400 instead of stalling every other request."""
-    spec = _spec(served, request, choice)
-
-    def cached() -> tuple[Constraint] | None:
-        found = cached_constraint(spec, served.format)
-        return None if found is None else (found,)
-
-    hit = cached()  # hits skip the pool hop (~60 us)
-    if hit is not None:
-        constraint = hit[0]
-    else:
-        constraint = await _in_pool(compile_constraint, spec, served.format, timeout_s, request.client, cached)
+    constraint = await _cached_or_compiled(
+        cached_constraint, compile_constraint, _spec(served, request, choice), served.format, timeout_s, request.client
+    )
     metrics.constraint_cache.labels("hit" if constraint.cached else "miss").inc()
     if not constraint.cached:
         metrics.compile_seconds.observe(constraint.compile_ms / 1000)
@@ -126,16 +118,8 @@ async def gbnf_for(served: Served, request: ChatRequest, choice: ToolChoice, tim
     """The same constraint in GBNF, for engines that enforce that instead (llama-server)."""
     if served.info.grammar_syntax != "gbnf":
         return None
-    spec = _spec(served, request, choice)
-
-    def cached() -> tuple[NativeConstraint | None] | None:
-        return cached_native(spec, served.format)
-
-    hit = cached()
-    native = (
-        hit[0]
-        if hit is not None
-        else await _in_pool(native_constraint, spec, served.format, timeout_s, request.client, cached)
+    native = await _cached_or_compiled(
+        cached_native, native_constraint, _spec(served, request, choice), served.format, timeout_s, request.client
     )
     return Gbnf(native.gbnf, native.triggers) if native is not None else None
 
@@ -157,17 +141,20 @@ def _marker_ids(served: Served) -> tuple[tuple[str, int], ...]:
     return tuple(pair for pair in served.info.special_token_ids if pair[0] in markers)
 
 
-async def _in_pool(
+async def _cached_or_compiled(
+    cached: Callable[[ConstraintSpec, ToolFormat], tuple[T] | None],
     compile: Callable[[ConstraintSpec, ToolFormat], T],
     spec: ConstraintSpec,
     fmt: ToolFormat,
     timeout_s: float,
-    client: str = "",
-    cached: Callable[[], tuple[T] | None] = lambda: None,
+    client: str,
 ) -> T:
-    """One compilation per client at a time, held until its thread is really done (a compilation
-    past its deadline cannot be stopped): one client's slow tool sets wait for each other and
-    cannot hold both threads while everyone else gets 400s."""
+    """The cached result (hits skip the pool hop, ~60 us), else compiled in the pool. One
+    compilation per client at a time, held until its thread is really done (a compilation past its
+    deadline cannot be stopped): one client's slow tool sets wait for each other and cannot hold
+    both threads while everyone else gets 400s."""
+    if (hit := cached(spec, fmt)) is not None:
+        return hit[0]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     key = (loop, client)
@@ -176,7 +163,7 @@ async def _in_pool(
         # A burst of one client's requests with the same tools: the first compiles, the others
         # find its result cached instead of queueing one thread hop each behind it (96 such hops
         # outlasted the deadline on a loaded 2-core machine).
-        if (hit := cached()) is not None:
+        if (hit := cached(spec, fmt)) is not None:
             return hit[0]
     if busy is None:
         work = loop.run_in_executor(_compile_pool(), compile, spec, fmt)

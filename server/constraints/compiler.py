@@ -82,10 +82,11 @@ def clear_cache() -> None:
     clear_schema_checks()
 
 
-def cached_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> Constraint | None:
-    """The compiled constraint if it is cached (a few microseconds), else None."""
+def cached_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> tuple[Constraint] | None:
+    """(the compiled constraint,) if it is cached (a few microseconds), else None: the shape of
+    native.cached_native, whose cached answer can itself be None."""
     found = _CACHE.get(cache_key(spec, fmt))
-    return None if found is None else replace(found, compile_ms=0.0, cached=True)
+    return None if found is None else (replace(found, compile_ms=0.0, cached=True),)
 
 
 def compile_constraint(spec: ConstraintSpec, fmt: ToolFormat) -> Constraint:
