@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -32,3 +35,25 @@ def make_peft_adapter(tiny: TinyModel, config: LoraConfig, out: Path, seed: int 
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
     model.save_pretrained(str(out))
     return out
+
+
+def llama_logits(gguf: Path, lora: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:
+    """llama.cpp's logits at every position of `ids`, the base GGUF with `lora` applied."""
+    llama = llama_cpp.Llama(
+        model_path=str(gguf),
+        lora_path=str(lora) if lora is not None else None,
+        n_ctx=512,
+        n_batch=512,
+        n_threads=2,
+        logits_all=True,
+        # F32 KV cache, no flash attention: F16 defaults would blur the comparison.
+        type_k=llama_cpp.GGML_TYPE_F32,
+        type_v=llama_cpp.GGML_TYPE_F32,
+        flash_attn=False,
+        verbose=False,
+    )
+    try:
+        llama.eval(ids)
+        return np.asarray(llama.scores[: len(ids)], dtype=np.float32).copy()
+    finally:
+        llama.close()

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tests.support.lora_helpers import ALL_LINEAR, PEFT_WARNINGS
+from tests.support.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, llama_logits
 from training.bases import SOURCE_FILE, Base, is_gguf_ref, resolve_base
 
 pytestmark = [
@@ -116,29 +116,6 @@ def _hf_logits(base: Base, adapter: Path | None, ids: list[int]) -> npt.NDArray[
     return logits
 
 
-def _llama_logits(base: Base, lora: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:
-    import llama_cpp
-
-    assert base.gguf is not None
-    llama = llama_cpp.Llama(
-        model_path=str(base.gguf),
-        lora_path=str(lora) if lora else None,
-        n_ctx=512,
-        n_batch=512,
-        n_threads=2,
-        logits_all=True,
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        flash_attn=False,
-        verbose=False,
-    )
-    try:
-        llama.eval(ids)
-        return np.asarray(llama.scores[: len(ids)], dtype=np.float32).copy()
-    finally:
-        llama.close()
-
-
 def _random_adapter(base: Base, out: Path, seed: int = 0) -> Path:
     """A LoRA on every linear layer with seeded random A and B (B = 0 would pass ignored),
     scaled so the adapter moves the logits by a few units, as a trained one does."""
@@ -178,12 +155,13 @@ def parity(smol: Base, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
     lora = convert_lora(adapter, Path(smol.model), work / "adapter.gguf")
     ids = _ids(smol)
     hf_base, hf_lora = _hf_logits(smol, None, ids), _hf_logits(smol, adapter, ids)
-    cpp_base, cpp_lora = _llama_logits(smol, None, ids), _llama_logits(smol, lora.path, ids)
+    assert smol.gguf is not None
+    cpp_base, cpp_lora = llama_logits(smol.gguf, None, ids), llama_logits(smol.gguf, lora.path, ids)
     # The control: the same adapter converted without llama's q/k row permutation.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(gguf_lora, "_llama_rows", lambda pair, _config: pair)
         unpermuted = convert_lora(adapter, Path(smol.model), work / "unpermuted.gguf")
-    cpp_unpermuted = _llama_logits(smol, unpermuted.path, ids)
+    cpp_unpermuted = llama_logits(smol.gguf, unpermuted.path, ids)
     yield {
         "lora": lora,
         "tokens": len(ids),

@@ -1,26 +1,30 @@
 """What the SFT and DPO recipes share, so that neither is the other's utility library: reading
 JSONL rows, the chat template, dtype and LoRA-rank rules, the checks that keep an adapter
-servable by vLLM and llama.cpp, the run folder's end, and the command-line body. Heavy libraries
-(torch, tqdm, transformers) are imported inside the functions that need them.
+servable by vLLM and llama.cpp, the run folder's start and end, the trainer arguments and the
+training call both set alike, and the command-line body. Heavy libraries (torch, tqdm,
+transformers) are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from server.adapters.manifest import VLLM_RANKS
+from server.adapters.manifest import VLLM_RANKS, atomic_write_text
 from training.bases import is_gguf_ref, resolve_base
-from training.recipes.loader import load_recipe
+from training.recipes.loader import dump_yaml, load_recipe
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 TEMPLATE_FILE = "chat_template.jinja"  # saved beside an adapter: the template it was trained with
 
@@ -103,6 +107,96 @@ def check_adapter(model: Any, vocab_rows: int) -> None:
     rows = embedding_rows(model)
     if rows != vocab_rows:
         raise ValueError(f"the embeddings were resized ({vocab_rows} -> {rows}); adapters must not add tokens")
+
+
+@dataclass
+class TrainerSetup:
+    """A ready TRL trainer and what its recipe needs after training (tests inspect its batches)."""
+
+    trainer: Any
+    run_dir: Path
+    tokenizer: Any
+    template: str
+    vocab_rows: int
+    data: dict[str, Any]  # what rendering kept and skipped, for metrics.json
+
+
+def open_run(command: str, config: Any, out: Path | None) -> tuple[Path, Any]:
+    """The run folder with the recipe written into it, and the base's tokenizer. `config` is an
+    SFT or DPO recipe (these helpers read the fields the two share)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from training.recipes import runs
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = runs.make_run_dir(command, out)
+    atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
+    return run_dir, AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
+
+
+def schedule_args(config: Any, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> dict[str, Any]:
+    """The TRL arguments SFT and DPO set alike from their recipes' shared fields."""
+    import torch
+
+    from training.recipes.runs import CHECKPOINTS
+
+    cuda = torch.cuda.is_available()
+    eval_every = has_eval and config.eval_steps is not None
+    return {
+        "output_dir": str(run_dir / CHECKPOINTS),
+        "per_device_train_batch_size": config.batch_size,
+        "per_device_eval_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": config.lr_scheduler,
+        "warmup_steps": config.warmup,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "logging_steps": config.logging_steps,
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "eval_strategy": "steps" if eval_every else "no",
+        "eval_steps": config.eval_steps if eval_every else None,
+        "seed": config.seed,
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "gradient_checkpointing": cuda if config.gradient_checkpointing is None else config.gradient_checkpointing,
+        "report_to": "none",
+        "dataloader_pin_memory": cuda,
+        "use_cpu": not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
+    }
+
+
+def train(setup: TrainerSetup, resume: bool) -> dict[str, Any]:
+    """Train (from the run's last checkpoint with `resume`), then evaluate where there is a
+    validation set: the metrics for metrics.json."""
+    from training.recipes import runs
+
+    trainer = setup.trainer
+    checkpoint = runs.last_checkpoint(setup.run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", setup.run_dir)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics: dict[str, Any] = {
+        **result.metrics,
+        "global_step": result.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        **setup.data,
+    }
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    return metrics
+
+
+def save_lora(model: Any, setup: TrainerSetup, base_model: str, folder: Path) -> None:
+    """The trained "default" adapter only (never DPO's "ref" copy), checked servable, with the
+    base it was trained on and the template it was trained with."""
+    check_adapter(model, setup.vocab_rows)
+    model.peft_config["default"].base_model_name_or_path = model_ref(base_model)
+    model.save_pretrained(folder, selected_adapters=["default"])
+    (folder / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
 
 
 def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> None:

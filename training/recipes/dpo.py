@@ -10,28 +10,29 @@ would parse, end-of-turn included. `run_dpo` is the in-process API; `add_command
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.adapters.manifest import atomic_write_text
 from training.bases import resolve_base
 from training.recipes.common import (
     TEMPLATE_FILE,
+    TrainerSetup,
     add_common_flags,
     chat_template,
     check_adapter,
     embedding_rows,
     finish_run,
-    model_ref,
+    open_run,
     pick_dtype,
     progress,
     read_json_lines,
     run_trainer_cli,
+    save_lora,
+    schedule_args,
+    train,
 )
-from training.recipes.loader import dump_yaml
 from training.recipes.render import render_pairs
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLOTS = {
     "loss": ("loss", "eval_loss"),
@@ -83,16 +83,6 @@ class DPOResult:
     run_dir: Path
     output: Path  # run_dir/adapter
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DPOSetup:
-    trainer: Any
-    run_dir: Path
-    tokenizer: Any
-    template: str
-    vocab_rows: int
-    data: dict[str, Any]
 
 
 def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -154,38 +144,13 @@ def load_policy(config: DPOConfig, dtype: torch.dtype) -> Any:
 
 
 def trainer_args(config: DPOConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
-    import torch
     from trl.trainer.dpo_config import DPOConfig as TRLConfig
 
-    from training.recipes.runs import CHECKPOINTS
-
-    cuda = torch.cuda.is_available()
-    eval_every = has_eval and config.eval_steps is not None
     return TRLConfig(
-        output_dir=str(run_dir / CHECKPOINTS),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if eval_every else "no",
-        eval_steps=config.eval_steps if eval_every else None,
-        seed=config.seed,
+        **schedule_args(config, run_dir, dtype, has_eval),
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_len,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=cuda if config.gradient_checkpointing is None else config.gradient_checkpointing,
-        report_to="none",
-        dataloader_pin_memory=cuda,
-        use_cpu=not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
     )
 
 
@@ -195,20 +160,14 @@ def build_trainer(
     *,
     train_pairs: Sequence[Mapping[str, Any]] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> DPOSetup:
-    import torch
-    from transformers import AutoTokenizer
+) -> TrainerSetup:
     from trl.trainer.dpo_trainer import DPOTrainer
 
     from training.recipes import runs
 
     if not config.base_model or not config.adapter:
         raise ValueError("base_model and adapter are required (DPO starts from the SFT adapter)")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir = runs.make_run_dir("dpo", out)
-    atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
+    run_dir, tokenizer = open_run("dpo", config, out)
     template = dpo_template(config, tokenizer)
     train_set, eval_set, data = build_datasets(config, train_pairs, template, tokenizer)
     dtype = pick_dtype(config.dtype)
@@ -223,7 +182,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks],
     )
-    return DPOSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
+    return TrainerSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
 
 
 def build_datasets(
@@ -258,22 +217,9 @@ def run_dpo(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> DPOResult:
     """Train the SFT adapter on preference pairs and publish `out/adapter` atomically."""
-    from training.recipes import runs
-
     setup = build_trainer(config, out, train_pairs=train_pairs, callbacks=callbacks)
     trainer, run_dir = setup.trainer, setup.run_dir
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics: dict[str, Any] = {
-        **result.metrics,
-        "global_step": result.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        **setup.data,
-    }
-    if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+    metrics = train(setup, resume)
     output = run_dir / "adapter"
     if trainer.accelerator.is_main_process:
         save_adapter(trainer.model, setup, config, output)
@@ -282,15 +228,12 @@ def run_dpo(
     return DPOResult(run_dir=run_dir, output=output, metrics=metrics)
 
 
-def save_adapter(model: Any, setup: DPOSetup, config: DPOConfig, output: Path) -> None:
+def save_adapter(model: Any, setup: TrainerSetup, config: DPOConfig, output: Path) -> None:
     """The trained "default" adapter only (never TRL's "ref" copy), written atomically."""
     from training.recipes.runs import atomic_dir
 
     with atomic_dir(output) as tmp:
-        check_adapter(model, setup.vocab_rows)
-        model.peft_config["default"].base_model_name_or_path = model_ref(config.base_model)
-        model.save_pretrained(tmp, selected_adapters=["default"])
-        (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
+        save_lora(model, setup, config.base_model, tmp)
 
 
 def add_command(sub: Any) -> None:

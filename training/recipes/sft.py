@@ -8,30 +8,31 @@ RAFT call it); `add_command` is the `python -m training sft` CLI.
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.adapters.manifest import atomic_write_text
 from training.bases import resolve_base
 from training.recipes.common import (
     TEMPLATE_FILE,
+    TrainerSetup,
     add_common_flags,
     chat_template,
     check_adapter,
     check_rank,
     embedding_rows,
     finish_run,
-    model_ref,
+    open_run,
     pick_dtype,
     progress,
     read_json_lines,
     run_trainer_cli,
+    save_lora,
+    schedule_args,
+    train,
 )
-from training.recipes.loader import dump_yaml
 from training.recipes.render import render_records
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
     from training.recipes.render import RenderStats
 
-log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -178,56 +178,18 @@ def load_model(config: SFTConfig, dtype: torch.dtype) -> PreTrainedModel | PeftM
 
 
 def trainer_args(config: SFTConfig, run_dir: Path, dtype: torch.dtype, has_eval: bool) -> Any:
-    import torch
     from trl.trainer.sft_config import SFTConfig as TRLConfig
 
-    from training.recipes.runs import CHECKPOINTS
-
-    cuda = torch.cuda.is_available()
-    checkpointing = cuda if config.gradient_checkpointing is None else config.gradient_checkpointing
-    eval_every = has_eval and config.eval_steps is not None
     return TRLConfig(
-        output_dir=str(run_dir / CHECKPOINTS),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup,
+        **schedule_args(config, run_dir, dtype, has_eval),
         weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if eval_every else "no",
-        eval_steps=config.eval_steps if eval_every else None,
-        seed=config.seed,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        gradient_checkpointing=checkpointing,
         max_length=None,  # render_records already dropped what does not fit
         packing=False,
-        report_to="none",
         # Batches of similar lengths: less padding, which on CPU is most of the waste. (Dropping the
         # attention mask of right-padded batches was tried: TRL 1.16's compute_loss needs the mask or
         # position_ids, and fwd+bwd of the demo shape on CPU measured the same with or without it.)
         train_sampling_strategy="group_by_length",
-        dataloader_pin_memory=cuda,
-        use_cpu=not cuda,  # on CPU, what lets torchrun / accelerate run DDP over gloo
     )
-
-
-@dataclass
-class SFTSetup:
-    """A ready SFTTrainer and what run_sft needs after training (tests inspect its batches)."""
-
-    trainer: Any
-    run_dir: Path
-    tokenizer: Any
-    template: str
-    vocab_rows: int
-    data: dict[str, Any]
 
 
 def build_trainer(
@@ -236,21 +198,15 @@ def build_trainer(
     *,
     train_records: Sequence[Mapping[str, Any]] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> SFTSetup:
+) -> TrainerSetup:
     """Render the data, load the model (LoRA unless `full`) and build TRL's SFTTrainer."""
-    import torch
-    from transformers import AutoTokenizer
     from trl.trainer.sft_trainer import SFTTrainer
 
     from training.recipes import runs
 
     if not config.base_model:
         raise ValueError("base_model is required")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir = runs.make_run_dir("sft", out)
-    atomic_write_text(run_dir / runs.CONFIG, dump_yaml(config))
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base(config.base_model).model)
+    run_dir, tokenizer = open_run("sft", config, out)
     template = chat_template(config.chat_template, tokenizer)
     train_set, eval_set, data = build_datasets(config, train_records, template, tokenizer)
     dtype = pick_dtype(config.dtype)
@@ -266,7 +222,7 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=[runs.JsonlLog(run_dir / runs.LOG), *callbacks],
     )
-    return SFTSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
+    return TrainerSetup(trainer, run_dir, tokenizer, template, vocab_rows, data)
 
 
 def build_datasets(
@@ -303,22 +259,9 @@ def run_sft(
     """Train and publish `out/adapter` (LoRA) or `out/model` (full). `train_records` (an
     already-mixed list) replaces the config's train files; `resume` continues from the last
     checkpoint in `out`. Bad records are skipped and counted in metrics.json."""
-    from training.recipes import runs
-
     setup = build_trainer(config, out, train_records=train_records, callbacks=callbacks)
     trainer, run_dir = setup.trainer, setup.run_dir
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", run_dir)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics: dict[str, Any] = {
-        **result.metrics,
-        "global_step": result.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        **setup.data,
-    }
-    if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+    metrics = train(setup, resume)
     kind: Literal["adapter", "model"] = "model" if config.full else "adapter"
     output = run_dir / kind
     if trainer.accelerator.is_main_process:
@@ -328,7 +271,7 @@ def run_sft(
     return SFTResult(run_dir=run_dir, output=output, kind=kind, metrics=metrics)
 
 
-def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) -> None:
+def save_output(model: Any, setup: TrainerSetup, config: SFTConfig, output: Path) -> None:
     """Written to a temp folder and renamed into place: never half an adapter."""
     from training.recipes.runs import atomic_dir
 
@@ -336,11 +279,9 @@ def save_output(model: Any, setup: SFTSetup, config: SFTConfig, output: Path) ->
         if config.full:
             model.save_pretrained(tmp)
             setup.tokenizer.save_pretrained(tmp)
+            (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
         else:
-            check_adapter(model, setup.vocab_rows)
-            model.peft_config["default"].base_model_name_or_path = model_ref(config.base_model)
-            model.save_pretrained(tmp, selected_adapters=["default"])
-        (tmp / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
+            save_lora(model, setup, config.base_model, tmp)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------

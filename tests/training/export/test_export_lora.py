@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import llama_cpp
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -23,7 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.support.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, make_peft_adapter
+from tests.support.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, llama_logits, make_peft_adapter
 from training.demo.tiny import TinyModel, TinySpec, make_model
 from training.export.gguf_lora import LoraConversionError, convert_lora
 from training.export.gguf_model import OutType
@@ -55,27 +54,6 @@ def hf_logits(tiny: TinyModel, adapter: Path | None, ids: list[int]) -> npt.NDAr
     with torch.no_grad():
         logits: npt.NDArray[np.float32] = model(torch.tensor([ids])).logits[0].numpy()
     return logits
-
-
-def llama_logits(tiny: TinyModel, lora: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:
-    llama = llama_cpp.Llama(
-        model_path=str(tiny.gguf),
-        lora_path=str(lora) if lora is not None else None,
-        n_ctx=512,
-        n_batch=512,
-        n_threads=2,
-        logits_all=True,
-        # F32 KV cache, no flash attention: F16 defaults would blur the comparison.
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        flash_attn=False,
-        verbose=False,
-    )
-    try:
-        llama.eval(ids)
-        return np.asarray(llama.scores[: len(ids)], dtype=np.float32).copy()
-    finally:
-        llama.close()
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +93,7 @@ def test_llama_cpp_lora_matches_peft(
     adapter = make_peft_adapter(tiny_model, PARITY_CASES[case], tmp_path / "peft")
     converted = convert_lora(adapter, tiny_model.hf_dir, tmp_path / "adapter.gguf")
     expected = hf_logits(tiny_model, adapter, prompt_ids)
-    got = llama_logits(tiny_model, converted.path, prompt_ids)
+    got = llama_logits(tiny_model.gguf, converted.path, prompt_ids)
     assert got.shape == expected.shape == (len(prompt_ids), expected.shape[1])
     # The adapter must matter, or parity would hold with it ignored.
     assert float(np.abs(expected - base_logits).max()) > 0.5
@@ -126,7 +104,7 @@ def test_llama_cpp_base_without_adapter_is_unchanged(
     tiny_model: TinyModel, prompt_ids: list[int], base_logits: npt.NDArray[np.float32]
 ) -> None:
     # The reference side of the "adapter matters" check: base vs base agrees.
-    assert float(np.abs(llama_logits(tiny_model, None, prompt_ids) - base_logits).max()) < LOGIT_TOLERANCE
+    assert float(np.abs(llama_logits(tiny_model.gguf, None, prompt_ids) - base_logits).max()) < LOGIT_TOLERANCE
 
 
 def test_gguf_metadata_and_tensors(tiny_model: TinyModel, tmp_path: Path) -> None:
