@@ -37,21 +37,27 @@ def make_peft_adapter(tiny: TinyModel, config: LoraConfig, out: Path, seed: int 
     return out
 
 
-def llama_logits(gguf: Path, lora: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:
-    """llama.cpp's logits at every position of `ids`, the base GGUF with `lora` applied."""
-    llama = llama_cpp.Llama(
+def parity_llama(gguf: Path, lora: Path | None = None) -> llama_cpp.Llama:
+    """llama.cpp set up for comparing logits with transformers' fp32 forward."""
+    return llama_cpp.Llama(
         model_path=str(gguf),
         lora_path=str(lora) if lora is not None else None,
         n_ctx=512,
         n_batch=512,
         n_threads=2,
         logits_all=True,
-        # F32 KV cache, no flash attention: F16 defaults would blur the comparison.
+        # F32 KV cache and no flash attention: llama.cpp's F16 defaults would round keys and
+        # values and blur the comparison.
         type_k=llama_cpp.GGML_TYPE_F32,
         type_v=llama_cpp.GGML_TYPE_F32,
         flash_attn=False,
         verbose=False,
     )
+
+
+def llama_logits(gguf: Path, lora: Path | None, ids: list[int]) -> npt.NDArray[np.float32]:
+    """llama.cpp's logits at every position of `ids`, the base GGUF with `lora` applied."""
+    llama = parity_llama(gguf, lora)
     try:
         llama.eval(ids)
         return np.asarray(llama.scores[: len(ids)], dtype=np.float32).copy()

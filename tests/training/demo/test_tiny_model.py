@@ -21,6 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from tests.support.lora_helpers import parity_llama
 from training.demo.tiny import TEMPLATE_PATH, TinyModel
 from training.demo.tokenizer import IM_END, SPECIAL_TOKENS
 from training.export.gguf_model import OutType, export_gguf, read_vocab
@@ -93,25 +94,9 @@ TOOLS: list[dict[str, Any]] = [
 LOGIT_TOLERANCE = 1e-3
 
 
-def _open_llama(path: Path) -> llama_cpp.Llama:
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=512,
-        n_batch=512,
-        n_threads=2,
-        logits_all=True,
-        # F32 KV cache and no flash attention: llama.cpp's F16 defaults would round keys and
-        # values and blur the comparison with transformers' fp32 forward.
-        type_k=llama_cpp.GGML_TYPE_F32,
-        type_v=llama_cpp.GGML_TYPE_F32,
-        flash_attn=False,
-        verbose=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def llama(tiny_model: TinyModel) -> Iterator[llama_cpp.Llama]:
-    model = _open_llama(tiny_model.gguf)
+    model = parity_llama(tiny_model.gguf)
     yield model
     model.close()
 
@@ -218,7 +203,7 @@ def test_f16_export_stays_close(
 ) -> None:
     path = export_gguf(tiny_model.hf_dir, tmp_path / "model-f16.gguf", OutType.F16)
     assert path.stat().st_size < tiny_model.gguf.stat().st_size * 0.6
-    f16 = _open_llama(path)
+    f16 = parity_llama(path)
     try:
         got = _llama_logits(f16, prompt_ids)
     finally:
