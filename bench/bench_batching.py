@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.common import median, pct, write_section  # noqa: E402
+from bench.common import exit_on_sigterm, median, pct, write_section  # noqa: E402
 from tests.support.upstreams import LLAMA_SERVER, llama_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,6 +235,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of grammar off / on")
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
+    exit_on_sigterm()
     if not LLAMA_SERVER.is_file():
         sys.exit(f"llama-server is not built at {LLAMA_SERVER}: `make llama-server`")
     logs = Path(tempfile.mkdtemp(prefix="bench_batching_"))

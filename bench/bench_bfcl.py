@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 import jsonschema  # noqa: E402
 
-from bench.common import write_section  # noqa: E402
+from bench.common import exit_on_sigterm, write_section  # noqa: E402
 from server.serving import catalogue, fetch  # noqa: E402
 from server.toolcalls import get_format  # noqa: E402
 from server.toolcalls.detect import detect_format  # noqa: E402
@@ -249,6 +249,7 @@ def main() -> None:
     p.add_argument("--score-only", action="store_true", help="score the saved answers, ask nothing")
     p.add_argument("--write", action="store_true", help="rewrite this section of docs/benchmarks.md")
     args = p.parse_args()
+    exit_on_sigterm()
     sections = []
     for name in args.models:
         model = catalogue.find(name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import write_section  # noqa: E402
+from bench.common import exit_on_sigterm, write_section  # noqa: E402
 from server.adapters.manifest import read_manifest  # noqa: E402
 from server.serving.catalogue import MODELS_DIR  # noqa: E402
 from server.serving.fetch import resolve  # noqa: E402
@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench-demo-bfcl"))
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
+    exit_on_sigterm()
     manifest = read_manifest(args.adapters / args.adapter)
     gguf = resolve(Path(manifest.base_model.id), MODELS_DIR)
     settings = SampleSettings(max_tokens=256, seed=0)

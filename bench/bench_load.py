@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
 
-from bench.common import pct, write_section  # noqa: E402
+from bench.common import exit_on_sigterm, pct, write_section  # noqa: E402
 
 WEATHER = {
     "type": "function",
@@ -157,6 +157,7 @@ def main() -> None:
     p.add_argument("--model", type=Path, help="GGUF file (default: a freshly built tiny model)")
     p.add_argument("--write", action="store_true", help="write the Load section of docs/benchmarks.md")
     args = p.parse_args()
+    exit_on_sigterm()
     proc, url = start_gateway(args.model or _tiny_model())
     try:
         asyncio.run(run_level(url, proc.pid, 4, min(5.0, args.duration)))  # warm-up: caches, allocator

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -13,6 +14,12 @@ from pathlib import Path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the bench script named in it; rerun it to refresh.\n"
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM exits through SystemExit, so the `with` blocks that started gateways and
+    llama-servers stop them instead of leaving them running (the default kills only this process)."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def machine() -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -86,9 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()
     keep_freed_memory()  # before torch is imported: every later allocation is served from the heap
     handler: Handler = args.handler
     return handler(args)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, `timeout`, a cancelled CI job) exits through SystemExit rather
+    than killing the process where it stands, so `finally` blocks run: a served evaluation's
+    gateway child is stopped instead of orphaned with its port and model."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 if __name__ == "__main__":
