@@ -70,6 +70,11 @@ class AdapterManifest(BaseModel):
         description="auto mode's no-tool threshold calibrated on this adapter; unset: the operator's "
         "model.no_tool_threshold if any (a catalogue base's calibration is not the adapter's)",
     )
+    tool_prompt_sha256: str | None = Field(
+        None,
+        description="of the gateway's tool prompt wording the adapter was trained on "
+        "(server.toolcalls.prompting.prompt_sha256), for a chat template without a tool section",
+    )
     lora: LoraSpec
     data_sha256: str | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="evaluation, name -> value")

@@ -34,7 +34,9 @@ from server.config import AdaptersSection, Settings
 from server.engines.base import AdapterFiles
 from server.errors import ConfigError, InvalidRequest, NotFound
 from server.serving.served import AdapterBinding, Provenance, Served
-from server.toolcalls.detect import resolve_format
+from server.toolcalls.base import ToolFormat
+from server.toolcalls.detect import renders_tools, resolve_format
+from server.toolcalls.prompting import prompt_sha256
 from server.types import ChoiceMode
 
 STATE_FILE = ".registry.json"
@@ -159,6 +161,22 @@ def _check_base(manifest: AdapterManifest, base: BaseModelFile) -> None:
         )
 
 
+def _check_prompt(manifest: AdapterManifest, fmt: ToolFormat, template: str) -> None:
+    """Warn, not refuse: the adapter still makes valid calls under the grammar, but its scores were
+    measured on other prompt wording (an upgrade that rewords the tool prompt calls for retraining)."""
+    wanted = manifest.tool_prompt_sha256
+    if wanted is None or renders_tools(template) or prompt_sha256(fmt) == wanted:
+        return
+    _log.warning(
+        "adapter %s was trained on other wording of the gateway's tool prompt than this version "
+        "writes (tool_prompt_sha256 %s..., now %s...): expect more calls where none is needed and "
+        "fewer right ones than its manifest's scores; retrain it with this version",
+        manifest.name,
+        wanted[:12],
+        prompt_sha256(fmt)[:12],
+    )
+
+
 def _inside(folder: Path, name: str) -> Path:
     path = (folder / name).resolve()
     if path.parent != folder.resolve():
@@ -173,6 +191,7 @@ def bind(adapter: Adapter, base: Served, pool: AdapterPool, scale: float) -> Ser
         fmt, source = resolve_format(adapter.manifest.tool_format, template)
     except ConfigError as exc:
         raise AdapterRefused(f"adapter {adapter.name!r}: {exc}", param="lora_path") from None
+    _check_prompt(adapter.manifest, fmt, template)
     # The base's engine, info and queue; the rest is the adapter's own.
     template_path = str(adapter.template_path) if adapter.template_path else base.provenance.template
     own = adapter.manifest.no_tool_threshold

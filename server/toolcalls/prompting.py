@@ -9,6 +9,7 @@ is trained is what is served.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -88,6 +89,22 @@ def _tool_prompt(tools: tuple[tuple[str, str, str], ...], fmt: ToolFormat) -> st
         f"{fmt.render(None, [EXAMPLE])}"
         f"{text_line}"
     )
+
+
+def prompt_sha256(fmt: ToolFormat) -> str:
+    """The wording this module gives a template without a tool section, in `fmt`, as one digest:
+    the tool prompt around a fixed tool, and the history rewrites. An adapter is trained on that
+    wording and records the digest (its manifest's tool_prompt_sha256): served under other wording
+    it is out of its training distribution (a two-call example added to the tool prompt took the
+    SmolLM2 support adapter's false calls from 0.018 to 0.218, docs/demo.md)."""
+    probe = Tool("TOOL", "DESCRIPTION", {"type": "object", "properties": {"ARGUMENT": {"type": "string"}}})
+    history = (
+        Message("assistant", None, (EXAMPLE,)),
+        Message("tool", "RESULT", name="TOOL"),
+        Message("assistant", "ANSWER"),
+    )
+    parts = [tool_prompt((probe,), fmt), *(_plain(m, fmt).content or "" for m in history)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def _plain(message: Message, fmt: ToolFormat) -> Message:

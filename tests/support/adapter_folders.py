@@ -15,6 +15,11 @@ MARKED_TEMPLATE = (
     "{% if tools %}TOOLS{{ tools | tojson }}{% endif %}<|im_start|>assistant\n"
 )
 
+# One without a tool section (as SmolLM2's): the gateway writes the tools into a system message.
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
 
 def base_file(root: Path) -> Path:
     path = root / "base.gguf"

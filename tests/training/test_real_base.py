@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from server.toolcalls import get_format
+from server.toolcalls.prompting import prompt_sha256
 from tests.support.lora_helpers import ALL_LINEAR, PEFT_WARNINGS, llama_logits
 from training.bases import SOURCE_FILE, Base, is_gguf_ref, resolve_base
 
@@ -285,6 +287,8 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
     manifest = read_manifest(adapters / "support-smol")
     assert manifest.base_model.id == SMOL
     assert manifest.base_model.gguf_sha256 == smol.gguf_sha256
+    # SmolLM2's template has no tool section: the prompt wording it was trained on is recorded
+    assert manifest.tool_prompt_sha256 == prompt_sha256(get_format("json_envelope"))
     assert gguf.GGUFReader(adapters / "support-smol" / "adapter.gguf").fields["general.architecture"]
 
     assert smol.gguf is not None
@@ -303,7 +307,7 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
     for live in running(app, settings, metrics):
         with openai.OpenAI(base_url=live.v1, api_key=ADMIN_KEY, max_retries=0, timeout=120) as client:
             assert sorted(m.id for m in client.models.list().data) == ["smol", "support-smol"]
-            answer = client.chat.completions.create(
+            answer = client.chat.completions.create(  # type: ignore[call-overload]
                 model="support-smol",
                 messages=[{"role": "user", "content": "Where is order 12345?"}],
                 tools=[TRACK],
@@ -311,7 +315,7 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
                 parallel_tool_calls=False,  # one call asked: a barely trained model may add more
                 max_tokens=48,
                 seed=1,
-            )  # type: ignore[list-item]
+            )
             [call] = answer.choices[0].message.tool_calls or []
             assert answer.model == "support-smol" and call.function.name == "track_order"
             # 2 steps teach SmolLM2-135M little: the grammar guarantees an integer, not the right one.

@@ -34,6 +34,7 @@ from server.adapters.manifest import (
 from server.toolcalls import format_names
 from server.toolcalls.detect import detect_format
 from training.bases import resolve_base
+from training.recipes.common import TOOL_PROMPT_FILE
 
 if TYPE_CHECKING:
     from training.__main__ import SubParsers
@@ -96,15 +97,29 @@ def export_adapter(
             target_modules=list(lora.target_modules),
             use_rslora=bool(peft_config.get("use_rslora")),
         )
-        write_manifest(folder, _manifest(name, base, peft_config, template, lora_spec, options))
+        prompt = _trained_prompt(adapter_dir)
+        write_manifest(folder, _manifest(name, base, peft_config, template, lora_spec, prompt, options))
         return _publish(folder, out / name, stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         _remove_if_empty(out / STAGING)
 
 
+def _trained_prompt(adapter_dir: Path) -> str | None:
+    """The tool prompt digest training recorded beside the adapter (none: a template with a tool
+    section, or an adapter from before the record)."""
+    path = adapter_dir / TOOL_PROMPT_FILE
+    return (path.read_text(encoding="utf-8").strip() or None) if path.is_file() else None
+
+
 def _manifest(
-    name: str, base: Base, peft_config: dict[str, Any], template: str, lora: LoraSpec, options: ExportOptions
+    name: str,
+    base: Base,
+    peft_config: dict[str, Any],
+    template: str,
+    lora: LoraSpec,
+    prompt: str | None,
+    options: ExportOptions,
 ) -> AdapterManifest:
     base_gguf = options.base_gguf or base.gguf
     if base_gguf is not None and base_gguf == base.gguf and base.gguf_sha256 is not None:
@@ -123,6 +138,7 @@ def _manifest(
         tool_format=_tool_format(options.tool_format, template),
         tool_choice=options.tool_choice,
         lora=lora,
+        tool_prompt_sha256=prompt,
         data_sha256=options.data_sha256,
         scores=options.scores,
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from server.adapters.manifest import VLLM_RANKS, atomic_write_text
+from server.toolcalls.detect import renders_tools
+from server.toolcalls.prompting import detected_format, prompt_sha256
 from training.bases import is_gguf_ref, resolve_base
 from training.recipes.loader import dump_yaml, load_recipe
 
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TEMPLATE_FILE = "chat_template.jinja"  # saved beside an adapter: the template it was trained with
+# ... and for a template without a tool section, the digest of the gateway's tool prompt wording
+# it was trained on, which export copies into the manifest (server/toolcalls/prompting.py)
+TOOL_PROMPT_FILE = "tool_prompt.sha256"
 
 
 def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -197,6 +202,8 @@ def save_lora(model: Any, setup: TrainerSetup, base_model: str, folder: Path) ->
     model.peft_config["default"].base_model_name_or_path = model_ref(base_model)
     model.save_pretrained(folder, selected_adapters=["default"])
     (folder / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
+    if not renders_tools(setup.template):
+        (folder / TOOL_PROMPT_FILE).write_text(prompt_sha256(detected_format(setup.template)) + "\n")
 
 
 def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> None:

@@ -21,8 +21,10 @@ from server.metrics import Metrics
 from server.serving.build import build_registry
 from server.serving.registry import ModelRegistry
 from server.serving.served import Served
+from server.toolcalls import get_format
+from server.toolcalls.prompting import prompt_sha256
 from server.types import ChoiceMode, Message, Sampling, Tool, ToolChoice
-from tests.support.adapter_folders import MARKED_TEMPLATE, adapter_settings, base_file, make_adapter
+from tests.support.adapter_folders import MARKED_TEMPLATE, PLAIN_TEMPLATE, adapter_settings, base_file, make_adapter
 from tests.support.fakes import FakeEngine
 
 GOOD = '<tool_call>\n{"name": "track_order", "arguments": {"order_id": 7}}\n</tool_call>'
@@ -258,6 +260,26 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
     assert to_chat_request(explicit, limits, strict.policy.default_choice).choice.mode is ChoiceMode.NONE
     no_tools = wire.model_copy(update={"tools": None})
     assert to_chat_request(no_tools, limits, strict.policy.default_choice).choice.mode is ChoiceMode.NONE
+
+
+def test_an_adapter_trained_on_other_tool_prompt_wording_is_served_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reworded, the prompt is out of the adapter's training distribution (docs/demo.md: false calls
+    # 0.018 -> 0.218); the grammar still holds its calls valid, so it is served, and the log says so.
+    base, root = base_file(tmp_path), tmp_path / "adapters"
+    now = prompt_sha256(get_format("json_envelope"))
+    plain = {"template": PLAIN_TEMPLATE, "tool_format": "json_envelope"}
+    make_adapter(root, "same", base, **plain, tool_prompt_sha256=now)
+    make_adapter(root, "reworded", base, **plain, tool_prompt_sha256="0" * 64)
+    # a template with a tool section renders the tools itself: the gateway's wording is not used
+    make_adapter(root, "own-section", base, template=MARKED_TEMPLATE, tool_prompt_sha256="0" * 64)
+    with caplog.at_level("WARNING", logger="callgate"):
+        registry = _registry(tmp_path)
+    assert sorted(registry.names()) == ["base", "own-section", "reworded", "same"]
+    warned = [r.getMessage() for r in caplog.records if "tool prompt" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("adapter reworded was trained on other wording")
+    assert f"now {now[:12]}" in warned[0]
 
 
 def test_a_catalogue_bases_calibrated_threshold_is_not_an_adapters(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from server.toolcalls import get_format
 from server.toolcalls.detect import renders_tools
-from server.toolcalls.prompting import render_chat
+from server.toolcalls.prompting import prompt_sha256, render_chat
 from server.types import Message, Tool, ToolCall
 
 # SmolLM2-135M-Instruct's own template (from its GGUF): no tool section at all.
@@ -67,3 +67,10 @@ def test_text_answers_in_the_history_take_the_formats_text_shape() -> None:
 def test_a_template_with_a_tool_section_is_left_to_render_them() -> None:
     prompt = render_chat(WITH_TOOLS, get_format("hermes"), [ASK], [WEATHER])
     assert prompt.startswith('TOOLS [{"type": "function"') and "You have access" not in prompt
+
+
+def test_the_prompt_wording_digest_is_stable_and_tells_the_formats_apart() -> None:
+    # An adapter's manifest records it; a reworded prompt changes it (tests/server/adapters).
+    envelope = prompt_sha256(get_format("json_envelope"))
+    assert envelope == prompt_sha256(get_format("json_envelope")) and len(envelope) == 64
+    assert len({envelope, prompt_sha256(get_format("hermes")), prompt_sha256(get_format("pythonic"))}) == 3

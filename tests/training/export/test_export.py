@@ -70,6 +70,11 @@ def test_export_writes_a_complete_adapter_folder(
     assert sorted(manifest.lora.target_modules) == sorted(ALL_LINEAR)
     assert manifest.scores == {"bfcl.simple": 0.5, "bfcl.n": 40.0, "irrelevance": 0.9}
     assert manifest.data_sha256 == "ab" * 32 and manifest.created is not None
+    assert manifest.tool_prompt_sha256 is None  # trained on a template with a tool section: none recorded
+    (peft_dirs["two"] / "tool_prompt.sha256").write_text("cd" * 32 + "\n")  # as training writes it
+    recorded = export_adapter(peft_dirs["two"], tiny_model.hf_dir, "plain", tmp_path / "adapters")
+    assert read_manifest(recorded).tool_prompt_sha256 == "cd" * 32
+    assert "tool_prompt.sha256" not in {p.name for p in recorded.iterdir()}  # in the manifest, not a file
     assert (folder / "chat_template.jinja").read_text(encoding="utf-8") == TEMPLATE_PATH.read_text(encoding="utf-8")
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         assert (folder / name).read_bytes() == (peft_dirs["one"] / name).read_bytes()

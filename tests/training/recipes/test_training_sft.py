@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from server.adapters.manifest import VLLM_RANKS
+from server.toolcalls.prompting import detected_format, prompt_sha256
+from tests.support.adapter_folders import PLAIN_TEMPLATE
 from tests.support.training_records import ERROR_RECOVERY, MULTI_TURN, NO_TOOL, PARALLEL, RECORDS, SINGLE
 from training.recipes.sft import SFTConfig
 
@@ -160,6 +162,12 @@ def test_lora_sft_trains_saves_and_reloads_identically(tiny_model: Any, tmp_path
     linear = linear_module_names(base)
     assert sorted(adapter_config["target_modules"]) == linear and "lm_head" not in linear
     assert (out / "chat_template.jinja").read_text() == setup.template
+    assert not (out / "tool_prompt.sha256").exists()  # hermes renders the tools itself
+    # A template without a tool section trains on the gateway's tool prompt: its wording is recorded.
+    plain = dataclasses.replace(setup, template=PLAIN_TEMPLATE)
+    save_output(model, plain, setup_config, setup.run_dir / "plain")
+    digest = prompt_sha256(detected_format(PLAIN_TEMPLATE))
+    assert (setup.run_dir / "plain" / "tool_prompt.sha256").read_text().strip() == digest
     reloaded = PeftModel.from_pretrained(base, out)
     ids = torch.tensor([setup.trainer.train_dataset[0]["input_ids"]])
     model.eval()
