@@ -119,7 +119,8 @@ class DemoConfig:
     # SFT draws the training split's parallel records this many times: at 1 (14% of records) the
     # one token that adds a second call was learnt as a prior, P ~0.1 on every parallel prompt,
     # and all 10 held-out parallel prompts got one call; at 3, 3 of 10 got two or more; at 6, 7
-    # of 10, 3 of them right, with fewer false calls (one seed each; docs/demo.md)
+    # of 10, 3 of them right, with fewer false calls; at 12, 8 of 10 but still 3 right, and 4 single
+    # requests and 2 false calls lost (one seed each; docs/demo.md)
     parallel_weight: float = 6.0
     # General-catalogue records (tools renamed at rename_share) mixed once into the real base's
     # SFT. Support records alone cost BFCL simple 0.10 and multiple 0.07; 600 replayed turn that
