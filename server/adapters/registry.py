@@ -35,7 +35,7 @@ from server.engines.base import AdapterFiles
 from server.errors import ConfigError, InvalidRequest, NotFound
 from server.serving.served import AdapterBinding, Provenance, Served
 from server.toolcalls.base import ToolFormat
-from server.toolcalls.detect import renders_tools, resolve_format
+from server.toolcalls.detect import resolve_format
 from server.toolcalls.prompting import prompt_sha256
 from server.types import ChoiceMode
 
@@ -165,7 +165,8 @@ def _check_prompt(manifest: AdapterManifest, fmt: ToolFormat, template: str) -> 
     """Warn, not refuse: the adapter still makes valid calls under the grammar, but its scores were
     measured on other prompt wording (an upgrade that rewords the tool prompt calls for retraining)."""
     wanted = manifest.tool_prompt_sha256
-    if wanted is None or renders_tools(template) or prompt_sha256(fmt) == wanted:
+    have = prompt_sha256(template, fmt)
+    if wanted is None or have is None or have == wanted:
         return
     _log.warning(
         "adapter %s was trained on other wording of the gateway's tool prompt than this version "
@@ -173,7 +174,7 @@ def _check_prompt(manifest: AdapterManifest, fmt: ToolFormat, template: str) -> 
         "fewer right ones than its manifest's scores; retrain it with this version",
         manifest.name,
         wanted[:12],
-        prompt_sha256(fmt)[:12],
+        have[:12],
     )
 
 

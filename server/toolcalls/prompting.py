@@ -91,12 +91,15 @@ def _tool_prompt(tools: tuple[tuple[str, str, str], ...], fmt: ToolFormat) -> st
     )
 
 
-def prompt_sha256(fmt: ToolFormat) -> str:
-    """The wording this module gives a template without a tool section, in `fmt`, as one digest:
-    the tool prompt around a fixed tool, and the history rewrites. An adapter is trained on that
-    wording and records the digest (its manifest's tool_prompt_sha256): served under other wording
-    it is out of its training distribution (a two-call example added to the tool prompt took the
-    SmolLM2 support adapter's false calls from 0.018 to 0.218, docs/demo.md)."""
+def prompt_sha256(template: str, fmt: ToolFormat) -> str | None:
+    """The wording this module gives `template` in `fmt`, as one digest: the tool prompt around a
+    fixed tool, and the history rewrites; None for a template with its own tool section (the
+    wording is then the template's). An adapter is trained on that wording and records the digest
+    (its manifest's tool_prompt_sha256): served under other wording it is out of its training
+    distribution (a two-call example added to the tool prompt took the SmolLM2 support adapter's
+    false calls from 0.018 to 0.218, docs/demo.md)."""
+    if renders_tools(template):
+        return None
     probe = Tool("TOOL", "DESCRIPTION", {"type": "object", "properties": {"ARGUMENT": {"type": "string"}}})
     history = (
         Message("assistant", None, (EXAMPLE,)),

@@ -288,7 +288,8 @@ def test_sft_and_export_by_catalogue_name_then_the_gateway_serves_it(smol: Base,
     assert manifest.base_model.id == SMOL
     assert manifest.base_model.gguf_sha256 == smol.gguf_sha256
     # SmolLM2's template has no tool section: the prompt wording it was trained on is recorded
-    assert manifest.tool_prompt_sha256 == prompt_sha256(get_format("json_envelope"))
+    template = (adapter / "chat_template.jinja").read_text(encoding="utf-8")
+    assert manifest.tool_prompt_sha256 == prompt_sha256(template, get_format("json_envelope")) is not None
     assert gguf.GGUFReader(adapters / "support-smol" / "adapter.gguf").fields["general.architecture"]
 
     assert smol.gguf is not None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from server.adapters.manifest import VLLM_RANKS, atomic_write_text
-from server.toolcalls.detect import renders_tools
 from server.toolcalls.prompting import detected_format, prompt_sha256
 from training.bases import is_gguf_ref, resolve_base
 from training.recipes.loader import dump_yaml, load_recipe
@@ -202,8 +201,9 @@ def save_lora(model: Any, setup: TrainerSetup, base_model: str, folder: Path) ->
     model.peft_config["default"].base_model_name_or_path = model_ref(base_model)
     model.save_pretrained(folder, selected_adapters=["default"])
     (folder / TEMPLATE_FILE).write_text(setup.template, encoding="utf-8")
-    if not renders_tools(setup.template):
-        (folder / TOOL_PROMPT_FILE).write_text(prompt_sha256(detected_format(setup.template)) + "\n")
+    digest = prompt_sha256(setup.template, detected_format(setup.template))
+    if digest is not None:  # the gateway's tool prompt wording, part of what the adapter learnt
+        (folder / TOOL_PROMPT_FILE).write_text(digest + "\n")
 
 
 def finish_run(run_dir: Path, metrics: dict[str, Any], plots: Mapping[str, Sequence[str]]) -> None:

@@ -268,7 +268,7 @@ def test_an_adapter_trained_on_other_tool_prompt_wording_is_served_with_a_warnin
     # Reworded, the prompt is out of the adapter's training distribution (docs/demo.md: false calls
     # 0.018 -> 0.218); the grammar still holds its calls valid, so it is served, and the log says so.
     base, root = base_file(tmp_path), tmp_path / "adapters"
-    now = prompt_sha256(get_format("json_envelope"))
+    now = prompt_sha256(PLAIN_TEMPLATE, get_format("json_envelope"))
     plain = {"template": PLAIN_TEMPLATE, "tool_format": "json_envelope"}
     make_adapter(root, "same", base, **plain, tool_prompt_sha256=now)
     make_adapter(root, "reworded", base, **plain, tool_prompt_sha256="0" * 64)
@@ -279,7 +279,7 @@ def test_an_adapter_trained_on_other_tool_prompt_wording_is_served_with_a_warnin
     assert sorted(registry.names()) == ["base", "own-section", "reworded", "same"]
     warned = [r.getMessage() for r in caplog.records if "tool prompt" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("adapter reworded was trained on other wording")
-    assert f"now {now[:12]}" in warned[0]
+    assert now is not None and f"now {now[:12]}" in warned[0]
 
 
 def test_a_catalogue_bases_calibrated_threshold_is_not_an_adapters(tmp_path: Path) -> None:

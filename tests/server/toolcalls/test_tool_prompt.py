@@ -71,6 +71,10 @@ def test_a_template_with_a_tool_section_is_left_to_render_them() -> None:
 
 def test_the_prompt_wording_digest_is_stable_and_tells_the_formats_apart() -> None:
     # An adapter's manifest records it; a reworded prompt changes it (tests/server/adapters).
-    envelope = prompt_sha256(get_format("json_envelope"))
-    assert envelope == prompt_sha256(get_format("json_envelope")) and len(envelope) == 64
-    assert len({envelope, prompt_sha256(get_format("hermes")), prompt_sha256(get_format("pythonic"))}) == 3
+    envelope = prompt_sha256(SMOL, get_format("json_envelope"))
+    assert envelope is not None and envelope == prompt_sha256(SMOL, get_format("json_envelope"))
+    assert len(envelope) == 64
+    others = {prompt_sha256(SMOL, get_format("hermes")), prompt_sha256(SMOL, get_format("pythonic"))}
+    assert len({envelope, *others}) == 3
+    # a template that renders the tools itself never sees the gateway's wording
+    assert prompt_sha256(WITH_TOOLS, get_format("hermes")) is None
