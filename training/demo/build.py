@@ -123,9 +123,9 @@ class DemoConfig:
     # requests and 2 false calls lost (one seed each; docs/demo.md)
     parallel_weight: float = 6.0
     # General-catalogue records (tools renamed at rename_share) mixed once into the real base's
-    # SFT. Support records alone cost BFCL simple 0.10 and multiple 0.07; 600 replayed turn that
-    # into +0.11 and +0.18, but raise false calls on irrelevance 0.44 -> 0.60 and lower the
-    # support scores at the same steps (docs/benchmarks.md), so not by default. 0: none
+    # SFT. Support records alone cost BFCL simple 0.06 (x6); 200 replayed keep every BFCL number
+    # at or above the base's, 600 raise false calls on irrelevance 0.44 -> 0.60, and both lower
+    # the support scores at the same steps (docs/demo.md), so not by default. 0: none
     replay_records: int = 0
     dpo_steps: int = 20
     dpo_lr: float = 3e-5  # 1e-4 cut valid calls by 0.06-0.13 (docs/demo.md)
