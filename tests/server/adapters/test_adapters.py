@@ -195,8 +195,10 @@ def test_lora_path_must_resolve_inside_the_adapters_folder(tmp_path: Path) -> No
         resolve_folder(root, "", "good")
 
 
-def _registry(tmp_path: Path, engine: FakeEngine | None = None, **flags: object) -> ModelRegistry:
-    settings = adapter_settings(tmp_path / "base.gguf", tmp_path / "adapters", **flags)
+def _registry(
+    tmp_path: Path, engine: FakeEngine | None = None, flags: dict[str, object] | None = None
+) -> ModelRegistry:
+    settings = adapter_settings(tmp_path / "base.gguf", tmp_path / "adapters", **(flags or {}))
     return build_registry(settings, Metrics(), engine or FakeEngine())
 
 
@@ -236,7 +238,7 @@ def test_the_manifest_binds_format_template_tool_choice_and_scale(tmp_path: Path
         tmp_path / "adapters", "strict", base, template=MARKED_TEMPLATE, tool_choice="required", tool_format="pythonic"
     )
     make_adapter(tmp_path / "adapters", "plain", base, tool_format="auto")
-    registry = _registry(tmp_path, **{"adapters.scale": 0.5})
+    registry = _registry(tmp_path, flags={"adapters.scale": 0.5})
     strict, plain, parent = registry.get("strict"), registry.get("plain"), registry.get("base")
     assert strict.engine is parent.engine and strict.admission is parent.admission
     request = ChatRequest(messages=(Message("user", "hi"),))
@@ -319,7 +321,7 @@ def test_a_request_to_an_adapter_loads_it_names_it_and_fills_the_metrics_label(t
     base = base_file(tmp_path)
     make_adapter(tmp_path / "adapters", "support", base)
     engine = FakeEngine([([GOOD], "stop")])
-    registry = _registry(tmp_path, engine, **{"adapters.scale": 0.75})
+    registry = _registry(tmp_path, engine, {"adapters.scale": 0.75})
     metrics = Metrics()
     events = _answer(registry.get("support"), metrics)
     assert engine.loads == ["support"] and type(events[0]).__name__ == "CallEvent"
@@ -419,7 +421,7 @@ def test_pins_must_fit_and_a_load_that_finds_no_slot_serves_nothing(tmp_path: Pa
     base = base_file(tmp_path)
     root = tmp_path / "adapters"
     make_adapter(root, "a", base)
-    registry = _registry(tmp_path, **{"adapters.max_loaded": 1, "limits.queue_timeout_s": 0.2})
+    registry = _registry(tmp_path, flags={"adapters.max_loaded": 1, "limits.queue_timeout_s": 0.2})
     adapters = registry.adapters
     assert adapters is not None
     for name in ("b", "c"):  # new: not served until loaded
