@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,41 @@ def _catalogue_template(catalogue: str | None) -> str | None:
     if entry is None or entry.chat_template is None:
         return None
     return (TEMPLATES_DIR / entry.chat_template).read_text(encoding="utf-8")
+
+
+def dead_tags(folder: Path, tags: Sequence[str]) -> bool:
+    """True when `tags` (a call format's open and close markers) are single tokens of the base
+    whose output rows are the same vector (cosine > 0.999): the model cannot write one without the
+    other, so it was never trained to write either. Qwen2.5-Coder's `<tool_call>` and `</tool_call>`
+    are such a pair in its GGUFs (docs/demo.md); a base trained on its tags has distinct rows."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+    ids = [tokenizer(tag, add_special_tokens=False)["input_ids"] for tag in tags]
+    if len(ids) < 2 or any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(ids):
+        return False
+    rows = _output_rows(folder, [i[0] for i in ids])
+    if rows is None:
+        return False
+    sims = torch.nn.functional.cosine_similarity(rows[:1], rows[1:])
+    return bool((sims > 0.999).all())
+
+
+def _output_rows(folder: Path, ids: Sequence[int]) -> Any:
+    """The output head's rows for `ids` (the input embedding's when the two are tied), read
+    from the folder's safetensors without loading the model; None if neither is there."""
+    import torch
+    from safetensors import safe_open
+
+    found: dict[str, Path] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            names = weights.keys()  # safe_open is not iterable
+            found |= {key: file for key in names if key.endswith(("lm_head.weight", "embed_tokens.weight"))}
+    key = next((k for k in found if k.endswith("lm_head.weight")), None) or next(iter(found), None)
+    if key is None:
+        return None
+    with safe_open(str(found[key]), "pt") as weights:
+        table = weights.get_slice(key)
+        return torch.stack([table[i : i + 1][0].float() for i in ids])

@@ -156,6 +156,14 @@ class DemoConfig:
     # general data and the from-scratch fields are then unused. "" builds the from-scratch base
     # (a test fixture since pretrained weights can be fetched here).
     base_model: str = "smollm2-135m-instruct"
+    # How the adapter writes its calls: in the template's tags, or as bare JSON lines (what the base
+    # writes when its call tag is a dead token: Qwen2.5-Coder's, docs/demo.md). auto: lines when the
+    # tags' output rows are identical (training/bases.py dead_tags), else the template's.
+    call_syntax: Literal["auto", "template", "lines"] = "auto"
+    # Each adapter's no-tool threshold calibrated on the validation prompts (through the embedded
+    # engine, as the gateway reads it: training/evaluation/threshold.py), written to its manifest,
+    # so the served evaluation and the exported adapter use it; off: no threshold
+    calibrate_threshold: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,8 @@ def _adapters_and_report(
     say: Callable[[str], None],
     replay: Path | None = None,
 ) -> DemoResult:
+    config = replace(config, call_syntax=_call_syntax(config, model_dir))
+    say(f"calls trained as: {config.call_syntax}")
     with _stage("sft", f"adapter: LoRA SFT, {config.sft_steps} steps", timings, say):
         sft = _train_adapter(config, work, model_dir, support, replay)
     adapters = {"sft": sft}
@@ -256,7 +266,7 @@ def _adapters_and_report(
     served: dict[str, dict[str, Any]] = {}
     if config.gateway_eval:
         with _stage("gateway", "evaluation through the gateway: constrained, tool_choice auto", timings, say):
-            served = _evaluate_served(config, work, model_dir, adapters, items, skipped)
+            served = _evaluate_served(config, work, model_dir, adapters, items, skipped, support.val)
     # What a client gets decides: the gateway's numbers when measured, else the unconstrained ones.
     ranked = served or scores
     best = max(adapters, key=lambda name: _rank(ranked[name]))
@@ -278,6 +288,26 @@ def _adapters_and_report(
 
 
 # ---- stages ------------------------------------------------------------------------------------
+
+
+def _call_syntax(config: DemoConfig, model_dir: Path) -> Literal["template", "lines"]:
+    """`call_syntax` resolved: auto is lines when the template's call tags are dead tokens."""
+    if config.call_syntax != "auto":
+        return config.call_syntax
+    if not config.base_model:
+        return "template"  # the from-scratch base learns its tags from nothing: they are all alive
+    from transformers import AutoTokenizer
+
+    from server.toolcalls.prompting import detected_format
+    from training.bases import dead_tags
+
+    template = AutoTokenizer.from_pretrained(model_dir).chat_template
+    envelope = detected_format(template).envelope
+    return "lines" if dead_tags(model_dir, (envelope.open.strip(), envelope.close.strip())) else "template"
+
+
+def _lines(config: DemoConfig) -> bool:
+    return config.call_syntax == "lines"
 
 
 def _data(config: DemoConfig, work: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
@@ -423,6 +453,7 @@ def _train_adapter(config: DemoConfig, work: Path, model_dir: Path, support: Any
         logging_steps=10,
         threads=config.threads,
         dtype=config.dtype,
+        call_lines=_lines(config),
     )
     return run_sft(sft, work / "sft").output
 
@@ -466,6 +497,7 @@ def _train_dpo(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Pat
         seed=config.seed,
         threads=config.threads,
         dtype=config.dtype,
+        call_lines=_lines(config),
     )
     return run_dpo(dpo, work / "dpo").output
 
@@ -502,6 +534,7 @@ def _train_raft(config: DemoConfig, work: Path, model_dir: Path, sft_adapter: Pa
             f"lora_r={config.lora_r}",
             f"lora_alpha={config.lora_alpha}",
             f"dtype={config.dtype}",
+            f"call_lines={str(_lines(config)).lower()}",
             "lora_dropout=0.0",
             "warmup=5",
             f"save_steps={max(50, config.raft_steps)}",
@@ -529,11 +562,18 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate_served(
-    config: DemoConfig, work: Path, model_dir: Path, adapters: dict[str, Path], items: list[Any], skipped: Any
+    config: DemoConfig,
+    work: Path,
+    model_dir: Path,
+    adapters: dict[str, Path],
+    items: list[Any],
+    skipped: Any,
+    val: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The base and every adapter through a real `python -m server` on loopback: the base's GGUF,
     each adapter exported to a GGUF LoRA (as `export` writes it), requests with `tool_choice`
-    auto, so the grammar's share of the result reads off beside the unconstrained numbers."""
+    auto, so the grammar's share of the result reads off beside the unconstrained numbers. With
+    `calibrate_threshold`, each adapter's manifest carries its threshold, calibrated on `val`."""
     from training.evaluation.gateway import served_gateway
     from training.evaluation.generate import EndpointBackend
 
@@ -542,6 +582,9 @@ def _evaluate_served(
     names = {"base": "base"}
     for name, adapter in adapters.items():
         names[name] = export_adapter(adapter, model_dir, f"demo-{name}", folder).name
+    calibrated: dict[str, dict[str, Any]] = {}
+    if config.calibrate_threshold and val is not None:
+        calibrated = _calibrate(config, model_dir, folder, adapters, read_items(val, limit=config.eval_records)[0])
     settings = SampleSettings(max_tokens=96, seed=config.seed)
     served: dict[str, dict[str, Any]] = {}
     # The gateway's own thread default (half the cores): more llama.cpp threads than free cores
@@ -555,7 +598,23 @@ def _evaluate_served(
                 served[name] = _scores(run_eval(items, backend, settings, work / f"eval-gateway-{name}", skipped))
             finally:
                 backend.close()
+            served[name] |= calibrated.get(name, {})
     return served
+
+
+def _calibrate(
+    config: DemoConfig, model_dir: Path, folder: Path, adapters: dict[str, Path], val: list[Any]
+) -> dict[str, dict[str, Any]]:
+    """Each adapter's no-tool threshold on the validation prompts, written into its served
+    manifest (exported again with it); what was kept and vetoed there, for the report."""
+    from training.evaluation.threshold import calibrate
+
+    out = {}
+    for name, adapter in adapters.items():
+        cal = calibrate(_served_gguf(model_dir), folder, f"demo-{name}", val, config.threads)
+        export_adapter(adapter, model_dir, f"demo-{name}", folder, ExportOptions(no_tool_threshold=cal.threshold))
+        out[name] = {"no_tool_threshold": cal.threshold, "val_calls_kept": cal.kept, "val_no_call_vetoed": cal.vetoed}
+    return out
 
 
 def _served_gguf(model_dir: Path) -> Path:
@@ -579,6 +638,7 @@ def _export(
         base_id=None if config.base_model else "callgate/demo",
         scores=numbers,
         data_sha256=sha256_files([support.train, support.pairs]),
+        no_tool_threshold=(served or {}).get("no_tool_threshold"),
     )
     return export_adapter(adapter, model_dir, config.adapter_name, Path(config.adapter_out), options)
 
@@ -622,7 +682,12 @@ def report_markdown(report: dict[str, Any]) -> str:
             cells = ["-" if s.get(key) is None else f"{s[key]:.3f}" for s in scores.values()]
             lines.append(f"| {NAMES[key]} | " + " | ".join(cells) + f" | {TARGETS[key]} |")
         rewards = ["-" if s.get("mean_reward") is None else f"{s['mean_reward']:.3f}" for s in scores.values()]
-        lines += ["| mean reward (picks the export) | " + " | ".join(rewards) + " | |", ""]
+        lines.append("| mean reward (picks the export) | " + " | ".join(rewards) + " | |")
+        if any("no_tool_threshold" in s for s in scores.values()):
+            cuts = [_threshold_cell(s) for s in scores.values()]
+            title = "no-tool threshold (validation: calls kept / no-calls vetoed)"
+            lines.append(f"| {title} | " + " | ".join(cuts) + " | |")
+        lines.append("")
     scores = tables[-1][1]
     arguments = sorted({k for s in scores.values() for k in s.get("by_argument", {})})
     if arguments:
@@ -641,6 +706,13 @@ def report_markdown(report: dict[str, Any]) -> str:
         + "."
     )
     return "\n".join(lines) + "\n"
+
+
+def _threshold_cell(s: dict[str, Any]) -> str:
+    if "no_tool_threshold" not in s:
+        return "-"
+    cut = s["no_tool_threshold"]
+    return f"{'none' if cut is None else f'{cut:.3f}'} ({s['val_calls_kept']:.2f} / {s['val_no_call_vetoed']:.2f})"
 
 
 def _argument_cell(row: dict[str, Any] | None) -> str:

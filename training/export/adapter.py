@@ -56,6 +56,7 @@ class ExportOptions:
     base_id: str | None = None  # default: the adapter's base_model_name_or_path, else the base folder
     tool_format: str | None = None  # default: detected from the base's chat template
     tool_choice: Literal["auto", "required", "none"] = "auto"
+    no_tool_threshold: float | None = None  # auto's no-tool threshold calibrated on this adapter
     scores: dict[str, float] = field(default_factory=dict)
     data_sha256: str | None = None
     f16: bool = False  # GGUF LoRA in half precision (F32 by default: exact parity)
@@ -137,6 +138,7 @@ def _manifest(
         ),
         tool_format=_tool_format(options.tool_format, template),
         tool_choice=options.tool_choice,
+        no_tool_threshold=options.no_tool_threshold,
         lora=lora,
         tool_prompt_sha256=prompt,
         data_sha256=options.data_sha256,
@@ -262,8 +264,18 @@ def add_command(sub: SubParsers) -> None:
     parser.add_argument("--data-hash", help="sha256 of the training data")
     parser.add_argument("--tool-format", help="tool-call format (default: detected from the chat template)")
     parser.add_argument("--tool-choice", choices=("auto", "required", "none"), default="auto")
+    parser.add_argument(
+        "--no-tool-threshold", type=_unit, help="auto's no-tool threshold calibrated on this adapter (0-1)"
+    )
     parser.add_argument("--f16", action="store_true", help="half-precision GGUF LoRA (default F32)")
     parser.set_defaults(handler=_run)
+
+
+def _unit(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -274,6 +286,7 @@ def _run(args: argparse.Namespace) -> int:
         base_id=args.base_id,
         tool_format=args.tool_format,
         tool_choice=args.tool_choice,
+        no_tool_threshold=args.no_tool_threshold,
         scores=read_scores(args.eval) if args.eval else {},
         data_sha256=args.data_hash,
         f16=args.f16,

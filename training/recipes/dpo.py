@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from training.bases import resolve_base
+from training.recipes.calllines import line_pair
 from training.recipes.common import (
     TEMPLATE_FILE,
     TrainerSetup,
@@ -58,6 +59,7 @@ class DPOConfig:
     val: str | None = None  # pairs for eval loss / reward margins
     kinds: tuple[str, ...] = ()  # the pair kinds trained on (meta.kind, training/data/pairs.py); (): all
     chat_template: str | None = None  # default: the adapter's chat_template.jinja, else the tokenizer's
+    call_lines: bool = False  # both answers' calls as bare JSON lines, as the SFT adapter was trained (sft.py)
     beta: float = 0.1  # strength of the pull towards the reference
     loss_type: str = "sigmoid"  # TRL DPO loss ("sigmoid" = the DPO paper's, "ipo", ...)
     learning_rate: float = 5e-6
@@ -95,13 +97,19 @@ def dpo_template(config: DPOConfig, tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def to_pair_dataset(
-    pairs: Sequence[Mapping[str, Any]], template: str, tokenizer: PreTrainedTokenizerBase, max_len: int
+    pairs: Sequence[Mapping[str, Any]],
+    template: str,
+    tokenizer: PreTrainedTokenizerBase,
+    max_len: int,
+    call_lines: bool = False,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Rows {prompt, chosen, rejected} of plain text, which DPOTrainer tokenizes as given. (TRL
     appends eos_token to an answer that does not end with it: with a template whose end-of-turn
     is not the tokenizer's eos_token, the answers gain one token the gateway never sees.)"""
     from datasets import Dataset
 
+    if call_lines:
+        pairs = [line_pair(pair) for pair in pairs]
     texts, stats = render_pairs(progress(pairs, "rendering pairs"), template, tokenizer, max_len)
     prompts = [_without_auto_bos(t.prompt, tokenizer) for t in texts]
     return Dataset.from_dict(
@@ -195,7 +203,7 @@ def build_datasets(
     if train_pairs is None:
         train_pairs, bad = load_pairs(config.pairs)
     train_pairs = of_kinds(train_pairs, config.kinds)
-    train_set, stats = to_pair_dataset(train_pairs, template, tokenizer, config.max_len)
+    train_set, stats = to_pair_dataset(train_pairs, template, tokenizer, config.max_len, config.call_lines)
     stats["skipped"]["bad_json"] = bad
     if len(train_set) == 0:
         raise ValueError(f"no usable pairs: {stats}")
@@ -203,7 +211,9 @@ def build_datasets(
     if not config.val:
         return train_set, None, data
     val_pairs, val_bad = load_pairs([config.val])
-    eval_set, data["val_data"] = to_pair_dataset(of_kinds(val_pairs, config.kinds), template, tokenizer, config.max_len)
+    eval_set, data["val_data"] = to_pair_dataset(
+        of_kinds(val_pairs, config.kinds), template, tokenizer, config.max_len, config.call_lines
+    )
     data["val_data"]["skipped"]["bad_json"] = val_bad
     return train_set, (eval_set if len(eval_set) else None), data
 

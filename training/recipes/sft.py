@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from training.bases import resolve_base
+from training.recipes.calllines import line_records
 from training.recipes.common import (
     TEMPLATE_FILE,
     TrainerSetup,
@@ -72,6 +73,9 @@ class SFTConfig:
     grad_accum: int = 1
     max_len: int = 1024  # longer records are dropped (and counted), never cut
     loss_on: Literal["assistant", "all"] = "assistant"  # "all": every token (pretraining a base from scratch)
+    # calls trained as bare JSON lines, not in the template's tags: for a base whose call tag is
+    # a dead token (training/recipes/calllines.py)
+    call_lines: bool = False
     seed: int = 0
     gradient_checkpointing: bool | None = None  # None: on with CUDA, off on CPU
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -122,11 +126,14 @@ def to_dataset(
     tokenizer: PreTrainedTokenizerBase,
     max_len: int,
     loss_on: str = "assistant",
+    call_lines: bool = False,
 ) -> tuple[Dataset, RenderStats]:
     """Pre-tokenized rows {input_ids, assistant_masks}: TRL 1.16 builds labels from
     `assistant_masks` (-100 where 0) and skips its own chat-template tokenization."""
     from datasets import Dataset
 
+    if call_lines:
+        records = [example for record in records for example in line_records(record)]
     examples, stats = render_records(progress(records, "rendering records"), template, tokenizer, max_len)
     masks = [e.assistant_masks if loss_on == "assistant" else [1] * len(e.input_ids) for e in examples]
     if loss_on != "assistant":
@@ -234,7 +241,7 @@ def build_datasets(
     bad_lines = 0
     if train_records is None:
         train_records, bad_lines = load_train_records(config)
-    train_set, stats = to_dataset(train_records, template, tokenizer, config.max_len, config.loss_on)
+    train_set, stats = to_dataset(train_records, template, tokenizer, config.max_len, config.loss_on, config.call_lines)
     stats.skipped["bad_json"] += bad_lines
     if len(train_set) == 0:
         raise ValueError(f"no trainable records: {stats.as_dict()}")
@@ -242,7 +249,7 @@ def build_datasets(
     if not config.val:
         return train_set, None, data
     records, bad = read_json_lines(Path(config.val))
-    eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len, config.loss_on)
+    eval_set, eval_stats = to_dataset(records, template, tokenizer, config.max_len, config.loss_on, config.call_lines)
     eval_stats.skipped["bad_json"] += bad
     data["val_data"] = eval_stats.as_dict()
     return train_set, (eval_set if len(eval_set) else None), data

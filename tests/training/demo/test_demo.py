@@ -38,6 +38,7 @@ REDUCED = {
     "raft_samples": 2,
     "raft_steps": 2,
     "raft_val": 4,
+    "calibrate_threshold": "true",
 }
 FOUR = ("valid_call_rate", "tool_name_accuracy", "argument_match", "false_call_rate")
 
@@ -109,6 +110,15 @@ def test_the_export_is_the_gateway_best_for_the_catalogue_gguf(demo: Path) -> No
     assert manifest.base_model.gguf_sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     served = report["served"][best]
     assert manifest.scores["support_test_gateway.valid_call_rate"] == pytest.approx(served["valid_call_rate"])
+    # Each adapter was served, and the best one exported, with its threshold from the validation prompts.
+    assert manifest.no_tool_threshold == served["no_tool_threshold"]
+    for name, scores in report["served"].items():
+        if name != "base":
+            folder = demo / "runs" / "demo" / "served-adapters" / f"demo-{name}"
+            assert read_manifest(folder).no_tool_threshold == scores["no_tool_threshold"]
+            assert 0 <= scores["val_calls_kept"] <= 1 and 0 <= scores["val_no_call_vetoed"] <= 1
+    # SmolLM2's calls are JSON in its text, no tag tokens to be dead: trained as the format writes them.
+    assert report["config"]["call_syntax"] == "template"
     text = (demo / "runs" / "demo" / "report.md").read_text()
     assert "through the gateway" in text and "unconstrained" in text and "false-call rate" in text
 

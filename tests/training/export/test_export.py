@@ -157,6 +157,8 @@ def test_cli(
         "tiny-random",
         "--tool-choice",
         "required",
+        "--no-tool-threshold",
+        "0.35",
         "--f16",
     ]
     assert main(args) == 0
@@ -164,6 +166,12 @@ def test_cli(
     assert summary["vllm_max_lora_rank"] == 16 and set(summary["files"]) == EXPECTED_FILES
     manifest = read_manifest(out / "cli")
     assert manifest.base_model.id == "tiny-random" and manifest.tool_choice == "required"
+    assert manifest.no_tool_threshold == 0.35
+    for bad in ("1.5", "nan", "-0.1", "x"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args[:-3], "--no-tool-threshold", bad])
+        assert exit_info.value.code == 2
+        assert "--no-tool-threshold" in capsys.readouterr().err
     assert main([*args[:-1], "--tool-format", "nope"]) == 2
     assert "unknown tool format" in capsys.readouterr().err
 
