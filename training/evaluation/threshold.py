@@ -5,9 +5,11 @@ call (the format's opener and the loose ones its models write, server/chat.py `_
 it. A catalogue base's calibration is not its adapters' (docs/configuration.md), so an adapter
 brings its own in its manifest. Here each prompt's probability is read exactly as the gateway
 reads it: the embedded engine in this process, the base GGUF with the adapter's GGUF LoRA, the
-gateway's own prompt and `call_probabilities`. The cut keeps the validation prompts that need a
-call and vetoes those that need none, by Youden's rule (the largest share kept minus share let
-through), the lowest such cut on a tie: a missed call costs as much as a false one here.
+gateway's own prompt and `call_probabilities`. The cut keeps at least `KEEP` of the validation
+prompts that need a call (the valid-call target: a call the model meant must come back as one)
+and, within that, vetoes the most of those that need none, at the lowest cut that does. Youden's
+rule (kept minus let through) was measured instead and rejected: where the adapter has not learnt
+the decision it cuts at 0.9975 and loses a fifth of the calls (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -19,32 +21,32 @@ from pathlib import Path
 
 from training.evaluation.items import EvalItem
 
+KEEP = 0.97  # share of the validation calls a threshold must keep
+
 
 @dataclass(frozen=True)
 class Calibration:
-    threshold: float | None  # None: no cut separates the two sets better than no cut at all
+    threshold: float | None  # None: no cut keeps enough calls and vetoes anything
     kept: float  # share of the prompts needing a call at or above it
     vetoed: float  # share of the prompts needing none below it
     p_call: tuple[float, ...]  # P(opening a call) on the prompts that need one
     p_none: tuple[float, ...]  # ... and on those that need none
 
 
-def pick_threshold(p_call: Sequence[float], p_none: Sequence[float]) -> Calibration:
-    """Youden's cut between the two samples: the threshold t maximising share(p_call >= t) -
-    share(p_none >= t), at the midpoint between neighbouring values, the lowest on a tie; None
-    when no cut beats none (J = 0)."""
+def pick_threshold(p_call: Sequence[float], p_none: Sequence[float], keep: float = KEEP) -> Calibration:
+    """The cut between the two samples, at a midpoint between neighbouring values: of those keeping
+    at least `keep` of `p_call` at or above it, the lowest of those vetoing the most of `p_none`;
+    None when none keeps enough or vetoes anything."""
     if not p_call or not p_none:
         return Calibration(None, 1.0, 0.0, tuple(p_call), tuple(p_none))
     values = sorted(set(p_call) | set(p_none))
     cuts = [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]
-    best, best_j = None, 0.0
-    for cut in cuts:
-        j = _share(p_call, cut) - _share(p_none, cut)
-        if j > best_j + 1e-12:
-            best, best_j = cut, j
-    if best is None:
+    allowed = [cut for cut in cuts if _share(p_call, cut) >= keep]
+    most = max((1 - _share(p_none, cut) for cut in allowed), default=0.0)
+    if most == 0:
         return Calibration(None, 1.0, 0.0, tuple(p_call), tuple(p_none))
-    return Calibration(round(best, 4), _share(p_call, best), 1 - _share(p_none, best), tuple(p_call), tuple(p_none))
+    best = min(cut for cut in allowed if 1 - _share(p_none, cut) == most)
+    return Calibration(round(best, 4), _share(p_call, best), most, tuple(p_call), tuple(p_none))
 
 
 def _share(values: Sequence[float], cut: float) -> float:

@@ -21,27 +21,36 @@ def test_separable_samples_are_cut_between_them() -> None:
     assert (cal.kept, cal.vetoed) == (1.0, 1.0)
 
 
-def test_the_cut_maximises_kept_minus_let_through() -> None:
+def test_the_cut_keeps_the_calls_and_then_vetoes_the_most() -> None:
     p_call = [0.95, 0.9, 0.85, 0.6, 0.4]
     p_none = [0.88, 0.5, 0.3, 0.2, 0.1, 0.05]
-    cal = pick_threshold(p_call, p_none)
-    assert cal.threshold is not None
 
-    def j(t: float) -> float:
-        return sum(p >= t for p in p_call) / len(p_call) - sum(p >= t for p in p_none) / len(p_none)
+    def kept(t: float) -> float:
+        return sum(p >= t for p in p_call) / len(p_call)
+
+    def vetoed(t: float) -> float:
+        return sum(p < t for p in p_none) / len(p_none)
 
     grid = [k / 1000 for k in range(1001)]
-    assert j(cal.threshold) == pytest.approx(max(j(t) for t in grid))
-    assert cal.kept == pytest.approx(sum(p >= cal.threshold for p in p_call) / 5)
-    assert cal.vetoed == pytest.approx(sum(p < cal.threshold for p in p_none) / 6)
-    # On a tie the lowest cut: fewer calls lost for the same balance. (Any cut between the same
-    # two neighbouring values is the same cut; below the lower one, every cut is worse.)
-    below = max(p for p in (*p_call, *p_none) if p < cal.threshold)
-    assert all(j(t) < j(cal.threshold) for t in grid if t <= below)
+    for keep in (1.0, 0.8, 0.6):
+        cal = pick_threshold(p_call, p_none, keep)
+        assert cal.threshold is not None and kept(cal.threshold) >= keep
+        assert (cal.kept, cal.vetoed) == (pytest.approx(kept(cal.threshold)), pytest.approx(vetoed(cal.threshold)))
+        assert cal.vetoed == pytest.approx(max(vetoed(t) for t in grid if kept(t) >= keep))
+        # The lowest such cut: any cut between the same two neighbouring values is the same cut;
+        # below the lower one, fewer prompts are vetoed.
+        below = max(p for p in (*p_call, *p_none) if p < cal.threshold)
+        assert all(vetoed(t) < cal.vetoed for t in grid if t <= below)
+    # Keeping every call (0.4 is one) vetoes only what lies under 0.4; keeping 0.6 of them, all but
+    # the 0.88, which no cut keeping 0.6 reaches: at the lowest cut that does (above 0.5, not 0.85).
+    assert pick_threshold(p_call, p_none, 1.0).threshold == pytest.approx(0.35)
+    assert pick_threshold(p_call, p_none, 0.6).threshold == pytest.approx(0.55)
 
 
 def test_no_cut_when_nothing_separates() -> None:
     assert pick_threshold([0.2, 0.6], [0.7, 0.9]).threshold is None  # calls below the no-calls
+    # Where the adapter gives irrelevant requests the calls' probability, no cut keeps the calls.
+    assert pick_threshold([0.995, 0.999, 0.999, 0.76], [0.99, 0.998, 0.1], keep=1.0).vetoed == pytest.approx(1 / 3)
     assert pick_threshold([0.5, 0.5], [0.5]).threshold is None
     assert pick_threshold([], [0.5]).threshold is None
     assert pick_threshold([0.5], []).threshold is None
