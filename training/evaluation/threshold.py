@@ -54,44 +54,55 @@ def _share(values: Sequence[float], cut: float) -> float:
 
 
 def open_probabilities(
-    gguf: Path, adapters: Path, name: str, items: Sequence[EvalItem], threads: int | None = None
-) -> list[float]:
-    """P(opening a call) for each item's prompt, as the gateway's `auto` reads it, for the model
-    served as `name` ("base", or an adapter folder's name under `adapters`)."""
-    return asyncio.run(_open_probabilities(gguf, adapters, name, items, threads))
+    gguf: Path,
+    names: Sequence[str],
+    items: Sequence[EvalItem],
+    adapters: Path | None = None,
+    threads: int | None = None,
+) -> dict[str, list[float]]:
+    """P(opening a call) for each item's prompt, as the gateway's `auto` reads it, for each model
+    served as one of `names` ("base", or an adapter folder's name under `adapters`): one
+    registry, so the base GGUF is loaded once for all of them."""
+    return asyncio.run(_open_probabilities(gguf, names, items, adapters, threads))
 
 
 async def _open_probabilities(
-    gguf: Path, adapters: Path, name: str, items: Sequence[EvalItem], threads: int | None
-) -> list[float]:
+    gguf: Path, names: Sequence[str], items: Sequence[EvalItem], adapters: Path | None, threads: int | None
+) -> dict[str, list[float]]:
     from server.chat import ChatRequest, call_probabilities, prompt_for
     from server.config import load_settings
     from server.metrics import Metrics
     from server.serving.build import build_registry
 
-    flags = {"model.path": str(gguf), "model.served_name": "base", "adapters.dir": str(adapters)}
-    settings = load_settings(None, **flags, **({"model.threads": threads} if threads else {}))
-    registry = build_registry(settings, Metrics())
+    flags: dict[str, object] = {"model.path": str(gguf), "model.served_name": "base"}
+    if adapters is not None:
+        flags["adapters.dir"] = str(adapters)
+    if threads:
+        flags["model.threads"] = threads
+    registry = build_registry(load_settings(None, **flags), Metrics())
     await registry.start()
     try:
-        served = registry.get(name)
-        out = []
-        async with served.lease():  # the adapter loaded once, for every prompt
-            for item in items:
-                request = ChatRequest(messages=item.prompt.messages, tools=item.prompt.tools)
-                out.append((await call_probabilities(served, prompt_for(served, request)))[1])
+        out: dict[str, list[float]] = {}
+        for name in names:
+            served = registry.get(name)
+            async with served.lease():  # the adapter loaded once, for every prompt
+                out[name] = []
+                for item in items:
+                    request = ChatRequest(messages=item.prompt.messages, tools=item.prompt.tools)
+                    out[name].append((await call_probabilities(served, prompt_for(served, request)))[1])
         return out
     finally:
         await registry.close()
 
 
 def calibrate(
-    gguf: Path, adapters: Path, name: str, items: Sequence[EvalItem], threads: int | None = None
-) -> Calibration:
-    """The threshold for `name` on `items` (validation prompts: never the ones it is scored on)."""
-    probabilities = open_probabilities(gguf, adapters, name, items, threads)
+    gguf: Path, adapters: Path, names: Sequence[str], items: Sequence[EvalItem], threads: int | None = None
+) -> dict[str, Calibration]:
+    """The threshold of each of `names` on `items` (validation prompts: never the ones it is
+    scored on)."""
     needs = [item.expected.expects_call for item in items]
-    return pick_threshold(
-        [p for p, n in zip(probabilities, needs, strict=True) if n],
-        [p for p, n in zip(probabilities, needs, strict=True) if not n],
-    )
+    out = {}
+    for name, probabilities in open_probabilities(gguf, names, items, adapters, threads).items():
+        pairs = list(zip(probabilities, needs, strict=True))
+        out[name] = pick_threshold([p for p, n in pairs if n], [p for p, n in pairs if not n])
+    return out
